@@ -1,0 +1,38 @@
+"""mergehub: merge language models from mergekit recipes, streaming tensor by tensor."""
+
+from mergehub.api import MergeResult, load_recipe, open_sources, parse_recipe, plan_merge, run_merge
+from mergehub.errors import (
+    MergehubError,
+    MergeMethodError,
+    MissingTensorError,
+    ModelReferenceError,
+    OutputError,
+    PlanError,
+    RecipeError,
+    SourceError,
+    UnknownMethodError,
+)
+from mergehub.executor import Progress
+from mergehub.plan import Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MergeResult",
+    "MergehubError",
+    "MergeMethodError",
+    "MissingTensorError",
+    "ModelReferenceError",
+    "OutputError",
+    "Plan",
+    "PlanError",
+    "Progress",
+    "RecipeError",
+    "SourceError",
+    "UnknownMethodError",
+    "load_recipe",
+    "open_sources",
+    "parse_recipe",
+    "plan_merge",
+    "run_merge",
+]

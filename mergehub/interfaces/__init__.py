@@ -1,0 +1,1 @@
+"""Thin adapters (CLI, Space, Action) over `mergehub.api`."""

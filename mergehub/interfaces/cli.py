@@ -1,0 +1,110 @@
+"""The `mergehub` command line: errors become a message, a hint and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+from mergehub import api
+from mergehub.errors import MergehubError
+from mergehub.methods import all_methods
+
+__all__ = ["main", "parse_size"]
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as `2GB`, `500MB`, `1GiB` or `123456`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match[2].upper() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 2GB, 500MB or 1GiB")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mergehub", description="Merge language models with mergekit recipes, streaming.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    merge = commands.add_parser("merge", help="run a merge recipe")
+    merge.add_argument("recipe", help="mergekit YAML recipe")
+    merge.add_argument("out", nargs="?", help="output directory (not needed with --dry-run)")
+    merge.add_argument("--dry-run", action="store_true", help="print the plan and check it, without reading weights")
+    merge.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    merge.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    merge.add_argument("--out-shard-size", type=parse_size, default="5GB", help="largest output shard (default: 5GB)")
+    merge.add_argument("--seed", type=int, default=0, help="seed for random methods (default: 0)")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    merge.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    commands.add_parser("methods", help="list the merge methods")
+    return parser
+
+
+def _progress_bar(total_bytes: int, total_tensors: int):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="merging", dynamic_ncols=True)
+
+    def update(progress: api.Progress) -> None:
+        bar.update(progress.bytes_read - bar.n)
+        bar.set_postfix_str(f"{progress.tensors_done}/{total_tensors} tensors", refresh=False)
+        if progress.tensors_done == progress.tensors_total:
+            bar.close()
+
+    return update, bar
+
+
+def _merge(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size)
+        print(plan.to_json() if args.json else plan.describe())
+        print("Plan OK: no problems found.", file=sys.stderr)
+        return 0
+    if not args.out:
+        raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, or add --dry-run.")
+    plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size)
+    update, bar = (None, None) if args.no_progress else _progress_bar(plan.read_bytes, len(plan.jobs))
+    try:
+        result = api.run_merge(
+            args.recipe, args.out, device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size,
+            overwrite=args.overwrite, on_progress=update,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.summary())
+    return 0
+
+
+def _methods() -> int:
+    for name, spec in sorted(all_methods().items()):
+        params = ", ".join(p.name + ("" if p.required else f"={p.default}") for p in spec.params)
+        print(f"{name:18} {spec.summary}  [{params}]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (1 for a mergehub error, 130 when interrupted)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "merge":
+            return _merge(args)
+        return _methods()
+    except MergehubError as e:
+        if args.debug:
+            raise
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: no output was left behind.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

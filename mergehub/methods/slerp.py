@@ -1,0 +1,53 @@
+"""SLERP: spherical linear interpolation between a base model and one other model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from mergehub.methods._primitives import check_same_shape, lerp
+from mergehub.methods.registry import MethodSpec, ParamSpec
+
+DOT_THRESHOLD = 0.9995
+EPS = 1e-8
+
+
+def slerp(
+    tensors: Sequence[torch.Tensor],
+    *,
+    base_index: int | None,
+    t: float,
+) -> torch.Tensor:
+    """Interpolate from the base (t=0) to the other model (t=1) along the great circle.
+
+    The angle comes from the whole tensors' normalised dot product; nearly colinear
+    pairs (|dot| > 0.9995) fall back to linear interpolation.
+    """
+    check_same_shape(tensors)
+    assert base_index is not None and len(tensors) == 2, "slerp takes a base and one other model"
+    v0, v1 = tensors[base_index], tensors[1 - base_index]
+    n0, n1 = torch.linalg.vector_norm(v0).item(), torch.linalg.vector_norm(v1).item()
+    d0 = n0 if n0 > EPS else 1.0
+    d1 = n1 if n1 > EPS else 1.0
+    dot = torch.sum((v0 / d0) * (v1 / d1)).item()
+    if abs(dot) > DOT_THRESHOLD:
+        return lerp(t, v0, v1)
+    theta = math.acos(max(-1.0, min(1.0, dot)))
+    sin_theta = math.sin(theta)
+    s0 = math.sin((1 - t) * theta) / sin_theta
+    s1 = math.sin(t * theta) / sin_theta
+    return s0 * v0 + s1 * v1
+
+
+SPEC = MethodSpec(
+    name="slerp",
+    kernel=slerp,
+    params=(ParamSpec("t", float, "shared"),),
+    summary="Spherical interpolation between the base and one other model, by t.",
+    paper="https://en.wikipedia.org/wiki/Slerp",
+    base="required",
+    min_inputs=2,
+    max_inputs=2,
+)

@@ -1,0 +1,445 @@
+"""Recipe + model headers and configs → a `Plan`: one `TensorJob` per output tensor, checked up front.
+
+Planning reads no tensor data and touches no network beyond what the sources already
+hold: every name, shape, layer range and parameter is checked here, so a bad merge
+fails in seconds instead of after reading gigabytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mergehub.architecture import LAYER_COUNT_KEYS, parse_layer_name, tensor_group, text_config
+from mergehub.architecture import num_layers as config_num_layers
+from mergehub.errors import PlanError, RecipeError
+from mergehub.methods import MethodSpec, get_method
+from mergehub.recipe import InputSlice, ModelRef, OutputSlice, Parameters, Recipe, evaluate_setting
+from mergehub.sources.base import DTYPES, TensorInfo, TensorSource
+from mergehub.writer import ShardLayout, TensorSlot, layout_shards
+
+__all__ = ["InputTensor", "TensorJob", "ModelEntry", "Plan", "plan_merge", "DEFAULT_SHARD_BYTES"]
+
+DEFAULT_SHARD_BYTES = 5 * 1000**3
+_DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
+_CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
+_MAX_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class InputTensor:
+    """One input of a job: a tensor of the model at `Plan.models[model]`."""
+
+    model: int
+    name: str
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """How one output tensor is made: its inputs, the method, and resolved parameters."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    method: str
+    inputs: tuple[InputTensor, ...]
+    base_index: int | None
+    params: tuple[tuple[str, Any], ...]
+    read_bytes: int
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """An input model: its reference and how many bytes the merge reads from it."""
+
+    ref: str
+    read_bytes: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a merge will do, before any weight is read."""
+
+    method: str
+    models: tuple[ModelEntry, ...]
+    jobs: tuple[TensorJob, ...]
+    shards: tuple[ShardLayout, ...]
+    config: dict = field(hash=False)
+    config_model: int
+    tokenizer_model: int
+    input_dtype: str | None
+    num_layers: int | None
+    peak_memory_bytes: int
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes read from all input models."""
+        return sum(m.read_bytes for m in self.models)
+
+    @property
+    def write_bytes(self) -> int:
+        """Bytes of tensor data written."""
+        return sum(shard.data_bytes for shard in self.shards)
+
+    def to_json(self) -> str:
+        """The plan as JSON (round-trips through `Plan.from_json`)."""
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        """Rebuild a plan written by `to_json`."""
+        data = json.loads(text)
+        data["models"] = tuple(ModelEntry(**m) for m in data["models"])
+        data["jobs"] = tuple(
+            TensorJob(
+                **{
+                    **job,
+                    "shape": tuple(job["shape"]),
+                    "inputs": tuple(InputTensor(**i) for i in job["inputs"]),
+                    "params": tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in job["params"]),
+                }
+            )
+            for job in data["jobs"]
+        )
+        data["shards"] = tuple(
+            ShardLayout(s["filename"], tuple(TensorSlot(**{**t, "shape": tuple(t["shape"])}) for t in s["slots"]))
+            for s in data["shards"]
+        )
+        data["warnings"] = tuple(data["warnings"])
+        return cls(**data)
+
+    def describe(self) -> str:
+        """A human-readable account of the plan, for `--dry-run`."""
+        lines = [f"Plan: {self.method} merge of {len(self.models)} models into {len(self.jobs)} tensors"]
+        lines.append("Input models (bytes to read):")
+        lines += [f"  [{i}] {m.ref}: {_size(m.read_bytes)}" for i, m in enumerate(self.models)]
+        lines.append(f"Output: {len(self.shards)} shard(s), {_size(self.write_bytes)}; layers: {self.num_layers}")
+        lines.append(f"Estimated peak memory for tensors: {_size(self.peak_memory_bytes)}")
+        lines.append("Tensors:")
+        for job in self.jobs:
+            sources = ", ".join(f"[{i.model}]{'' if i.name == job.name else ':' + i.name}" for i in job.inputs)
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in job.params)
+            lines.append(f"  {job.name} {job.dtype}{list(job.shape)} <- {job.method}({sources}){' ' + params if params else ''}")
+        lines += [f"Warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.2f} {unit}"
+        nbytes /= 1000
+    return ""
+
+
+@dataclass
+class _Planner:
+    """Mutable state used while building one plan; discarded afterwards."""
+
+    recipe: Recipe
+    method: MethodSpec
+    sources: Mapping[ModelRef, TensorSource]
+    refs: list[ModelRef]
+    configs: dict[ModelRef, dict]
+    problems: list[str] = field(default_factory=list)
+    jobs: list[TensorJob] = field(default_factory=list)
+    read_bytes: dict[ModelRef, int] = field(default_factory=dict)
+
+    def layers_of(self, ref: ModelRef) -> int:
+        count = config_num_layers(self.configs[ref])
+        if count is None:
+            raise PlanError(
+                f"{ref}: config.json names no layer count ({', '.join(LAYER_COUNT_KEYS)}).",
+                hint="mergehub needs the layer count to map layers; check the model's config.json.",
+            )
+        return count
+
+    def output_slices(self) -> list[OutputSlice]:
+        """The recipe's input as slices; `models:` becomes one slice over all layers, as mergekit does."""
+        recipe = self.recipe
+        if recipe.slices:
+            return list(recipe.slices)
+        counts = {entry.model: self.layers_of(entry.model) for entry in recipe.models or []}
+        sources = [InputSlice(model=m.model, layer_range=(0, counts[m.model]), parameters=m.parameters) for m in recipe.models or []]
+        base = recipe.base_model
+        if base is not None and base not in counts and self.method.base != "ignored":
+            counts[base] = self.layers_of(base)
+            sources.append(InputSlice(model=base, layer_range=(0, counts[base])))
+        if len(set(counts.values())) > 1:
+            detail = ", ".join(f"{ref}: {n}" for ref, n in counts.items())
+            raise PlanError(
+                f"The models have different layer counts ({detail}).",
+                hint="Merge matching layers explicitly with `slices:` and `layer_range`.",
+            )
+        return [OutputSlice(sources=sources)]
+
+    def check_slice(self, index: int, out_slice: OutputSlice) -> ModelRef | None:
+        """Check one slice's sources against the method contract; return its base model."""
+        label = f"slices[{index}]" if self.recipe.slices else "models"
+        for source in out_slice.sources:
+            count = self.layers_of(source.model)
+            if source.layer_range[1] > count:
+                raise RecipeError(
+                    f"{label}: layer_range {list(source.layer_range)} of {source.model} is out of bounds: it has {count} layers.",
+                    hint=f"Use a range within [0, {count}].",
+                )
+        lengths = {s.layer_range[1] - s.layer_range[0] for s in out_slice.sources}
+        if len(lengths) > 1:
+            raise RecipeError(f"{label}: sources cover different numbers of layers ({sorted(lengths)}).", hint="Give every source of a slice layer ranges of one length.")
+        models = [s.model for s in out_slice.sources]
+        if len(set(models)) != len(models):
+            raise RecipeError(f"{label}: a model appears twice among the sources.", hint="List each model once per slice.")
+        method = self.method
+        n = len(models)
+        if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
+            wanted = str(method.min_inputs) if method.max_inputs == method.min_inputs else (
+                f"at least {method.min_inputs}" if method.max_inputs is None else f"{method.min_inputs} to {method.max_inputs}"
+            )
+            raise RecipeError(
+                f"{method.name} merges {wanted} model(s) per tensor, but {label} gives {n}.",
+                hint=f"Adjust the models listed, or choose another method.",
+            )
+        base = out_slice.base_model or self.recipe.base_model
+        if method.base == "required":
+            if base is None:
+                raise RecipeError(f"{method.name} needs a `base_model`.", hint="Add `base_model: <model>` to the recipe.")
+            if base not in models:
+                raise RecipeError(
+                    f"{label}: the base model {base} is not among the sources.",
+                    hint="Add the base model to the slice's sources.",
+                )
+        return base if base in models and method.base != "ignored" else None
+
+    def resolve(self, spec_params: Sequence, out_name: str, t: float, out_slice: OutputSlice,
+                inputs: list[tuple[InputSlice, str]], base_index: int | None) -> tuple[tuple[str, Any], ...]:
+        """Resolve every method parameter for one tensor, by mergekit's precedence."""
+        chain: list[Parameters | None] = [out_slice.parameters, self.recipe.parameters]
+        resolved: list[tuple[str, Any]] = []
+        for spec in spec_params:
+            if spec.scope == "shared":
+                value = _first_value(spec, chain, out_name, t, where=out_name)
+            else:
+                values = []
+                for i, (source, name) in enumerate(inputs):
+                    if spec.scope == "non_base" and i == base_index:
+                        values.append(None)
+                    else:
+                        values.append(_first_value(spec, [source.parameters, *chain], name, t, where=f"{source.model} {name}"))
+                value = tuple(values)
+            resolved.append((spec.argument, value))
+        return tuple(resolved)
+
+    def find_input(self, ref: ModelRef, name: str) -> TensorInfo | None:
+        tensors = self.sources[ref].tensors()
+        if name in tensors:
+            return tensors[name]
+        if name.endswith("lm_head.weight"):  # tied embeddings: transformers reads the input embedding
+            for candidate in tensors.values():
+                if tensor_group(candidate.name) == "pre" and "embed" in candidate.name and candidate.name.endswith("weight"):
+                    return candidate
+        return None
+
+    def add_job(self, out_name: str, out_slice: OutputSlice, inputs: list[tuple[InputSlice, str]],
+                base_ref: ModelRef | None, reference: int, t: float) -> None:
+        infos = []
+        for source, name in inputs:
+            info = self.find_input(source.model, name)
+            if info is None:
+                self.problems.append(f"{source.model} has no tensor {name!r} (needed for {out_name}).")
+                return
+            infos.append(info)
+        shapes = {info.shape for info in infos}
+        if len(shapes) > 1:
+            detail = ", ".join(f"{s.model}: {list(i.shape)}" for (s, _), i in zip(inputs, infos))
+            vocab = "embed" in out_name or "lm_head" in out_name
+            hint = " The vocabularies differ; mergehub does not re-index embeddings yet (`tokenizer_source`)." if vocab else ""
+            self.problems.append(f"{out_name}: shapes differ ({detail}).{hint}")
+            return
+        floating = all(DTYPES[i.dtype].is_floating_point for i in infos)
+        method = self.method.name if floating else "passthrough"
+        job_inputs = inputs
+        base_index = next((i for i, (s, _) in enumerate(inputs) if s.model == base_ref), None)
+        if not floating:
+            job_inputs, infos, base_index = [inputs[reference]], [infos[reference]], None
+        spec = self.method.params if floating else get_method("passthrough").params
+        params = self.resolve(spec, out_name, t, out_slice, job_inputs, base_index)
+        dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", infos[min(reference, len(infos) - 1)].dtype) if floating else infos[0].dtype
+        for (source, _), info in zip(job_inputs, infos):
+            self.read_bytes[source.model] = self.read_bytes.get(source.model, 0) + info.nbytes
+        self.jobs.append(
+            TensorJob(
+                name=out_name,
+                shape=infos[0].shape,
+                dtype=dtype,
+                method=method,
+                inputs=tuple(InputTensor(self.refs.index(s.model), i.name) for (s, _), i in zip(job_inputs, infos)),
+                base_index=base_index,
+                params=params,
+                read_bytes=sum(i.nbytes for i in infos),
+            )
+        )
+
+
+def _first_value(spec: Any, chain: Sequence[Parameters | None], tensor_name: str, t: float, where: str) -> Any:
+    for scope in chain:
+        if scope and spec.name in scope:
+            value = evaluate_setting(scope[spec.name], tensor_name, t)
+            if value is not None:
+                return _coerce(spec, value, where)
+    if spec.required:
+        raise RecipeError(f"Missing required parameter {spec.name!r} for {where}.", hint=f"Set `{spec.name}` in the model's or the recipe's `parameters`.")
+    return spec.default
+
+
+def _coerce(spec: Any, value: Any, where: str) -> Any:
+    if spec.type is bool and isinstance(value, bool):
+        return value
+    if spec.type in (float, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return spec.type(value)
+    raise RecipeError(f"Parameter {spec.name!r} for {where} must be a {spec.type.__name__}, got {value!r}.")
+
+
+def _reference_index(out_slice: OutputSlice, base: ModelRef | None) -> int:
+    models = [s.model for s in out_slice.sources]
+    return models.index(base) if base in models else 0
+
+
+def _output_config(planner: _Planner, slices: list[OutputSlice], ref: ModelRef, total_layers: int, dtype: str | None) -> dict:
+    """The merged model's config: the reference model's, with layer count and per-layer lists rebuilt."""
+    config = copy.deepcopy(planner.configs[ref])
+    target = text_config(config)
+    source_layers = config_num_layers(config)
+    if source_layers is not None and total_layers != source_layers:
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(target.get(key), int):
+                target[key] = total_layers
+        for key, value in list(target.items()):
+            if isinstance(value, list) and len(value) == source_layers:
+                rebuilt = []
+                for out_slice in slices:
+                    for source in out_slice.sources[:1]:
+                        values = text_config(planner.configs[source.model]).get(key) or value
+                        rebuilt += values[source.layer_range[0] : source.layer_range[1]]
+                target[key] = rebuilt
+    if dtype is not None:
+        key = "dtype" if "dtype" in config else "torch_dtype"
+        config[key] = _CODE_NAMES.get(dtype, config.get(key))
+    return config
+
+
+def _architecture_problems(planner: _Planner) -> list[str]:
+    kinds = {ref: tuple(planner.configs[ref].get("architectures") or [planner.configs[ref].get("model_type")]) for ref in planner.refs}
+    if len(set(kinds.values())) <= 1:
+        return []
+    detail = ", ".join(f"{ref}: {'/'.join(map(str, k))}" for ref, k in kinds.items())
+    return [f"The models have different architectures ({detail})."]
+
+
+def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+               prefetch_bytes: int = 0) -> Plan:
+    """Build and check the plan of a merge from the recipe and the models' headers and configs.
+
+    Raises:
+        RecipeError: a parameter is unknown, missing or of the wrong type, or the slices are malformed.
+        PlanError: the models do not fit together (missing tensors, shapes, layer counts, architectures).
+    """
+    method = get_method(recipe.merge_method)
+    unknown = sorted(n for n in recipe.parameter_names() if method.param(n) is None)
+    if unknown:
+        known = ", ".join(p.name for p in method.params) or "none"
+        raise RecipeError(f"Unknown parameter(s) for {method.name}: {', '.join(unknown)}.", hint=f"{method.name} takes: {known}.")
+    refs = recipe.referenced_models()
+    planner = _Planner(recipe, method, sources, refs, {ref: sources[ref].config() for ref in refs})
+    slices = planner.output_slices()
+    bases = [planner.check_slice(i, s) for i, s in enumerate(slices)]
+    planner.problems += _architecture_problems(planner)
+
+    def add_outside_layers(group: str, out_slice: OutputSlice, base: ModelRef | None) -> None:
+        ref_index = _reference_index(out_slice, base)
+        reference = out_slice.sources[ref_index].model
+        for name in sorted(n for n in sources[reference].tensors() if tensor_group(n) == group):
+            planner.add_job(name, out_slice, [(s, name) for s in out_slice.sources], base, ref_index, t=0.0)
+
+    add_outside_layers("pre", slices[0], bases[0])
+    out_layer = 0
+    for out_slice, base in zip(slices, bases):
+        ref_index = _reference_index(out_slice, base)
+        reference = out_slice.sources[ref_index]
+        length = reference.layer_range[1] - reference.layer_range[0]
+        layer_names = {}
+        for name in sources[reference.model].tensors():
+            parsed = parse_layer_name(name)
+            if parsed is not None:
+                layer_names.setdefault(parsed.index, []).append(parsed)
+        for k in range(length):
+            t = k / (length - 1) if length > 1 else 1.0
+            for parsed in sorted(layer_names.get(reference.layer_range[0] + k, []), key=lambda p: p.suffix):
+                inputs = [(s, parsed.renumbered(s.layer_range[0] + k)) for s in out_slice.sources]
+                planner.add_job(parsed.renumbered(out_layer), out_slice, inputs, base, ref_index, t)
+            out_layer += 1
+    add_outside_layers("post", slices[-1], bases[-1])
+
+    if planner.problems:
+        shown = planner.problems[:_MAX_PROBLEMS]
+        more = len(planner.problems) - len(shown)
+        raise PlanError(
+            f"The merge cannot be planned ({len(planner.problems)} problem(s)):\n  " + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""),
+            hint="Check that the models share an architecture and sizes, and that the recipe names the right layers.",
+            problems=tuple(planner.problems),
+        )
+    if not planner.jobs:
+        raise PlanError("The merge produces no tensors.", hint="Check the recipe's models and layer ranges.")
+
+    config_ref = recipe.base_model if recipe.base_model in refs else slices[0].sources[0].model
+    out_dtype = _DTYPE_CODES.get(recipe.out_dtype or recipe.dtype or "")
+    config = _output_config(planner, slices, config_ref, out_layer, out_dtype)
+    tokenizer_ref = _tokenizer_model(recipe, config_ref, refs)
+    jobs = tuple(planner.jobs)
+    return Plan(
+        method=method.name,
+        models=tuple(ModelEntry(str(ref), planner.read_bytes.get(ref, 0)) for ref in refs),
+        jobs=jobs,
+        shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
+        config=config,
+        config_model=refs.index(config_ref),
+        tokenizer_model=refs.index(tokenizer_ref),
+        input_dtype=_DTYPE_CODES.get(recipe.dtype or ""),
+        num_layers=out_layer,
+        peak_memory_bytes=max(_job_memory(j) for j in jobs) + prefetch_bytes,
+        warnings=(),
+    )
+
+
+def _job_memory(job: TensorJob) -> int:
+    """Bytes held while computing one job: stored inputs, float32 copies, float32 result and output."""
+    numel = 1
+    for dim in job.shape:
+        numel *= dim
+    out_item = DTYPES[job.dtype].itemsize
+    return job.read_bytes + 4 * numel * (len(job.inputs) + 2) + out_item * numel
+
+
+def _tokenizer_model(recipe: Recipe, config_ref: ModelRef, refs: list[ModelRef]) -> ModelRef:
+    """The model whose tokenizer files are copied to the output."""
+    source = recipe.tokenizer_source or (recipe.tokenizer.source if recipe.tokenizer else None)
+    if source in (None, "base"):
+        return config_ref
+    if source == "union" or recipe.tokenizer and recipe.tokenizer.tokens:
+        raise RecipeError(
+            "Building a merged vocabulary (`tokenizer_source: union`, `tokenizer.tokens`) is not supported yet.",
+            hint="Use `tokenizer_source: base` or a model of the recipe.",
+        )
+    ref = ModelRef.parse(source)
+    if ref not in refs:
+        raise RecipeError(f"tokenizer_source {source!r} is not one of the recipe's models.", hint="Name one of: " + ", ".join(map(str, refs)) + ".")
+    return ref

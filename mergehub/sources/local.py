@@ -1,0 +1,111 @@
+"""Tensors from a model directory on disk, read with positioned reads (no mmap, no whole-file load)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from mergehub.errors import MissingTensorError, SourceError
+from mergehub.sources.base import TensorInfo, header_length, parse_safetensors_header
+
+__all__ = ["LocalSource", "weight_files"]
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def weight_files(names: list[str], index: dict | None) -> list[str]:
+    """The safetensors files that hold a model's weights, given its file names and index."""
+    if index is not None:
+        return sorted(set(index.get("weight_map", {}).values()))
+    if "model.safetensors" in names:
+        return ["model.safetensors"]
+    return sorted(n for n in names if n.endswith(".safetensors") and "/" not in n)
+
+
+class LocalSource:
+    """A model directory holding `config.json` and safetensors weights."""
+
+    def __init__(self, directory: str | Path, label: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.label = label or str(directory)
+        self._tensors: dict[str, TensorInfo] | None = None
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _files(self) -> list[str]:
+        names = [p.name for p in self.directory.iterdir() if p.is_file()]
+        index_path = self.directory / INDEX_NAME
+        index = json.loads(index_path.read_text()) if index_path.exists() else None
+        files = weight_files(names, index)
+        if not files:
+            pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+            hint = (
+                "Convert the pickled weights to safetensors first (transformers: "
+                "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)`)."
+                if pickles
+                else "Point the recipe at a directory with *.safetensors files."
+            )
+            raise SourceError(f"{self.label}: no safetensors weights found in {self.directory}.", hint=hint)
+        return files
+
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        """Every tensor of the model, parsed from the shard headers."""
+        if self._tensors is None:
+            tensors: dict[str, TensorInfo] = {}
+            for file in self._files():
+                path = self.directory / file
+                try:
+                    with open(path, "rb") as f:
+                        length = header_length(f.read(8), str(path))
+                        tensors.update(parse_safetensors_header(f.read(length), file))
+                except OSError as e:
+                    raise SourceError(f"{self.label}: cannot read {path}: {e.strerror}.") from e
+            self._tensors = tensors
+        return self._tensors
+
+    def config(self) -> dict:
+        """The model's config.json."""
+        raw = self.read_file("config.json")
+        if raw is None:
+            raise SourceError(f"{self.label} has no config.json.", hint="A model directory needs its config.json.")
+        return json.loads(raw)
+
+    def read_file(self, filename: str) -> bytes | None:
+        """A small file from the model directory, or None when absent."""
+        path = self.directory / filename
+        return path.read_bytes() if path.is_file() else None
+
+    def _fd(self, file: str) -> int:
+        with self._lock:
+            if file not in self._fds:
+                self._fds[file] = os.open(self.directory / file, os.O_RDONLY)
+            return self._fds[file]
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read one tensor with a single positioned read."""
+        info = self.tensors().get(name)
+        if info is None:
+            raise MissingTensorError(f"{self.label} has no tensor {name!r}.")
+        buffer = bytearray(info.nbytes)
+        view = memoryview(buffer)
+        fd, done = self._fd(info.file), 0
+        while done < info.nbytes:
+            count = os.preadv(fd, [view[done:]], info.start + done)
+            if count == 0:
+                raise SourceError(f"{self.label}: {info.file} ends before tensor {name!r}.", hint="The file is truncated.")
+            done += count
+        if not buffer:
+            return torch.empty(info.shape, dtype=info.torch_dtype)
+        return torch.frombuffer(buffer, dtype=info.torch_dtype).reshape(info.shape)
+
+    def close(self) -> None:
+        """Close the open shard files."""
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()

@@ -1,0 +1,175 @@
+"""Sharded safetensors output written as tensors arrive, with headers laid out in advance.
+
+Every output tensor's name, dtype and shape are known before merging starts, so each
+shard's header is written first and tensor bytes are appended in order: nothing is
+buffered beyond the tensor being written, and each shard's sha256 is computed on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+from mergehub.errors import OutputError
+from mergehub.sources.base import DTYPES
+
+__all__ = ["TensorSlot", "ShardLayout", "ShardResult", "layout_shards", "ShardedWriter", "INDEX_NAME"]
+
+INDEX_NAME = "model.safetensors.index.json"
+_ALIGNMENT = 8
+
+
+def _itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+@dataclass(frozen=True)
+class TensorSlot:
+    """One tensor's place in a shard: name, dtype code, shape and data offsets."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """One output file and the tensors it holds, in write order."""
+
+    filename: str
+    slots: tuple[TensorSlot, ...]
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of tensor data in the shard."""
+        return self.slots[-1].end if self.slots else 0
+
+    def header(self) -> bytes:
+        """The shard's length prefix and JSON header, padded to 8 bytes as safetensors does."""
+        entries: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+        for slot in self.slots:
+            entries[slot.name] = {"dtype": slot.dtype, "shape": list(slot.shape), "data_offsets": [slot.start, slot.end]}
+        text = json.dumps(entries, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % _ALIGNMENT)
+        return len(text).to_bytes(8, "little") + text
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """A completed shard: its file name, size and sha256."""
+
+    filename: str
+    size: int
+    sha256: str
+
+
+def layout_shards(entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> tuple[ShardLayout, ...]:
+    """Assign `(name, dtype, shape)` tensors in order to shards of at most `max_shard_bytes` of data.
+
+    A tensor larger than the limit gets a shard of its own. Files are named
+    `model-0000i-of-0000N.safetensors`, as transformers names them.
+    """
+    groups: list[list[TensorSlot]] = [[]]
+    offset = 0
+    for name, dtype, shape in entries:
+        nbytes = _itemsize(dtype)
+        for dim in shape:
+            nbytes *= dim
+        if groups[-1] and offset + nbytes > max_shard_bytes:
+            groups.append([])
+            offset = 0
+        groups[-1].append(TensorSlot(name, dtype, tuple(shape), offset, offset + nbytes))
+        offset += nbytes
+    total = len(groups)
+    return tuple(
+        ShardLayout(f"model-{i + 1:05d}-of-{total:05d}.safetensors", tuple(slots)) for i, slots in enumerate(groups)
+    )
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor."""
+    flat = tensor.detach().contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+
+
+class ShardedWriter:
+    """Writes the tensors of a shard layout, in order, into `directory`."""
+
+    def __init__(self, directory: Path, shards: Sequence[ShardLayout]) -> None:
+        self.directory = directory
+        self.shards = tuple(shards)
+        self._order = [(i, slot) for i, shard in enumerate(self.shards) for slot in shard.slots]
+        self._next = 0
+        self._file: BinaryIO | None = None
+        self._hash = hashlib.sha256()
+        self.results: list[ShardResult] = []
+        self.bytes_written = 0
+
+    def _open(self, index: int) -> None:
+        header = self.shards[index].header()
+        self._file = open(self.directory / self.shards[index].filename, "wb")
+        self._hash = hashlib.sha256()
+        self._emit(header)
+
+    def _emit(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        self._hash.update(data)
+        self.bytes_written += len(data)
+
+    def _finish_shard(self, index: int) -> None:
+        assert self._file is not None
+        size = self._file.tell()
+        self._file.close()
+        self._file = None
+        self.results.append(ShardResult(self.shards[index].filename, size, self._hash.hexdigest()))
+
+    def write(self, name: str, tensor: torch.Tensor) -> ShardResult | None:
+        """Append the next tensor of the layout; returns the shard's result when this completes it.
+
+        Raises:
+            OutputError: the tensor is not the next one in the layout, or its dtype or shape differ.
+        """
+        if self._next >= len(self._order):
+            raise OutputError(f"Tensor {name!r} was written after the last tensor of the layout.")
+        shard_index, slot = self._order[self._next]
+        if name != slot.name or tuple(tensor.shape) != slot.shape or tensor.dtype != DTYPES[slot.dtype]:
+            raise OutputError(
+                f"Writer expected {slot.name!r} {slot.dtype}{list(slot.shape)}, got {name!r} {tensor.dtype}{list(tensor.shape)}."
+            )
+        if self._file is None:
+            self._open(shard_index)
+        try:
+            self._emit(tensor_bytes(tensor.cpu()))
+        except OSError as e:
+            raise OutputError(f"Cannot write {self.shards[shard_index].filename}: {e.strerror}.", hint="Check free disk space.") from e
+        self._next += 1
+        if slot is self.shards[shard_index].slots[-1]:
+            self._finish_shard(shard_index)
+            return self.results[-1]
+        return None
+
+    def write_index(self) -> None:
+        """Write `model.safetensors.index.json` once every tensor is written."""
+        if self._next != len(self._order):
+            missing = [slot.name for _, slot in self._order[self._next :]]
+            raise OutputError(f"{len(missing)} tensors were never written, starting with {missing[0]!r}.")
+        index = {
+            "metadata": {"total_size": sum(shard.data_bytes for shard in self.shards)},
+            "weight_map": {slot.name: shard.filename for shard in self.shards for slot in shard.slots},
+        }
+        (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+    def close(self) -> None:
+        """Close a shard left open by a failed merge."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,70 @@
+"""The executor: failures and cancellation mid-merge leave no output that looks complete."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergehub import MergeMethodError, SourceError, run_merge
+from mergehub.executor import Cancelled, tensor_seed
+from mergehub.sources.local import LocalSource
+
+
+def _recipe(family) -> dict:
+    return {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family]}
+
+
+def test_read_failure_midway_leaves_nothing(family, write_recipe, tmp_path, monkeypatch):
+    original = LocalSource.read
+
+    def flaky(self, name):
+        if name == "model.layers.2.mlp.up_proj.weight":
+            raise SourceError("disk went away")
+        return original(self, name)
+
+    monkeypatch.setattr(LocalSource, "read", flaky)
+    with pytest.raises(SourceError, match="disk went away"):
+        run_merge(write_recipe(_recipe(family)), tmp_path / "out", out_shard_bytes=50_000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yml"]
+
+
+def test_cancel_stops_cleanly(family, write_recipe, tmp_path):
+    seen = []
+    with pytest.raises(Cancelled):
+        run_merge(write_recipe(_recipe(family)), tmp_path / "out", on_progress=seen.append, should_stop=lambda: len(seen) >= 5)
+    assert len(seen) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yml"]
+
+
+def test_weights_summing_to_zero_are_refused_with_a_hint(family, write_recipe, tmp_path):
+    recipe = {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [1, -1])]}
+    with pytest.raises(MergeMethodError, match="sum to 0") as info:
+        run_merge(write_recipe(recipe), tmp_path / "out")
+    assert "normalize: false" in info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_not_overwritten_without_asking(family, write_recipe, tmp_path):
+    from mergehub import OutputError
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        run_merge(write_recipe(_recipe(family[:2])), tmp_path / "out")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    run_merge(write_recipe(_recipe(family[:2])), tmp_path / "out", overwrite=True)
+    assert not (tmp_path / "out" / "keep.txt").exists()
+
+
+def test_progress_reports_every_tensor(family, write_recipe, tmp_path):
+    seen = []
+    result = run_merge(write_recipe(_recipe(family[:2])), tmp_path / "out", on_progress=seen.append)
+    assert [p.tensors_done for p in seen] == list(range(1, len(result.plan.jobs) + 1))
+    assert seen[-1].bytes_read == seen[-1].bytes_total == result.plan.read_bytes == result.stats.bytes_read
+
+
+def test_tensor_seed_is_stable_and_distinct():
+    assert tensor_seed(0, "a") == tensor_seed(0, "a")
+    assert len({tensor_seed(0, "a"), tensor_seed(0, "b"), tensor_seed(1, "a")}) == 3
+    assert 0 <= tensor_seed(123, "x") < 2**63
+    torch.Generator().manual_seed(tensor_seed(5, "y"))

@@ -1,0 +1,155 @@
+"""Planning checks everything from configs and headers, before any weight is read."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mergehub import Plan, PlanError, RecipeError, UnknownMethodError, plan_merge, run_merge
+from mergehub.sources.local import LocalSource
+
+
+def _linear(models: list[Path], **extra) -> dict:
+    return {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in models], **extra}
+
+
+def test_dry_run_plan_lists_every_tensor_and_bytes(family, write_recipe, monkeypatch):
+    def no_reads(self, name):
+        raise AssertionError("planning must not read tensor data")
+
+    monkeypatch.setattr(LocalSource, "read", no_reads)
+    plan = plan_merge(write_recipe(_linear(family)))
+    names = set(LocalSource(family[0]).tensors())
+    assert {job.name for job in plan.jobs} == names
+    assert all(m.read_bytes == plan.models[0].read_bytes > 0 for m in plan.models)
+    text = plan.describe()
+    assert "model.layers.3.mlp.down_proj.weight" in text and "Estimated peak memory" in text
+    assert Plan.from_json(plan.to_json()) == plan
+
+
+def test_layer_range_slice_reads_only_its_layers(family, write_recipe):
+    plan = plan_merge(write_recipe({"merge_method": "passthrough", "slices": [{"sources": [{"model": str(family[0]), "layer_range": [1, 2]}]}]}))
+    layer_inputs = {i.name.split(".")[2] for job in plan.jobs for i in job.inputs if ".layers." in i.name}
+    assert layer_inputs == {"1"}
+    assert plan.num_layers == 1 and plan.config["num_hidden_layers"] == 1
+
+
+def _copy_without(src: Path, dst: Path, drop: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(dst / "model.safetensors")
+    del tensors[drop]
+    save_file(tensors, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+def test_missing_tensor_is_named(family, write_recipe, tmp_path):
+    broken = _copy_without(family[1], tmp_path / "broken", "model.layers.2.mlp.up_proj.weight")
+    with pytest.raises(PlanError, match=r"has no tensor 'model.layers.2.mlp.up_proj.weight'"):
+        plan_merge(write_recipe(_linear([family[0], broken])))
+
+
+def test_shape_mismatch_names_models_and_shapes(family, write_recipe, tmp_path):
+    from mergehub.demo import make_tiny_llama
+
+    bigger_vocab = make_tiny_llama(tmp_path / "big", vocab=320)
+    with pytest.raises(PlanError, match=r"model.embed_tokens.weight: shapes differ .*\[256, 64\].*\[320, 64\].*vocabularies differ"):
+        plan_merge(write_recipe(_linear([family[0], bigger_vocab])))
+
+
+def test_different_layer_counts_suggest_slices(family, write_recipe, tmp_path):
+    from mergehub.demo import make_tiny_llama
+
+    deeper = make_tiny_llama(tmp_path / "deep", layers=5)
+    with pytest.raises(PlanError, match="different layer counts") as info:
+        plan_merge(write_recipe(_linear([family[0], deeper])))
+    assert "slices" in info.value.hint
+
+
+def test_mismatched_architectures(family, write_recipe, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(family[1], other)
+    config = json.loads((other / "config.json").read_text())
+    config["architectures"] = ["MistralForCausalLM"]
+    (other / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PlanError, match="different architectures"):
+        plan_merge(write_recipe(_linear([family[0], other])))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "error", "pattern"),
+    [
+        ({"merge_method": "lienar"}, UnknownMethodError, r"Unknown merge_method 'lienar'"),
+        ({"weights": 1}, RecipeError, r"weights: unknown key"),
+        ({"parameters": {"densty": 0.5}}, RecipeError, r"Unknown parameter\(s\) for linear: densty"),
+        ({"parameters": {"normalize": "yes"}}, RecipeError, r"'normalize' .* must be a bool"),
+    ],
+)
+def test_bad_recipes_name_the_problem(family, write_recipe, recipe, error, pattern):
+    with pytest.raises(error, match=pattern):
+        plan_merge(write_recipe({**_linear(family[:2]), **recipe}))
+
+
+def test_missing_required_parameter(family, write_recipe):
+    recipe = {"merge_method": "linear", "models": [{"model": str(family[0]), "parameters": {"weight": 1}}, {"model": str(family[1])}]}
+    with pytest.raises(RecipeError, match=r"Missing required parameter 'weight' for .*finetune-1"):
+        plan_merge(write_recipe(recipe))
+
+
+def test_slerp_with_three_models(family, write_recipe):
+    recipe = {"merge_method": "slerp", "base_model": str(family[0]), "models": [{"model": str(m)} for m in family], "parameters": {"t": 0.5}}
+    with pytest.raises(RecipeError, match="slerp merges 2 model"):
+        plan_merge(write_recipe(recipe))
+
+
+def test_base_required(family, write_recipe):
+    recipe = {"merge_method": "task_arithmetic", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family[1:]]}
+    with pytest.raises(RecipeError, match="needs a `base_model`"):
+        plan_merge(write_recipe(recipe))
+
+
+def test_layer_range_out_of_bounds(family, write_recipe):
+    recipe = {"merge_method": "passthrough", "slices": [{"sources": [{"model": str(family[0]), "layer_range": [2, 9]}]}]}
+    with pytest.raises(RecipeError, match=r"layer_range \[2, 9\] .* out of bounds: it has 4 layers"):
+        plan_merge(write_recipe(recipe))
+
+
+def test_unequal_slice_lengths(family, write_recipe):
+    recipe = {
+        "merge_method": "slerp",
+        "base_model": str(family[0]),
+        "slices": [{"sources": [{"model": str(family[0]), "layer_range": [0, 2]}, {"model": str(family[1]), "layer_range": [0, 3]}]}],
+        "parameters": {"t": 0.5},
+    }
+    with pytest.raises(RecipeError, match="different numbers of layers"):
+        plan_merge(write_recipe(recipe))
+
+
+def test_missing_model_directory(write_recipe):
+    from mergehub import ModelReferenceError
+
+    with pytest.raises(ModelReferenceError, match="not a local directory"):
+        plan_merge(write_recipe({"merge_method": "linear", "models": [{"model": "./nowhere", "parameters": {"weight": 1}}]}))
+
+
+def test_pickle_only_model_is_refused(family, write_recipe, tmp_path):
+    from mergehub import SourceError
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_bytes((family[0] / "config.json").read_bytes())
+    (pickled / "pytorch_model.bin").write_bytes(b"not really")
+    with pytest.raises(SourceError, match="no safetensors weights") as info:
+        plan_merge(write_recipe(_linear([family[0], pickled])))
+    assert "save_pretrained" in info.value.hint
+
+
+def test_failed_plan_leaves_no_output(family, write_recipe, tmp_path):
+    with pytest.raises(RecipeError):
+        run_merge(write_recipe({**_linear(family), "parameters": {"densty": 1}}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.yml"]
