@@ -55,16 +55,18 @@ def _recipe_and_text(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
     return parsed, Path(recipe).read_text(encoding="utf-8")
 
 
-def open_sources(recipe: Recipe) -> dict[ModelRef, TensorSource]:
-    """Open every model the recipe references, base first."""
-    return {ref: open_source(ref) for ref in recipe.referenced_models()}
+def open_sources(recipe: Recipe, *, token: str | None = None, cache_dir: str | os.PathLike | None = None) -> dict[ModelRef, TensorSource]:
+    """Open every model the recipe references, base first; Hub references resolve to a commit."""
+    return {ref: open_source(ref, token=token, cache_dir=cache_dir) for ref in recipe.referenced_models()}
 
 
-def plan_merge(recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Plan:
+def plan_merge(
+    recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | None = None
+) -> Plan:
     """Plan a merge from configs and headers only: the `--dry-run`."""
     parsed, _ = _recipe_and_text(recipe)
     check_chat_template(parsed.chat_template)
-    sources = open_sources(parsed)
+    sources = open_sources(parsed, token=token)
     try:
         return _plan_merge(parsed, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES)
     finally:
@@ -93,6 +95,8 @@ def run_merge(
     seed: int = 0,
     out_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
+    token: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> MergeResult:
@@ -106,7 +110,7 @@ def run_merge(
     target = Path(out_dir)
     torch_device = resolve_device(device)
     with ExitStack() as stack:
-        sources = open_sources(parsed)
+        sources = open_sources(parsed, token=token, cache_dir=cache_dir)
         for source in sources.values():
             stack.callback(source.close)
         plan = _plan_merge(parsed, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES)

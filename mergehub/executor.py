@@ -25,6 +25,7 @@ from mergehub.writer import ShardedWriter
 __all__ = ["Progress", "ExecutionStats", "execute", "resolve_device", "tensor_seed", "Cancelled"]
 
 DEFAULT_PREFETCH_BYTES = 512 * 1024**2
+DEFAULT_BATCH_BYTES = 64 * 1024**2
 
 
 class Cancelled(MergehubError, RuntimeError):
@@ -95,6 +96,37 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _batches(jobs: Sequence[TensorJob], max_bytes: int) -> list[list[TensorJob]]:
+    """Consecutive jobs grouped so each group reads at most `max_bytes` (a larger job stands alone)."""
+    batches: list[list[TensorJob]] = []
+    size = 0
+    for job in jobs:
+        if not batches or size + job.read_bytes > max_bytes:
+            batches.append([])
+            size = 0
+        batches[-1].append(job)
+        size += job.read_bytes
+    return batches
+
+
+@dataclass
+class _Batch:
+    """A batch of jobs and, per input model, the future of its tensors."""
+
+    jobs: list[TensorJob]
+    reads: dict[int, Future[dict[str, torch.Tensor]]]
+    read_bytes: int
+
+
+def _submit(batch: list[TensorJob], sources: Sequence[TensorSource], pool: ThreadPoolExecutor) -> _Batch:
+    names: dict[int, dict[str, None]] = {}
+    for job in batch:
+        for item in job.inputs:
+            names.setdefault(item.model, {})[item.name] = None
+    reads = {model: pool.submit(sources[model].read_many, list(wanted)) for model, wanted in names.items()}
+    return _Batch(batch, reads, sum(j.read_bytes for j in batch))
+
+
 def execute(
     plan: Plan,
     sources: Sequence[TensorSource],
@@ -103,53 +135,57 @@ def execute(
     device: torch.device,
     seed: int = 0,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+    batch_bytes: int = DEFAULT_BATCH_BYTES,
     readers: int = 4,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ExecutionStats:
     """Run every job of `plan` in order, writing each output tensor through `writer`.
 
+    Inputs are read in batches of consecutive jobs (one `read_many` per model and batch),
+    up to `prefetch_bytes` ahead of the tensor being merged.
+
     Raises:
         Cancelled: `should_stop` returned True.
         MergehubError: reading, merging or writing failed.
     """
     started = time.perf_counter()
-    jobs = plan.jobs
-    pending: deque[tuple[TensorJob, list[Future[torch.Tensor]]]] = deque()
-    in_flight = 0
-    bytes_read = 0
-    next_job = 0
+    upcoming = deque(_batches(plan.jobs, batch_bytes))
+    pending: deque[_Batch] = deque()
+    in_flight = bytes_read = done = 0
+    total = len(plan.jobs)
     with ThreadPoolExecutor(readers, thread_name_prefix="mergehub-read") as read_pool, ThreadPoolExecutor(
         1, thread_name_prefix="mergehub-write"
     ) as write_pool:
         last_write: Future | None = None
         try:
-            for done in range(len(jobs)):
-                while next_job < len(jobs) and (not pending or in_flight + jobs[next_job].read_bytes <= prefetch_bytes):
-                    job = jobs[next_job]
-                    futures = [read_pool.submit(sources[i.model].read, i.name) for i in job.inputs]
-                    pending.append((job, futures))
-                    in_flight += job.read_bytes
-                    next_job += 1
-                if should_stop is not None and should_stop():
-                    raise Cancelled("The merge was cancelled.", hint="Nothing was kept; start it again to finish.")
-                job, futures = pending.popleft()
-                inputs = [f.result() for f in futures]
-                in_flight -= job.read_bytes
-                bytes_read += job.read_bytes
-                output = merge_job(job, inputs, input_dtype=plan.input_dtype, device=device, seed=seed)
-                del inputs, futures
-                if last_write is not None:
-                    last_write.result()
-                last_write = write_pool.submit(writer.write, job.name, output)
-                del output
-                if on_progress is not None:
-                    on_progress(Progress(done + 1, len(jobs), bytes_read, plan.read_bytes, job.name))
+            while upcoming or pending:
+                while upcoming and (not pending or in_flight + sum(j.read_bytes for j in upcoming[0]) <= prefetch_bytes):
+                    pending.append(_submit(upcoming.popleft(), sources, read_pool))
+                    in_flight += pending[-1].read_bytes
+                batch = pending.popleft()
+                tensors = {model: future.result() for model, future in batch.reads.items()}
+                for job in batch.jobs:
+                    if should_stop is not None and should_stop():
+                        raise Cancelled("The merge was cancelled.", hint="Nothing was kept; start it again to finish.")
+                    inputs = [tensors[i.model][i.name] for i in job.inputs]
+                    output = merge_job(job, inputs, input_dtype=plan.input_dtype, device=device, seed=seed)
+                    del inputs
+                    if last_write is not None:
+                        last_write.result()
+                    last_write = write_pool.submit(writer.write, job.name, output)
+                    del output
+                    bytes_read += job.read_bytes
+                    done += 1
+                    if on_progress is not None:
+                        on_progress(Progress(done, total, bytes_read, plan.read_bytes, job.name))
+                in_flight -= batch.read_bytes
+                del tensors, batch
             if last_write is not None:
                 last_write.result()
         except BaseException:
-            for _, futures in pending:
-                for f in futures:
-                    f.cancel()
+            for batch in pending:
+                for future in batch.reads.values():
+                    future.cancel()
             raise
     return ExecutionStats(time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes())

@@ -56,6 +56,7 @@ class ModelEntry:
     """An input model: its reference and how many bytes the merge reads from it."""
 
     ref: str
+    revision: str | None
     read_bytes: int
 
 
@@ -116,7 +117,7 @@ class Plan:
         """A human-readable account of the plan, for `--dry-run`."""
         lines = [f"Plan: {self.method} merge of {len(self.models)} models into {len(self.jobs)} tensors"]
         lines.append("Input models (bytes to read):")
-        lines += [f"  [{i}] {m.ref}: {_size(m.read_bytes)}" for i, m in enumerate(self.models)]
+        lines += [f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {_size(m.read_bytes)}" for i, m in enumerate(self.models)]
         lines.append(f"Output: {len(self.shards)} shard(s), {_size(self.write_bytes)}; layers: {self.num_layers}")
         lines.append(f"Estimated peak memory for tensors: {_size(self.peak_memory_bytes)}")
         lines.append("Tensors:")
@@ -210,6 +211,13 @@ class _Planner:
                 hint=f"Adjust the models listed, or choose another method.",
             )
         base = out_slice.base_model or self.recipe.base_model
+        others = n - (base in models and method.base != "ignored")
+        if others < method.min_non_base or (method.max_non_base is not None and others > method.max_non_base):
+            wanted = str(method.min_non_base) if method.max_non_base == method.min_non_base else f"at least {method.min_non_base}"
+            raise RecipeError(
+                f"{method.name} merges {wanted} model(s) besides the base, but {label} gives {others}.",
+                hint="Adjust the models listed, or choose another method.",
+            )
         if method.base == "required":
             if base is None:
                 raise RecipeError(f"{method.name} needs a `base_model`.", hint="Add `base_model: <model>` to the recipe.")
@@ -407,7 +415,7 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
     jobs = tuple(planner.jobs)
     return Plan(
         method=method.name,
-        models=tuple(ModelEntry(str(ref), planner.read_bytes.get(ref, 0)) for ref in refs),
+        models=tuple(ModelEntry(str(ref), sources[ref].revision, planner.read_bytes.get(ref, 0)) for ref in refs),
         jobs=jobs,
         shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
         config=config,

@@ -39,23 +39,29 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--seed", type=int, default=0, help="seed for random methods (default: 0)")
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     merge.add_argument("--no-progress", action="store_true", help="no progress bar")
+    merge.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
 
     commands.add_parser("methods", help="list the merge methods")
     return parser
 
 
-def _progress_bar(total_bytes: int, total_tensors: int):
-    from tqdm.auto import tqdm
+class _ProgressBar:
+    """A tqdm bar over input bytes, created on the first progress report (which carries the totals)."""
 
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, desc="merging", dynamic_ncols=True)
+    def __init__(self) -> None:
+        self.bar = None
 
-    def update(progress: api.Progress) -> None:
-        bar.update(progress.bytes_read - bar.n)
-        bar.set_postfix_str(f"{progress.tensors_done}/{total_tensors} tensors", refresh=False)
-        if progress.tensors_done == progress.tensors_total:
-            bar.close()
+    def __call__(self, progress: api.Progress) -> None:
+        from tqdm.auto import tqdm
 
-    return update, bar
+        if self.bar is None:
+            self.bar = tqdm(total=progress.bytes_total, unit="B", unit_scale=True, unit_divisor=1000, desc="merging", dynamic_ncols=True)
+        self.bar.update(progress.bytes_read - self.bar.n)
+        self.bar.set_postfix_str(f"{progress.tensors_done}/{progress.tensors_total} tensors", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -66,12 +72,11 @@ def _merge(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, or add --dry-run.")
-    plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size)
-    update, bar = (None, None) if args.no_progress else _progress_bar(plan.read_bytes, len(plan.jobs))
+    bar = None if args.no_progress else _ProgressBar()
     try:
         result = api.run_merge(
             args.recipe, args.out, device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size,
-            overwrite=args.overwrite, on_progress=update,
+            overwrite=args.overwrite, cache_dir=args.cache_dir, on_progress=bar,
         )
     finally:
         if bar is not None:

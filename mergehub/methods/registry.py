@@ -62,6 +62,8 @@ class MethodSpec:
     base: BasePolicy = "ignored"
     min_inputs: int = 1
     max_inputs: int | None = None
+    min_non_base: int = 0
+    max_non_base: int | None = None
     random: bool = False
     stacks_layers: bool = False
 
@@ -72,8 +74,19 @@ class MethodSpec:
 
 def _builtin_methods() -> dict[str, MethodSpec]:
     from mergehub.methods import linear, passthrough, slerp, task_arithmetic
+    from mergehub.methods import arcee_fusion, karcher, model_stock, multislerp, nearswap, nuslerp, ram
 
     specs = (linear.SPEC, slerp.SPEC, task_arithmetic.SPEC, passthrough.SPEC)
+    specs += (
+        model_stock.SPEC,
+        nuslerp.SPEC,
+        multislerp.SPEC,
+        karcher.SPEC,
+        nearswap.SPEC,
+        arcee_fusion.SPEC,
+        ram.SPEC,
+        ram.PLUS_TL_SPEC,
+    )
     return {spec.name: spec for spec in specs}
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from mergehub.methods._primitives import check_same_shape, lerp
+from mergehub.methods._spherical import base_and_other
 from mergehub.methods.registry import MethodSpec, ParamSpec
 
 DOT_THRESHOLD = 0.9995
@@ -26,8 +27,7 @@ def slerp(
     pairs (|dot| > 0.9995) fall back to linear interpolation.
     """
     check_same_shape(tensors)
-    assert base_index is not None and len(tensors) == 2, "slerp takes a base and one other model"
-    v0, v1 = tensors[base_index], tensors[1 - base_index]
+    v0, v1 = base_and_other(tensors, base_index, "slerp")
     n0, n1 = torch.linalg.vector_norm(v0).item(), torch.linalg.vector_norm(v1).item()
     d0 = n0 if n0 > EPS else 1.0
     d1 = n1 if n1 > EPS else 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mergehub.errors import ModelReferenceError
 from mergehub.recipe import ModelRef
 from mergehub.sources.base import DTYPES, TensorInfo, TensorSource, parse_safetensors_header
@@ -10,11 +12,14 @@ from mergehub.sources.local import LocalSource
 __all__ = ["DTYPES", "TensorInfo", "TensorSource", "LocalSource", "parse_safetensors_header", "open_source"]
 
 
-def open_source(ref: ModelRef) -> TensorSource:
+def open_source(ref: ModelRef, *, token: str | None = None, cache_dir: str | Path | None = None) -> TensorSource:
     """Open a model reference as a tensor source: an existing local directory, else a Hub repo.
+
+    Hub repos resolve to a commit through huggingface_hub (honouring HF_ENDPOINT, HF_TOKEN, HF_HOME).
 
     Raises:
         ModelReferenceError: the reference is neither a directory nor a Hub ID.
+        SourceError: the Hub repo cannot be read.
     """
     if ref.is_local:
         return LocalSource(ref.path, label=str(ref))
@@ -23,7 +28,6 @@ def open_source(ref: ModelRef) -> TensorSource:
             f"Model {str(ref)!r} is not a local directory and not a Hub repo ID.",
             hint="Give an existing directory, or a Hub ID like `org/name` or `org/name@revision`.",
         )
-    raise ModelReferenceError(
-        f"Model {str(ref)!r} is not a local directory, and reading models from the Hub is not available yet.",
-        hint="Download it first (`hf download ...`) and give the local directory.",
-    )
+    from mergehub.sources.hub import HubSource
+
+    return HubSource(ref, token=token, cache_dir=cache_dir)

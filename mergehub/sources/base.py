@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +19,7 @@ __all__ = [
     "TensorSource",
     "dtype_code",
     "header_length",
+    "weight_files",
     "parse_safetensors_header",
 ]
 
@@ -69,6 +70,31 @@ class TensorInfo:
         return DTYPES[self.dtype]
 
 
+def weight_files(names: list[str], index: dict | None, label: str) -> list[str]:
+    """The safetensors files holding a model's weights, from its file names and index.
+
+    Raises:
+        SourceError: there are none (pickled `.bin` weights are refused: they cannot be range-read,
+            and unpickling runs code).
+    """
+    if index is not None:
+        return sorted(set(index.get("weight_map", {}).values()))
+    if "model.safetensors" in names:
+        return ["model.safetensors"]
+    files = sorted(n for n in names if n.endswith(".safetensors") and "/" not in n)
+    if files:
+        return files
+    pickled = any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    hint = (
+        "Its weights are pickles, which mergehub does not read. Convert them to safetensors "
+        "(`AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir)`), or on the Hub use a revision "
+        "that has safetensors (often a conversion PR: `org/name@refs/pr/N`)."
+        if pickled
+        else "Point the recipe at a model with *.safetensors weights."
+    )
+    raise SourceError(f"{label} has no safetensors weights.", hint=hint)
+
+
 def header_length(prefix: bytes, file: str) -> int:
     """The JSON header length stored in a safetensors file's first 8 bytes."""
     if len(prefix) < 8:
@@ -113,6 +139,9 @@ class TensorSource(Protocol):
     label: str
     """How the model is named in messages (its reference)."""
 
+    revision: str | None
+    """The commit every read is pinned to (None for a local directory)."""
+
     def tensors(self) -> Mapping[str, TensorInfo]:
         """Every tensor of the model, from the safetensors headers only."""
         ...
@@ -127,6 +156,10 @@ class TensorSource(Protocol):
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor's data, on the CPU, in its stored dtype."""
+        ...
+
+    def read_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Several tensors at once, so that a remote source can fetch neighbours together."""
         ...
 
     def close(self) -> None:

@@ -5,26 +5,17 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
 
 from mergehub.errors import MissingTensorError, SourceError
-from mergehub.sources.base import TensorInfo, header_length, parse_safetensors_header
+from mergehub.sources.base import TensorInfo, header_length, parse_safetensors_header, weight_files
 
-__all__ = ["LocalSource", "weight_files"]
+__all__ = ["LocalSource"]
 
 INDEX_NAME = "model.safetensors.index.json"
-
-
-def weight_files(names: list[str], index: dict | None) -> list[str]:
-    """The safetensors files that hold a model's weights, given its file names and index."""
-    if index is not None:
-        return sorted(set(index.get("weight_map", {}).values()))
-    if "model.safetensors" in names:
-        return ["model.safetensors"]
-    return sorted(n for n in names if n.endswith(".safetensors") and "/" not in n)
 
 
 class LocalSource:
@@ -33,6 +24,7 @@ class LocalSource:
     def __init__(self, directory: str | Path, label: str | None = None) -> None:
         self.directory = Path(directory)
         self.label = label or str(directory)
+        self.revision: str | None = None
         self._tensors: dict[str, TensorInfo] | None = None
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -41,17 +33,7 @@ class LocalSource:
         names = [p.name for p in self.directory.iterdir() if p.is_file()]
         index_path = self.directory / INDEX_NAME
         index = json.loads(index_path.read_text()) if index_path.exists() else None
-        files = weight_files(names, index)
-        if not files:
-            pickles = [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
-            hint = (
-                "Convert the pickled weights to safetensors first (transformers: "
-                "`AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)`)."
-                if pickles
-                else "Point the recipe at a directory with *.safetensors files."
-            )
-            raise SourceError(f"{self.label}: no safetensors weights found in {self.directory}.", hint=hint)
-        return files
+        return weight_files(names, index, f"{self.label} ({self.directory})")
 
     def tensors(self) -> Mapping[str, TensorInfo]:
         """Every tensor of the model, parsed from the shard headers."""
@@ -102,6 +84,10 @@ class LocalSource:
         if not buffer:
             return torch.empty(info.shape, dtype=info.torch_dtype)
         return torch.frombuffer(buffer, dtype=info.torch_dtype).reshape(info.shape)
+
+    def read_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Several tensors, each with its own positioned read."""
+        return {name: self.read(name) for name in names}
 
     def close(self) -> None:
         """Close the open shard files."""
