@@ -1,6 +1,6 @@
 """mergehub: merge language models from mergekit recipes, streaming tensor by tensor."""
 
-from mergehub.api import MergeResult, load_recipe, open_sources, parse_recipe, plan_merge, run_merge
+from mergehub.api import MergeResult, PushResult, load_recipe, open_sources, parse_recipe, plan_merge, push_merge, run_merge
 from mergehub.errors import (
     MergehubError,
     MergeMethodError,
@@ -8,6 +8,7 @@ from mergehub.errors import (
     ModelReferenceError,
     OutputError,
     PlanError,
+    PublishError,
     RecipeError,
     SourceError,
     UnknownMethodError,
@@ -27,6 +28,8 @@ __all__ = [
     "Plan",
     "PlanError",
     "Progress",
+    "PublishError",
+    "PushResult",
     "RecipeError",
     "SourceError",
     "UnknownMethodError",
@@ -34,5 +37,6 @@ __all__ = [
     "open_sources",
     "parse_recipe",
     "plan_merge",
+    "push_merge",
     "run_merge",
 ]

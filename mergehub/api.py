@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -9,19 +10,39 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
+from huggingface_hub import ModelCard
 
+from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub.artifacts import check_chat_template, write_artifacts
 from mergehub.errors import OutputError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
 from mergehub.plan import plan_merge as _plan_merge
+from mergehub.publish.card import merge_card, parent_card, render_card
+from mergehub.publish.lineage import LineageGraph, hub_reader, walk_lineage
+from mergehub.publish.push import PushResult, ShardUploader, commit_merge, prepare_repo, staging_directory
 from mergehub.recipe import ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import TensorSource, open_source
-from mergehub.writer import ShardedWriter, ShardResult
+from mergehub.writer import ShardedWriter, ShardResult, ShardSink
 
-__all__ = ["MergeResult", "load_recipe", "parse_recipe", "open_sources", "plan_merge", "run_merge"]
+LINEAGE_DEPTH = 4
+
+__all__ = [
+    "MergeResult",
+    "PushResult",
+    "load_recipe",
+    "parse_recipe",
+    "open_sources",
+    "plan_merge",
+    "run_merge",
+    "push_merge",
+    "build_card",
+    "push_card",
+    "lineage",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,26 @@ def plan_merge(
             source.close()
 
 
+def _model_card(
+    plan: Plan, shards: tuple[ShardResult, ...], sources: dict[ModelRef, TensorSource], recipe_text: str, *,
+    seed: int, repo_id: str, command: str, token: str | None,
+) -> ModelCard:
+    """The merged model's card: parents with pinned revisions and licenses, recipe, checksums, lineage."""
+    parents = [parent_card(str(ref), s.revision, s.read_file("README.md"), gated=s.gated) for ref, s in sources.items()]
+    local = {str(ref) for ref, s in sources.items() if s.revision is None}
+
+    def hub_only(read: Callable[[str], str | None]) -> Callable[[str], str | None]:
+        return lambda model: None if model in local else read(model)
+
+    lineage = walk_lineage(
+        repo_id, max_depth=LINEAGE_DEPTH, root_recipe=recipe_text, token=token,
+        read_card=hub_only(hub_reader("README.md", token)), read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
+    )
+    card = merge_card(repo_id, plan, shards, recipe_yaml=recipe_text, seed=seed, command=command, parents=parents,
+                      lineage_mermaid=lineage.to_mermaid())
+    return render_card(card)
+
+
 def _prepare_output(out_dir: Path, overwrite: bool) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"Output path {out_dir} exists and is not a directory.", hint="Choose another output path.")
@@ -97,10 +138,16 @@ def run_merge(
     overwrite: bool = False,
     token: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    shard_sink: ShardSink | None = None,
+    repo_id: str | None = None,
+    command: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> MergeResult:
     """Plan, then merge tensor by tensor into `out_dir`, which appears only once complete.
+
+    `shard_sink` receives each shard as soon as it is written (the Hub push uploads it then).
+    The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
 
     Raises:
         MergehubError: any problem with the recipe, the models, the merge or the output.
@@ -117,16 +164,124 @@ def run_merge(
         ordered = list(sources.values())
         staging = _prepare_output(target, overwrite)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
-        writer = ShardedWriter(staging, plan.shards)
+        writer = ShardedWriter(staging, plan.shards, shard_sink)
         try:
             stats = execute(plan, ordered, writer, device=torch_device, seed=seed, on_progress=on_progress, should_stop=should_stop)
             writer.write_index()
+            if shard_sink is not None:
+                shard_sink.flush()
         finally:
             writer.close()
         files = write_artifacts(staging, plan, ordered, text, parsed.chat_template)
+        card = _model_card(
+            plan, tuple(writer.results), sources, text, seed=seed, repo_id=repo_id or target.name, token=token,
+            command=command or f"mergehub merge mergekit_config.yml {target.name} --seed {seed} --out-shard-size {out_shard_bytes}",
+        )
+        (staging / "README.md").write_text(str(card), encoding="utf-8")
+        files.append("README.md")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     shard_names = tuple(shard.filename for shard in writer.results)
     return MergeResult(target, plan, stats, tuple(writer.results), tuple(sorted(files + list(shard_names) + ["model.safetensors.index.json"])), seed)
 
+
+
+def push_merge(
+    recipe: Recipe | str | os.PathLike,
+    repo_id: str,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    private: bool = False,
+    force: bool = False,
+    token: str | None = None,
+    **merge_options: Any,
+) -> tuple[MergeResult, PushResult]:
+    """Merge and push to `repo_id` (`name` means the token's user namespace) in one commit.
+
+    Shards upload while the merge goes on; without `out_dir` each is deleted once uploaded.
+    A failed merge or upload leaves no commit, and deletes the repo if this call created it.
+
+    Raises:
+        PublishError: no token, a repo mergehub did not make (without `force`), or an upload failure.
+        MergehubError: any problem with the merge itself.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    full_id, created = prepare_repo(api, repo_id, private=private, force=force)
+    target, scratch = staging_directory(out_dir)
+    uploader = ShardUploader(api, full_id, keep_local=out_dir is not None)
+    try:
+        result = run_merge(recipe, target, token=token, shard_sink=uploader, repo_id=full_id, **merge_options)
+        commit = commit_merge(api, full_id, result.out_dir, uploader.operations(), result.plan.method)
+    except BaseException:
+        uploader.close()
+        if created:
+            api.delete_repo(full_id, missing_ok=True)
+        raise
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    return result, PushResult(full_id, commit.oid, commit.commit_url, created)
+
+
+def _merged_files(target: str, token: str | None) -> tuple[str, tuple[ShardResult, ...], str]:
+    """A merged model's recipe text, its shards' checksums, and its name: from a directory or a Hub repo."""
+    directory = Path(target)
+    if directory.is_dir():
+        recipe = directory / RECIPE_FILE
+        if not recipe.is_file():
+            raise OutputError(f"{directory} has no {RECIPE_FILE}.", hint="Give a directory made by mergehub or mergekit.")
+        shards = tuple(
+            ShardResult(p.name, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(directory.glob("*.safetensors"))
+        )
+        return recipe.read_text(encoding="utf-8"), shards, directory.name
+    from huggingface_hub import HfApi
+
+    source = open_source(ModelRef.parse(target), token=token)
+    text = source.read_file(RECIPE_FILE)
+    if text is None:
+        raise OutputError(f"{target} has no {RECIPE_FILE}.", hint="Only merges made by mergehub or mergekit can be re-carded.")
+    info = HfApi(token=token).model_info(source.repo_id, revision=source.revision, files_metadata=True)
+    shards = tuple(
+        ShardResult(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else "")
+        for s in info.siblings or []
+        if s.rfilename.endswith(".safetensors")
+    )
+    return text.decode("utf-8"), shards, source.repo_id
+
+
+def build_card(target: str, *, token: str | None = None, seed: int = 0) -> ModelCard:
+    """The model card of an existing merge (a directory or a Hub repo), from its mergekit_config.yml."""
+    recipe_text, shards, name = _merged_files(target, token)
+    parsed = parse_recipe(recipe_text)
+    sources = open_sources(parsed, token=token)
+    try:
+        plan = _plan_merge(parsed, sources)
+        command = f"mergehub merge mergekit_config.yml {name.split('/')[-1]} --seed {seed}"
+        return _model_card(plan, shards, sources, recipe_text, seed=seed, repo_id=name, command=command, token=token)
+    finally:
+        for source in sources.values():
+            source.close()
+
+
+def push_card(repo_id: str, card: ModelCard, *, token: str | None = None) -> str:
+    """Commit a card as README.md: to main when the token may write there, else as a pull request; returns its URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=token)
+    who = api.whoami()
+    owners = {who["name"], *(org["name"] for org in who.get("orgs", []))}
+    own = repo_id.split("/")[0] in owners
+    commit = api.create_commit(
+        repo_id, [CommitOperationAdd("README.md", str(card).encode())], commit_message="Model card by mergehub",
+        create_pr=not own,
+    )
+    return commit.pr_url or commit.commit_url
+
+
+def lineage(repo_id: str, *, max_depth: int = 5, token: str | None = None) -> LineageGraph:
+    """The ancestry of a Hub model, from its parents' cards and recipes."""
+    return walk_lineage(repo_id, max_depth=max_depth, token=token)

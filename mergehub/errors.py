@@ -10,7 +10,8 @@ The tree::
     │   └── MissingTensorError (KeyError) a tensor the plan needs is absent
     ├── PlanError (ValueError)            models and recipe do not fit together
     ├── MergeMethodError (ValueError)     a kernel was given inputs it cannot merge
-    └── OutputError (OSError)             the output directory cannot be written
+    ├── OutputError (OSError)             the output directory cannot be written
+    └── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
 
 Nothing in mergehub is imported here.
 """
@@ -27,6 +28,7 @@ __all__ = [
     "PlanError",
     "MergeMethodError",
     "OutputError",
+    "PublishError",
 ]
 
 
@@ -79,3 +81,7 @@ class MergeMethodError(MergehubError, ValueError):
 
 class OutputError(MergehubError, OSError):
     """The output could not be written."""
+
+
+class PublishError(MergehubError, RuntimeError):
+    """Pushing the merged model to the Hub failed or is not allowed."""

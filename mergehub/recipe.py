@@ -135,9 +135,9 @@ class OutputSlice(_WithModel):
 
 
 class TokenizerSettings(_WithModel):
-    """The `tokenizer:` block: where the vocabulary comes from and how tokens are filled."""
+    """The `tokenizer:` block: where the vocabulary comes from (mergekit's default: `union`) and how tokens are filled."""
 
-    source: str = "base"
+    source: str = "union"
     tokens: dict[str, Any] | None = None
     pad_to_multiple_of: int | None = None
 

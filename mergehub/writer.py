@@ -12,14 +12,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import torch
 
 from mergehub.errors import OutputError
 from mergehub.sources.base import DTYPES
 
-__all__ = ["TensorSlot", "ShardLayout", "ShardResult", "layout_shards", "ShardedWriter", "INDEX_NAME"]
+__all__ = ["TensorSlot", "ShardLayout", "ShardResult", "ShardSink", "layout_shards", "ShardedWriter", "INDEX_NAME"]
 
 INDEX_NAME = "model.safetensors.index.json"
 _ALIGNMENT = 8
@@ -71,6 +71,18 @@ class ShardResult:
     sha256: str
 
 
+class ShardSink(Protocol):
+    """Receives each shard as soon as it is complete (to upload it while the merge goes on)."""
+
+    def shard_done(self, path: Path, result: ShardResult) -> None:
+        """Called from the writer's thread with a complete shard file."""
+        ...
+
+    def flush(self) -> None:
+        """Block until every shard handed over has been dealt with; raise what failed."""
+        ...
+
+
 def layout_shards(entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> tuple[ShardLayout, ...]:
     """Assign `(name, dtype, shape)` tensors in order to shards of at most `max_shard_bytes` of data.
 
@@ -101,10 +113,11 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
 
 
 class ShardedWriter:
-    """Writes the tensors of a shard layout, in order, into `directory`."""
+    """Writes the tensors of a shard layout, in order, into `directory`, handing each finished shard to `sink`."""
 
-    def __init__(self, directory: Path, shards: Sequence[ShardLayout]) -> None:
+    def __init__(self, directory: Path, shards: Sequence[ShardLayout], sink: ShardSink | None = None) -> None:
         self.directory = directory
+        self.sink = sink
         self.shards = tuple(shards)
         self._order = [(i, slot) for i, shard in enumerate(self.shards) for slot in shard.slots]
         self._next = 0
@@ -131,6 +144,8 @@ class ShardedWriter:
         self._file.close()
         self._file = None
         self.results.append(ShardResult(self.shards[index].filename, size, self._hash.hexdigest()))
+        if self.sink is not None:
+            self.sink.shard_done(self.directory / self.shards[index].filename, self.results[-1])
 
     def write(self, name: str, tensor: torch.Tensor) -> ShardResult | None:
         """Append the next tensor of the layout; returns the shard's result when this completes it.

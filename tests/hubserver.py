@@ -371,9 +371,10 @@ class HubServer:
             raise _HubError(401 if user is None else 404, "RepoNotFound", "Repository not found")
         return repo
 
-    def _writable(self, repo_id: str, user: str | None) -> _Repo:
+    def _writable(self, repo_id: str, user: str | None, *, pull_request: bool = False) -> _Repo:
+        """The repo, if `user` may write to it (anyone signed in may open a pull request, as on the Hub)."""
         repo = self._readable(repo_id, user)
-        if not self._can_write(user, repo_id.split("/")[0]):
+        if not self._can_write(user, repo_id.split("/")[0]) and not (pull_request and user is not None):
             raise _HubError(401 if user is None else 403, None, f"You don't have the rights to write to {repo_id}")
         return repo
 
@@ -579,7 +580,7 @@ class HubServer:
         return _json_reply(items)
 
     def _preupload(self, req: _Request, repo: str, rev: str) -> _Reply:
-        r = self._writable(repo, req.user)
+        r = self._writable(repo, req.user, pull_request=req.flag("create_pr"))
         files = r.commit(rev).files
         out: list[dict[str, Any]] = []
         for f in req.json().get("files", []):
@@ -591,7 +592,7 @@ class HubServer:
         return _json_reply({"files": out})
 
     def _lfs_batch(self, req: _Request, repo: str) -> _Reply:
-        self._writable(repo, req.user)
+        self._writable(repo, req.user, pull_request=True)
         objects = []
         for o in req.json().get("objects", []):
             obj = {"oid": o["oid"], "size": o["size"], "authenticated": True}
@@ -621,7 +622,7 @@ class HubServer:
         return _json_reply({})
 
     def _commit(self, req: _Request, repo: str, rev: str) -> _Reply:
-        r = self._writable(repo, req.user)
+        r = self._writable(repo, req.user, pull_request=req.flag("create_pr"))
         lines = [json.loads(line) for line in req.body.splitlines() if line.strip()]
         header = next((line["value"] for line in lines if line["key"] == "header"), {})
         parent = header.get("parentCommit")

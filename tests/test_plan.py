@@ -145,7 +145,7 @@ def test_pickle_only_model_is_refused(family, write_recipe, tmp_path):
     (pickled / "pytorch_model.bin").write_bytes(b"not really")
     with pytest.raises(SourceError, match="no safetensors weights") as info:
         plan_merge(write_recipe(_linear([family[0], pickled])))
-    assert "save_pretrained" in info.value.hint
+    assert "save_pretrained" in info.value.hint and "pickles" in info.value.hint
 
 
 def test_failed_plan_leaves_no_output(family, write_recipe, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 
 from mergehub import api
@@ -40,6 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     merge.add_argument("--no-progress", action="store_true", help="no progress bar")
     merge.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
+    merge.add_argument("--push", metavar="REPO", help="push the result to this Hub repo (`name` or `user/name`)")
+    merge.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    merge.add_argument("--force", action="store_true", help="with --push: push into an existing repo mergehub did not make")
+
+    card = commands.add_parser("card", help="write the model card of a merge (directory or Hub repo)")
+    card.add_argument("target", help="a merged model directory, or a Hub repo made by mergehub or mergekit")
+    card.add_argument("--push", action="store_true", help="commit the card to the repo (a pull request unless you own it)")
+    card.add_argument("--seed", type=int, default=0, help="the seed the merge used (default: 0)")
+
+    family = commands.add_parser("lineage", help="show the family tree of a Hub model")
+    family.add_argument("repo_id")
+    family.add_argument("--format", choices=("tree", "mermaid", "json"), default="tree")
+    family.add_argument("--depth", type=int, default=5, help="generations to walk up (default: 5)")
 
     commands.add_parser("methods", help="list the merge methods")
     return parser
@@ -70,18 +84,22 @@ def _merge(args: argparse.Namespace) -> int:
         print(plan.to_json() if args.json else plan.describe())
         print("Plan OK: no problems found.", file=sys.stderr)
         return 0
-    if not args.out:
-        raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, or add --dry-run.")
+    if not args.out and not args.push:
+        raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, add --push REPO, or --dry-run.")
     bar = None if args.no_progress else _ProgressBar()
+    options = dict(device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size, overwrite=args.overwrite,
+                   cache_dir=args.cache_dir, on_progress=bar)
     try:
-        result = api.run_merge(
-            args.recipe, args.out, device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size,
-            overwrite=args.overwrite, cache_dir=args.cache_dir, on_progress=bar,
-        )
+        if args.push:
+            result, pushed = api.push_merge(args.recipe, args.push, out_dir=args.out, private=args.private, force=args.force, **options)
+        else:
+            result, pushed = api.run_merge(args.recipe, args.out, **options), None
     finally:
         if bar is not None:
             bar.close()
     print(result.summary())
+    if pushed is not None:
+        print(f"Pushed to {pushed.repo_id}: {pushed.commit_url}")
     return 0
 
 
@@ -92,13 +110,30 @@ def _methods() -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    card = api.build_card(args.target, seed=args.seed)
+    if args.push:
+        print(f"Card pushed: {api.push_card(args.target, card)}")
+    elif Path(args.target).is_dir():
+        (Path(args.target) / "README.md").write_text(str(card), encoding="utf-8")
+        print(f"Wrote {Path(args.target) / 'README.md'}")
+    else:
+        print(card)
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    graph = api.lineage(args.repo_id, max_depth=args.depth)
+    print({"tree": graph.to_tree, "mermaid": graph.to_mermaid, "json": graph.to_json}[args.format]())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (1 for a mergehub error, 130 when interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "merge":
-            return _merge(args)
-        return _methods()
+        commands = {"merge": _merge, "card": _card, "lineage": _lineage}
+        return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
         if args.debug:
             raise

@@ -142,6 +142,9 @@ class TensorSource(Protocol):
     revision: str | None
     """The commit every read is pinned to (None for a local directory)."""
 
+    gated: bool
+    """Whether the model's repo is gated (its users accepted conditions to read it)."""
+
     def tensors(self) -> Mapping[str, TensorInfo]:
         """Every tensor of the model, from the safetensors headers only."""
         ...

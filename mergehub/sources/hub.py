@@ -72,6 +72,7 @@ class HubSource:
             lambda: HfApi(endpoint=self.endpoint, token=token).model_info(ref.path, revision=ref.revision, files_metadata=True)
         )
         self.revision: str = info.sha
+        self.gated = bool(info.gated)
         self.file_sizes = {s.rfilename: s.size for s in info.siblings or []}
         self._tensors: dict[str, TensorInfo] | None = None
         self._lock = threading.Lock()

@@ -25,6 +25,7 @@ class LocalSource:
         self.directory = Path(directory)
         self.label = label or str(directory)
         self.revision: str | None = None
+        self.gated = False
         self._tensors: dict[str, TensorInfo] | None = None
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()

@@ -1,0 +1,1 @@
+"""Publishing merged models: the push to the Hub, the model card, and lineage."""

@@ -1,0 +1,265 @@
+"""The model card of a merge: card data (parents, licenses, scores, reproducibility) first, then the Markdown."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from mergehub.methods import get_method
+from mergehub.plan import Plan
+from mergehub.recipe import parse_recipe
+from mergehub.writer import ShardResult
+
+__all__ = [
+    "TAGS", "ParentCard", "EvalScore", "MergeCard", "parse_card_data", "card_license", "parent_card",
+    "resolve_license", "merge_card", "render_card",
+]
+
+TAGS = ("merge", "mergekit", "mergehub")
+HUB_URL = "https://huggingface.co"
+# Licenses (Hub ids or `license_name`s) that forbid commercial use; `cc-by-nc*` is matched by prefix.
+_NON_COMMERCIAL = frozenset(
+    {"apple-amlr", "deepfloyd-if-license", "fair-noncommercial-research-license", "intel-research",
+     "llama-license", "llama-research", "mnpl", "mrl", "qwen-research"}
+)
+
+
+@dataclass(frozen=True)
+class ParentCard:
+    """What a merge's card says about one parent: where it is pinned, its license, its own scores."""
+
+    ref: str
+    revision: str | None = None
+    license: str | None = None
+    gated: bool = False
+    non_commercial: bool = False
+    scores: dict[str, float] = field(default_factory=dict, hash=False)
+    is_hub: bool = False
+
+
+@dataclass(frozen=True)
+class EvalScore:
+    """One evaluation result of the merged model, written to the card's `model-index`."""
+
+    task: str  # the task type, e.g. "text-generation"
+    dataset_name: str
+    dataset_type: str
+    metric: str
+    value: float
+    dataset_config: str | None = None
+    dataset_split: str | None = None
+    num_fewshot: int | None = None
+    source_name: str | None = None
+    source_url: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeCard:
+    """Everything the card of a merged model shows; parents are kept base first, without repeats."""
+
+    repo_id: str
+    method: str
+    paper: str | None
+    base: str | None
+    parents: tuple[ParentCard, ...]
+    recipe_yaml: str
+    seed: int
+    shards: tuple[tuple[str, str], ...]  # (filename, sha256)
+    versions: tuple[tuple[str, str], ...]  # (package, version)
+    command: str
+    lineage_mermaid: str | None = None
+    eval_results: tuple[EvalScore, ...] = ()
+
+    def __post_init__(self) -> None:
+        unique: dict[str, ParentCard] = {}
+        for parent in self.parents:
+            unique.setdefault(parent.ref, parent)
+        object.__setattr__(self, "parents", tuple(sorted(unique.values(), key=lambda p: p.ref != self.base)))
+
+
+def parse_card_data(readme: bytes | str | None) -> ModelCardData | None:
+    """The metadata of a README.md; None when it is absent or cannot be parsed."""
+    if readme is None:
+        return None
+    text = readme.decode("utf-8", errors="replace") if isinstance(readme, bytes) else readme
+    try:
+        return ModelCard(text.lstrip("\ufeff"), ignore_metadata_errors=True).data
+    except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
+        return None
+
+
+def card_license(data: ModelCardData) -> str | None:
+    """The card's license id; `other` carries its `license_name` in parentheses when given."""
+    license_id = data.license if isinstance(data.license, str) else None
+    name = data.license_name
+    return f"other ({name})" if license_id == "other" and isinstance(name, str) and name else license_id
+
+
+def _non_commercial(name: object) -> bool:
+    return isinstance(name, str) and (name.lower().startswith("cc-by-nc") or name.lower() in _NON_COMMERCIAL)
+
+
+def _scores(data: ModelCardData) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for result in data.eval_results or []:
+        if isinstance(result, EvalResult) and isinstance(result.metric_value, (int, float)):
+            scores[f"{result.dataset_name} ({result.metric_name or result.metric_type})"] = float(result.metric_value)
+    return scores
+
+
+def parent_card(label: str, revision: str | None, readme: bytes | None, *, gated: bool = False) -> ParentCard:
+    """A parent's card data from its README.md; a missing or malformed card gives no license and no scores.
+
+    `revision` is the commit of a Hub parent and None for a local directory (as `TensorSource.revision`).
+    """
+    data = parse_card_data(readme)
+    is_hub = revision is not None
+    return ParentCard(
+        ref=label.split("@")[0] if is_hub else label,
+        revision=revision,
+        license=card_license(data) if data else None,
+        gated=gated,
+        non_commercial=bool(data) and (_non_commercial(data.license) or _non_commercial(data.license_name)),
+        scores=_scores(data) if data else {},
+        is_hub=is_hub,
+    )
+
+
+def _license_text(parent: ParentCard) -> str:
+    flags = [flag for flag, on in (("non-commercial", parent.non_commercial), ("gated", parent.gated)) if on]
+    return (parent.license or "unknown") + (f" ({', '.join(flags)})" if flags else "")
+
+
+def resolve_license(parents: Sequence[ParentCard]) -> tuple[str, list[str]]:
+    """The merge's license: the parents' common one when all agree and none is restrictive, else `other`.
+
+    Returns:
+        The license id, and one warning line per parent (empty when the common license applies).
+    """
+    licenses = {p.license for p in parents}
+    common = licenses.pop() if len(licenses) == 1 else None
+    restricted = any(p.non_commercial or p.gated for p in parents)
+    if common and not common.startswith("other") and not restricted:
+        return common, []
+    return "other", [f"{p.ref}: {_license_text(p)}" for p in parents]
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def merge_card(
+    repo_id: str, plan: Plan, shards: Iterable[ShardResult], *, recipe_yaml: str, seed: int, command: str,
+    parents: Iterable[ParentCard], lineage_mermaid: str | None = None, eval_results: Sequence[EvalScore] = (),
+) -> MergeCard:
+    """The card data of a finished merge; parents follow the plan's models (base first, then recipe order)."""
+    order = {(m.ref.split("@")[0] if m.revision else m.ref): i for i, m in enumerate(plan.models)}
+    base = parse_recipe(recipe_yaml).base_model
+    return MergeCard(
+        repo_id=repo_id,
+        method=plan.method,
+        paper=get_method(plan.method).paper,
+        base=base.path if base else None,
+        parents=tuple(sorted(parents, key=lambda p: (order.get(p.ref, len(order)), p.ref))),
+        recipe_yaml=recipe_yaml,
+        seed=seed,
+        shards=tuple((s.filename, s.sha256) for s in shards),
+        versions=tuple((package, _version(package)) for package in ("mergehub", "torch", "transformers")),
+        command=command,
+        lineage_mermaid=lineage_mermaid,
+        eval_results=tuple(eval_results),
+    )
+
+
+def _eval_result(score: EvalScore) -> EvalResult:
+    return EvalResult(
+        task_type=score.task,
+        dataset_type=score.dataset_type,
+        dataset_name=score.dataset_name,
+        metric_type=score.metric,
+        metric_value=score.value,
+        dataset_config=score.dataset_config,
+        dataset_split=score.dataset_split,
+        dataset_args={"num_few_shot": score.num_fewshot} if score.num_fewshot is not None else None,
+        source_name=score.source_name if score.source_url else None,
+        source_url=score.source_url,
+    )
+
+
+def _fence(text: str, lang: str) -> str:
+    """A fenced code block whose fence is longer than any backtick run inside `text`."""
+    ticks = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{ticks}{lang}\n{text.strip()}\n{ticks}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _model_link(parent: ParentCard) -> str:
+    return f"[{parent.ref}]({HUB_URL}/{parent.ref})" if parent.is_hub else f"`{parent.ref}` (local)"
+
+
+def _parent_row(parent: ParentCard, base: str | None) -> str:
+    model = _model_link(parent) + (" (base)" if parent.ref == base else "")
+    if parent.revision and parent.is_hub:
+        revision = f"[`{parent.revision[:10]}`]({HUB_URL}/{parent.ref}/commit/{parent.revision})"
+    else:
+        revision = "—"
+    scores = "; ".join(f"{task}: {value:.4g}" for task, value in parent.scores.items()) or "—"
+    return f"| {_cell(model)} | {revision} | {_cell(_license_text(parent))} | {_cell(scores)} |"
+
+
+def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
+    name = card.repo_id.split("/")[-1]
+    method = f"[{card.method}]({card.paper})" if card.paper else f"`{card.method}`"
+    base = next((p for p in card.parents if p.ref == card.base), None)
+    on_base = f", with {_model_link(base)} as the base" if base else ""
+    lines = [f"# {name}", "", f"{name} is a {method} merge of the models below{on_base}, made with mergehub.", ""]
+    lines += ["## Parents", "", "| Model | Revision | License | Scores |", "|---|---|---|---|"]
+    lines += [_parent_row(p, card.base) for p in card.parents]
+    if warnings:
+        lines += ["", "## License", "", "> [!WARNING]", "> The parents' licenses differ, are unknown or restrict use, "
+                  f"so this merge is marked `{license_id}`. Each parent's terms still apply:"]
+        lines += [f"> - {w}" for w in warnings]
+    if card.eval_results:
+        lines += ["", "## Evaluation", "", "| Dataset | Metric | Value |", "|---|---|---|"]
+        lines += [f"| {_cell(s.dataset_name)} | {_cell(s.metric)} | {s.value:.4g} |" for s in card.eval_results]
+    lines += ["", "## Recipe", "", _fence(card.recipe_yaml, "yaml"), "", "## Reproducibility", ""]
+    lines.append("Versions: " + ", ".join(f"{package} {v}" for package, v in card.versions) + f"; seed: {card.seed}.")
+    lines += ["", "| Shard | sha256 |", "|---|---|"] + [f"| {f} | `{sha}` |" for f, sha in card.shards]
+    lines += ["", "Rerun:", "", _fence(card.command, "bash")]
+    if card.lineage_mermaid:
+        lines += ["", "## Lineage", "", _fence(card.lineage_mermaid, "mermaid")]
+    usage = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{card.repo_id}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{card.repo_id}")'
+    )
+    lines += ["", "## Usage", "", _fence(usage, "python"), ""]
+    return "\n".join(lines)
+
+
+def render_card(card: MergeCard) -> ModelCard:
+    """The model card: Hub metadata (base_model, merge relation, license, model-index), then the Markdown body."""
+    license_id, warnings = resolve_license(card.parents)
+    hub_parents = [p.ref for p in card.parents if p.is_hub]
+    lineage = {"base_model": hub_parents, "base_model_relation": "merge"} if hub_parents else {}
+    scores = [_eval_result(s) for s in card.eval_results]
+    data = ModelCardData(
+        **lineage,
+        library_name="transformers",
+        license=license_id,
+        tags=list(TAGS),
+        model_name=card.repo_id.split("/")[-1] if scores else None,
+        eval_results=scores or None,
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(card, license_id, warnings)}")

@@ -1,0 +1,239 @@
+"""A model's ancestry on the Hub: parents from each card's `base_model`, else from its `mergekit_config.yml`."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
+
+from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
+from mergehub.errors import RecipeError
+from mergehub.publish.card import card_license, parse_card_data
+from mergehub.recipe import ModelRef, parse_recipe
+
+__all__ = ["LineageNode", "LineageEdge", "LineageGraph", "walk_lineage", "hub_reader"]
+
+Reader = Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """A model of the lineage: its license, and why it could not be read, if so."""
+
+    id: str
+    depth: int
+    license: str | None = None
+    unavailable: str | None = None
+    truncated: bool = False  # it has parents beyond the depth limit
+
+
+@dataclass(frozen=True)
+class LineageEdge:
+    """`child` was made from `parent`; relation from the child's card, method from its recipe."""
+
+    child: str
+    parent: str
+    relation: str | None = None
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class LineageGraph:
+    """The ancestry of `root` as a DAG: each model once, nodes in breadth-first order, edges child → parent."""
+
+    root: str
+    nodes: tuple[LineageNode, ...]
+    edges: tuple[LineageEdge, ...]
+
+    def node(self, model: str) -> LineageNode:
+        """The node of `model`."""
+        return next(n for n in self.nodes if n.id == model)
+
+    def parents(self, model: str) -> tuple[LineageEdge, ...]:
+        """The edges from `model` to its parents, in its card's order."""
+        return tuple(e for e in self.edges if e.child == model)
+
+    def to_json(self) -> str:
+        """The graph as JSON, nodes sorted by id and edges by (child, parent)."""
+        return json.dumps(
+            {
+                "root": self.root,
+                "nodes": [asdict(n) for n in sorted(self.nodes, key=lambda n: n.id)],
+                "edges": [asdict(e) for e in sorted(self.edges, key=lambda e: (e.child, e.parent))],
+            },
+            indent=2,
+        )
+
+    def to_mermaid(self) -> str:
+        """A Mermaid flowchart (without the code fence): ancestors on top, arrows from parent to child."""
+        ids = {n.id: f"n{i}" for i, n in enumerate(self.nodes)}
+        lines = ["graph TD"]
+        for n in self.nodes:
+            detail = f"unavailable: {n.unavailable}" if n.unavailable else n.license or "license unknown"
+            lines.append(f'  {ids[n.id]}["{_escape(n.id)}<br/>{_escape(detail)}"]')
+        for e in self.edges:
+            text = e.method or e.relation
+            lines.append(f'  {ids[e.parent]} -->{f"|{_escape(text)}|" if text else ""} {ids[e.child]}')
+        if unavailable := [ids[n.id] for n in self.nodes if n.unavailable]:
+            lines += ["  classDef unavailable stroke-dasharray: 4 4", f"  class {','.join(unavailable)} unavailable"]
+        return "\n".join(lines)
+
+    def to_tree(self) -> str:
+        """The ancestry as a terminal tree; a model seen before is printed as `(see above)`."""
+        lines = [self._describe(self.root)]
+        printed = {self.root}
+
+        def walk(model: str, prefix: str) -> None:
+            edges = self.parents(model)
+            for i, edge in enumerate(edges):
+                branch, indent = ("└── ", "    ") if i == len(edges) - 1 else ("├── ", "│   ")
+                if edge.parent in printed:
+                    lines.append(f"{prefix}{branch}{edge.parent} (see above)")
+                    continue
+                printed.add(edge.parent)
+                lines.append(prefix + branch + self._describe(edge.parent))
+                walk(edge.parent, prefix + indent)
+
+        walk(self.root, "")
+        return "\n".join(lines)
+
+    def _describe(self, model: str) -> str:
+        node = self.node(model)
+        if node.unavailable:
+            return f"{model} (unavailable: {node.unavailable})"
+        details = [node.license or "license unknown"]
+        if edges := self.parents(model):
+            details.append(" ".join(filter(None, [edges[0].relation, edges[0].method and f"({edges[0].method})"])))
+        if node.truncated:
+            details.append("more ancestors beyond the depth limit")
+        return f"{model} ({', '.join(d for d in details if d)})"
+
+
+def _escape(text: str) -> str:
+    return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;").replace("|", "#124;")
+
+
+def hub_reader(filename: str, token: str | None) -> Reader:
+    """A reader of one file of a Hub repo (None when the repo has no such file)."""
+
+    def read(repo_id: str) -> str | None:
+        try:
+            path = hf_hub_download(repo_id, filename, token=token)
+        except RemoteEntryNotFoundError:
+            return None
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+
+    return read
+
+
+def _unavailable_reason(error: OSError) -> str:
+    if isinstance(error, GatedRepoError):
+        return "gated, access not granted"
+    if isinstance(error, RepositoryNotFoundError):
+        return "not found, or private"
+    return f"unreadable ({type(error).__name__})"
+
+
+def _ref_path(value: Any) -> str | None:
+    """The repo of a mergekit model reference: `org/name@rev`, `org/name+lora` or `{model: {path: ...}}`."""
+    if isinstance(value, dict):
+        return _ref_path(value.get("model", value.get("path")))
+    if not isinstance(value, str):
+        return None
+    return value.split("+")[0].split("@")[0].strip() or None
+
+
+def _recipe_models(data: dict) -> list[str]:
+    """Every model a recipe names, tolerant of recipes mergehub cannot run."""
+    refs = [data.get("base_model")]
+    refs += [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
+    for out_slice in data.get("slices") or []:
+        if isinstance(out_slice, dict):
+            refs.append(out_slice.get("base_model"))
+            refs += [s.get("model") for s in out_slice.get("sources") or [] if isinstance(s, dict)]
+    return [path for path in map(_ref_path, refs) if path]
+
+
+def _parse_recipe(text: str | None) -> tuple[str | None, list[str]]:
+    """A recipe's merge method and parent repos; nothing when it is absent or not a YAML mapping."""
+    try:
+        data = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return None, []
+    if not isinstance(data, dict):
+        return None, []
+    method = data.get("merge_method") if isinstance(data.get("merge_method"), str) else None
+    try:
+        return method, [ref.path for ref in parse_recipe(text).referenced_models()]
+    except RecipeError:
+        return method, _recipe_models(data)
+
+
+def _inspect(
+    card: str | None, recipe: Callable[[], str | None]
+) -> tuple[str | None, str | None, str | None, list[str]]:
+    """A model's license, relation to its parents, merge method and parents."""
+    data = parse_card_data(card)
+    bases = data.base_model if data else None
+    parents = [b for b in ([bases] if isinstance(bases, str) else bases or []) if isinstance(b, str)]
+    relation = data.get("base_model_relation") if data else None
+    relation = relation if isinstance(relation, str) else None
+    method, recipe_parents = _parse_recipe(recipe()) if relation in (None, "merge") else (None, [])
+    if not parents:
+        parents = recipe_parents
+    return card_license(data) if data else None, relation or ("merge" if method else None), method, parents
+
+
+def walk_lineage(
+    repo_id: str,
+    *,
+    max_depth: int = 5,
+    read_card: Reader | None = None,
+    read_recipe: Reader | None = None,
+    token: str | None = None,
+    root_card: str | None = None,
+    root_recipe: str | None = None,
+) -> LineageGraph:
+    """Walk `repo_id`'s ancestry breadth first, `max_depth` generations up; unreadable repos become unavailable nodes.
+
+    Args:
+        read_card, read_recipe: return a repo's README.md or mergekit_config.yml text, or None when it has none;
+            they may raise huggingface_hub's RepositoryNotFoundError or GatedRepoError. Default: read from the Hub.
+        root_card, root_recipe: when either is given, the root's texts (a merge not pushed yet), not read.
+    """
+    read_card = read_card or hub_reader("README.md", token)
+    read_recipe = read_recipe or hub_reader(RECIPE_FILE, token)
+    given_root = root_card is not None or root_recipe is not None
+    nodes: list[LineageNode] = []
+    edges: list[LineageEdge] = []
+    queue, seen = deque([(repo_id, 0)]), {repo_id}
+    while queue:
+        model, depth = queue.popleft()
+        if not (ModelRef(model).looks_like_hub_id and not model.startswith((".", "~"))):
+            nodes.append(LineageNode(model, depth, unavailable="not a Hub repo id (a local path?)"))
+            continue
+        try:
+            if given_root and model == repo_id:
+                license_id, relation, method, parents = _inspect(root_card, lambda: root_recipe)
+            else:
+                license_id, relation, method, parents = _inspect(read_card(model), lambda: read_recipe(model))
+        except OSError as e:  # huggingface_hub's HTTP errors are OSErrors
+            nodes.append(LineageNode(model, depth, unavailable=_unavailable_reason(e)))
+            continue
+        parents = [p for p in dict.fromkeys(parents) if p != model]
+        nodes.append(LineageNode(model, depth, license_id, truncated=bool(parents) and depth >= max_depth))
+        if depth >= max_depth:
+            continue
+        for parent in parents:
+            edges.append(LineageEdge(model, parent, relation, method))
+            if parent not in seen:
+                seen.add(parent)
+                queue.append((parent, depth + 1))
+    return LineageGraph(repo_id, tuple(nodes), tuple(edges))

@@ -1,0 +1,138 @@
+"""Push a merge to the Hub: each shard uploads as soon as it is written, and one commit adds everything."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
+
+from mergehub.errors import PublishError
+from mergehub.writer import ShardResult
+
+__all__ = ["ShardUploader", "PushResult", "prepare_repo", "commit_merge", "MERGEHUB_TAG"]
+
+MERGEHUB_TAG = "mergehub"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """Where a merge was pushed: the repo, its commit, and whether mergehub created the repo."""
+
+    repo_id: str
+    commit_sha: str
+    commit_url: str
+    created: bool
+
+
+class ShardUploader:
+    """A `ShardSink` that pre-uploads each finished shard (LFS) in the background, then deletes the local file.
+
+    At most `max_pending` shards wait for upload; the writer blocks beyond that, so local disk
+    holds about two shards at a time.
+    """
+
+    def __init__(self, api: HfApi, repo_id: str, *, keep_local: bool = False, max_pending: int = 2) -> None:
+        self.api = api
+        self.repo_id = repo_id
+        self.keep_local = keep_local
+        self._slots = threading.Semaphore(max_pending)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mergehub-upload")
+        self._uploads: list[Future[CommitOperationAdd]] = []
+
+    def shard_done(self, path: Path, result: ShardResult) -> None:
+        """Queue a finished shard for upload (blocks while too many are queued)."""
+        self._slots.acquire()
+        self._uploads.append(self._pool.submit(self._upload, path))
+
+    def _upload(self, path: Path) -> CommitOperationAdd:
+        try:
+            operation = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+            self.api.preupload_lfs_files(self.repo_id, [operation])
+            if not self.keep_local:
+                path.unlink()
+            return operation
+        finally:
+            self._slots.release()
+
+    def flush(self) -> None:
+        """Wait for every queued upload; raise the first failure."""
+        for upload in self._uploads:
+            try:
+                upload.result()
+            except HfHubHTTPError as e:
+                raise PublishError(f"Uploading a shard to {self.repo_id} failed: {e}.", hint="Check the network and your token, then rerun.") from e
+
+    def operations(self) -> list[CommitOperationAdd]:
+        """The uploaded shards, as commit operations."""
+        self.flush()
+        return [upload.result() for upload in self._uploads]
+
+    def close(self) -> None:
+        """Stop uploading (after a failure)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _username(api: HfApi) -> str:
+    try:
+        return api.whoami()["name"]
+    except LocalTokenNotFoundError as e:
+        raise PublishError("No Hugging Face token found.", hint="Log in with `hf auth login` or set HF_TOKEN.") from e
+    except HfHubHTTPError as e:
+        raise PublishError(f"The Hub refused the token: {e}.", hint="Check HF_TOKEN (it needs write access).") from e
+
+
+def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tuple[str, bool]:
+    """Resolve `name` to `user/name`, then create the repo, or check that mergehub made the existing one.
+
+    Returns the full repo ID and whether this call created the repo.
+
+    Raises:
+        PublishError: no token, or the repo exists, was not made by mergehub, and `force` is off.
+    """
+    user = _username(api)
+    repo_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
+    try:
+        info = api.model_info(repo_id)
+    except RepositoryNotFoundError:
+        try:
+            api.create_repo(repo_id, private=private, repo_type="model")
+        except HfHubHTTPError as e:
+            raise PublishError(f"Cannot create {repo_id}: {e}.", hint="Check the namespace: your token must be allowed to write there.") from e
+        return repo_id, True
+    tags = (info.card_data.tags if info.card_data else None) or []
+    files = {s.rfilename for s in info.siblings or []} - {".gitattributes"}
+    if files and MERGEHUB_TAG not in tags and not force:
+        raise PublishError(
+            f"{repo_id} already exists and was not made by mergehub.",
+            hint="Choose another name, or pass --force to add this merge to it anyway.",
+        )
+    return repo_id, False
+
+
+def commit_merge(api: HfApi, repo_id: str, directory: Path, shard_operations: list[CommitOperationAdd], method: str) -> Any:
+    """One commit adding the pre-uploaded shards and every other file of the merged model."""
+    shards = {op.path_in_repo for op in shard_operations}
+    others = [
+        CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name not in shards
+    ]
+    try:
+        return api.create_commit(repo_id, shard_operations + others, commit_message=f"Add {method} merge made with mergehub")
+    except HfHubHTTPError as e:
+        raise PublishError(f"The commit to {repo_id} failed: {e}.", hint="Nothing was committed; rerun to try again.") from e
+
+
+def staging_directory(out_dir: str | os.PathLike | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
+    """Where a pushed merge is assembled: `out_dir` when the user keeps a copy, else a temporary directory."""
+    if out_dir is not None:
+        return Path(out_dir), None
+    scratch = tempfile.TemporaryDirectory(prefix="mergehub-push-")
+    return Path(scratch.name) / "model", scratch
