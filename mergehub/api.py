@@ -16,16 +16,18 @@ import yaml
 from huggingface_hub import ModelCard
 
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
-from mergehub.artifacts import check_chat_template, write_artifacts
+from mergehub.artifacts import write_artifacts
 from mergehub.errors import OutputError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
+from mergehub.plan import output_vocabulary
 from mergehub.plan import plan_merge as _plan_merge
 from mergehub.publish.card import merge_card, parent_card, render_card
 from mergehub.publish.lineage import LineageGraph, hub_reader, walk_lineage
 from mergehub.publish.push import PushResult, ShardUploader, commit_merge, prepare_repo, staging_directory
 from mergehub.recipe import ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import TensorSource, open_source
+from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_files
 from mergehub.writer import ShardedWriter, ShardResult, ShardSink
 
 LINEAGE_DEPTH = 4
@@ -81,15 +83,31 @@ def open_sources(recipe: Recipe, *, token: str | None = None, cache_dir: str | o
     return {ref: open_source(ref, token=token, cache_dir=cache_dir) for ref in recipe.referenced_models()}
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked plan, with the output tokenizer and chat template it needs."""
+
+    plan: Plan
+    tokenizer: OutputTokenizer | None
+    chat_template: str | None
+
+
+def _prepare(recipe: Recipe, sources: dict[ModelRef, TensorSource], out_shard_bytes: int = DEFAULT_SHARD_BYTES) -> _Prepared:
+    """Everything checked before any weight is read: vocabulary, chat template and the plan."""
+    vocabulary = output_vocabulary(recipe, sources)
+    chat_template = resolve_chat_template(recipe.chat_template, {str(ref): tokenizer_files(s) for ref, s in sources.items()})
+    plan = _plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES, vocabulary=vocabulary)
+    return _Prepared(plan, vocabulary[0] if vocabulary else None, chat_template)
+
+
 def plan_merge(
     recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | None = None
 ) -> Plan:
     """Plan a merge from configs and headers only: the `--dry-run`."""
     parsed, _ = _recipe_and_text(recipe)
-    check_chat_template(parsed.chat_template)
     sources = open_sources(parsed, token=token)
     try:
-        return _plan_merge(parsed, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES)
+        return _prepare(parsed, sources, out_shard_bytes).plan
     finally:
         for source in sources.values():
             source.close()
@@ -153,14 +171,14 @@ def run_merge(
         MergehubError: any problem with the recipe, the models, the merge or the output.
     """
     parsed, text = _recipe_and_text(recipe)
-    check_chat_template(parsed.chat_template)
     target = Path(out_dir)
     torch_device = resolve_device(device)
     with ExitStack() as stack:
         sources = open_sources(parsed, token=token, cache_dir=cache_dir)
         for source in sources.values():
             stack.callback(source.close)
-        plan = _plan_merge(parsed, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES)
+        prepared = _prepare(parsed, sources, out_shard_bytes)
+        plan = prepared.plan
         ordered = list(sources.values())
         staging = _prepare_output(target, overwrite)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
@@ -172,7 +190,7 @@ def run_merge(
                 shard_sink.flush()
         finally:
             writer.close()
-        files = write_artifacts(staging, plan, ordered, text, parsed.chat_template)
+        files = write_artifacts(staging, plan, ordered, text, tokenizer=prepared.tokenizer, chat_template=prepared.chat_template)
         card = _model_card(
             plan, tuple(writer.results), sources, text, seed=seed, repo_id=repo_id or target.name, token=token,
             command=command or f"mergehub merge mergekit_config.yml {target.name} --seed {seed} --out-shard-size {out_shard_bytes}",
@@ -259,7 +277,7 @@ def build_card(target: str, *, token: str | None = None, seed: int = 0) -> Model
     parsed = parse_recipe(recipe_text)
     sources = open_sources(parsed, token=token)
     try:
-        plan = _plan_merge(parsed, sources)
+        plan = _prepare(parsed, sources).plan
         command = f"mergehub merge mergekit_config.yml {name.split('/')[-1]} --seed {seed}"
         return _model_card(plan, shards, sources, recipe_text, seed=seed, repo_id=name, command=command, token=token)
     finally:

@@ -20,6 +20,7 @@ from mergehub.errors import MergehubError, MergeMethodError
 from mergehub.methods import get_method
 from mergehub.plan import Plan, TensorJob
 from mergehub.sources.base import DTYPES, TensorSource
+from mergehub.vocab import align_rows
 from mergehub.writer import ShardedWriter
 
 __all__ = ["Progress", "ExecutionStats", "execute", "resolve_device", "tensor_seed", "Cancelled"]
@@ -72,14 +73,22 @@ def _compute_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in inputs) else torch.float32
 
 
-def merge_job(job: TensorJob, inputs: Sequence[torch.Tensor], *, input_dtype: str | None, device: torch.device, seed: int) -> torch.Tensor:
-    """Merge one job's input tensors into its output tensor (on the CPU, in the job's dtype)."""
+def merge_job(job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, device: torch.device, seed: int) -> torch.Tensor:
+    """Merge one job's input tensors into its output tensor (on the CPU, in the job's dtype).
+
+    Inputs are rounded to the recipe's `dtype` when it has one, re-indexed onto the output
+    vocabulary for embedding and head tensors, and merged in float32 (float64 if an input is).
+    """
     method = get_method(job.method)
     if not DTYPES[job.dtype].is_floating_point:
         return inputs[0]
     staged = [t.to(device, non_blocking=True) for t in inputs]
-    if input_dtype is not None:
-        staged = [t.to(DTYPES[input_dtype]) for t in staged]
+    if plan.input_dtype is not None:
+        staged = [t.to(DTYPES[plan.input_dtype]) for t in staged]
+    if job.vocab and plan.vocab is not None:
+        labels = [plan.models[i.model].ref for i in job.inputs]
+        base = labels[job.base_index] if job.base_index is not None else None
+        staged = align_rows(staged, labels, plan.vocab, base=base)
     compute = _compute_dtype(staged)
     staged = [t.to(compute) for t in staged]
     extra = {}
@@ -169,7 +178,7 @@ def execute(
                     if should_stop is not None and should_stop():
                         raise Cancelled("The merge was cancelled.", hint="Nothing was kept; start it again to finish.")
                     inputs = [tensors[i.model][i.name] for i in job.inputs]
-                    output = merge_job(job, inputs, input_dtype=plan.input_dtype, device=device, seed=seed)
+                    output = merge_job(job, inputs, plan, device=device, seed=seed)
                     del inputs
                     if last_write is not None:
                         last_write.result()

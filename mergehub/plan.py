@@ -19,9 +19,18 @@ from mergehub.errors import PlanError, RecipeError
 from mergehub.methods import MethodSpec, get_method
 from mergehub.recipe import InputSlice, ModelRef, OutputSlice, Parameters, Recipe, evaluate_setting
 from mergehub.sources.base import DTYPES, TensorInfo, TensorSource
+from mergehub.vocab import (
+    OutputTokenizer,
+    TokenOverride,
+    VocabAlignment,
+    align_vocabularies,
+    build_output_tokenizer,
+    config_updates,
+    tokenizer_files,
+)
 from mergehub.writer import ShardLayout, TensorSlot, layout_shards
 
-__all__ = ["InputTensor", "TensorJob", "ModelEntry", "Plan", "plan_merge", "DEFAULT_SHARD_BYTES"]
+__all__ = ["InputTensor", "TensorJob", "ModelEntry", "Plan", "plan_merge", "output_vocabulary", "embedding_rows", "DEFAULT_SHARD_BYTES"]
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
@@ -49,6 +58,8 @@ class TensorJob:
     base_index: int | None
     params: tuple[tuple[str, Any], ...]
     read_bytes: int
+    vocab: bool = False
+    """Whether the inputs are re-indexed onto the output vocabulary (rows) before merging."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,10 @@ class Plan:
     shards: tuple[ShardLayout, ...]
     config: dict = field(hash=False)
     config_model: int
-    tokenizer_model: int
     input_dtype: str | None
     num_layers: int | None
     peak_memory_bytes: int
+    vocab: VocabAlignment | None = None
     warnings: tuple[str, ...] = ()
 
     @property
@@ -111,6 +122,12 @@ class Plan:
             for s in data["shards"]
         )
         data["warnings"] = tuple(data["warnings"])
+        if data["vocab"] is not None:
+            vocab = data["vocab"]
+            data["vocab"] = VocabAlignment(
+                size=vocab["size"], rows=vocab["rows"], maps={k: tuple(v) for k, v in vocab["maps"].items()},
+                overrides=tuple(TokenOverride(**o) for o in vocab["overrides"]),
+            )
         return cls(**data)
 
     def describe(self) -> str:
@@ -152,6 +169,7 @@ class _Planner:
     sources: Mapping[ModelRef, TensorSource]
     refs: list[ModelRef]
     configs: dict[ModelRef, dict]
+    vocab: VocabAlignment | None = None
     problems: list[str] = field(default_factory=list)
     jobs: list[TensorJob] = field(default_factory=list)
     read_bytes: dict[ModelRef, int] = field(default_factory=dict)
@@ -266,11 +284,14 @@ class _Planner:
                 self.problems.append(f"{source.model} has no tensor {name!r} (needed for {out_name}).")
                 return
             infos.append(info)
-        shapes = {info.shape for info in infos}
+        vocab = self.vocab is not None and tensor_group(out_name) != "layer" and all(
+            len(info.shape) == 2 and info.shape[0] == embedding_rows(self.sources[s.model]) for (s, _), info in zip(inputs, infos)
+        )
+        shapes = {info.shape[1:] if vocab else info.shape for info in infos}
         if len(shapes) > 1:
             detail = ", ".join(f"{s.model}: {list(i.shape)}" for (s, _), i in zip(inputs, infos))
-            vocab = "embed" in out_name or "lm_head" in out_name
-            hint = " The vocabularies differ; mergehub does not re-index embeddings yet (`tokenizer_source`)." if vocab else ""
+            vocab_like = "embed" in out_name or "lm_head" in out_name
+            hint = " The vocabularies differ: set `tokenizer_source` (base, union or a model)." if vocab_like else ""
             self.problems.append(f"{out_name}: shapes differ ({detail}).{hint}")
             return
         floating = all(DTYPES[i.dtype].is_floating_point for i in infos)
@@ -284,16 +305,18 @@ class _Planner:
         dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", infos[min(reference, len(infos) - 1)].dtype) if floating else infos[0].dtype
         for (source, _), info in zip(job_inputs, infos):
             self.read_bytes[source.model] = self.read_bytes.get(source.model, 0) + info.nbytes
+        shape = (self.vocab.rows, *infos[0].shape[1:]) if vocab and self.vocab else infos[0].shape
         self.jobs.append(
             TensorJob(
                 name=out_name,
-                shape=infos[0].shape,
+                shape=shape,
                 dtype=dtype,
                 method=method,
                 inputs=tuple(InputTensor(self.refs.index(s.model), i.name) for (s, _), i in zip(job_inputs, infos)),
                 base_index=base_index,
                 params=params,
                 read_bytes=sum(i.nbytes for i in infos),
+                vocab=vocab and floating,
             )
         )
 
@@ -354,7 +377,7 @@ def _architecture_problems(planner: _Planner) -> list[str]:
 
 
 def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
-               prefetch_bytes: int = 0) -> Plan:
+               prefetch_bytes: int = 0, vocabulary: tuple[OutputTokenizer, VocabAlignment] | None = None) -> Plan:
     """Build and check the plan of a merge from the recipe and the models' headers and configs.
 
     Raises:
@@ -368,6 +391,8 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
         raise RecipeError(f"Unknown parameter(s) for {method.name}: {', '.join(unknown)}.", hint=f"{method.name} takes: {known}.")
     refs = recipe.referenced_models()
     planner = _Planner(recipe, method, sources, refs, {ref: sources[ref].config() for ref in refs})
+    vocab = vocabulary[1] if vocabulary else None
+    planner.vocab = vocab
     slices = planner.output_slices()
     bases = [planner.check_slice(i, s) for i, s in enumerate(slices)]
     planner.problems += _architecture_problems(planner)
@@ -411,7 +436,8 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
     config_ref = recipe.base_model if recipe.base_model in refs else slices[0].sources[0].model
     out_dtype = _DTYPE_CODES.get(recipe.out_dtype or recipe.dtype or "")
     config = _output_config(planner, slices, config_ref, out_layer, out_dtype)
-    tokenizer_ref = _tokenizer_model(recipe, config_ref, refs)
+    if vocabulary is not None:
+        text_config(config).update(config_updates(vocabulary[0], vocabulary[1].rows, text_config(config)))
     jobs = tuple(planner.jobs)
     return Plan(
         method=method.name,
@@ -420,7 +446,7 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
         shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
         config=config,
         config_model=refs.index(config_ref),
-        tokenizer_model=refs.index(tokenizer_ref),
+        vocab=vocab,
         input_dtype=_DTYPE_CODES.get(recipe.dtype or ""),
         num_layers=out_layer,
         peak_memory_bytes=max(_job_memory(j) for j in jobs) + prefetch_bytes,
@@ -437,17 +463,33 @@ def _job_memory(job: TensorJob) -> int:
     return job.read_bytes + 4 * numel * (len(job.inputs) + 2) + out_item * numel
 
 
-def _tokenizer_model(recipe: Recipe, config_ref: ModelRef, refs: list[ModelRef]) -> ModelRef:
-    """The model whose tokenizer files are copied to the output."""
-    source = recipe.tokenizer_source or (recipe.tokenizer.source if recipe.tokenizer else None)
-    if source in (None, "base"):
-        return config_ref
-    if source == "union" or recipe.tokenizer and recipe.tokenizer.tokens:
-        raise RecipeError(
-            "Building a merged vocabulary (`tokenizer_source: union`, `tokenizer.tokens`) is not supported yet.",
-            hint="Use `tokenizer_source: base` or a model of the recipe.",
-        )
-    ref = ModelRef.parse(source)
-    if ref not in refs:
-        raise RecipeError(f"tokenizer_source {source!r} is not one of the recipe's models.", hint="Name one of: " + ", ".join(map(str, refs)) + ".")
-    return ref
+def embedding_rows(source: TensorSource) -> int | None:
+    """The row count of a model's input embedding (its vocabulary size as stored), or None if it has none."""
+    for info in source.tensors().values():
+        if tensor_group(info.name) == "pre" and "embed" in info.name and len(info.shape) == 2:
+            return info.shape[0]
+    return None
+
+
+def output_vocabulary(recipe: Recipe, sources: Mapping[ModelRef, TensorSource]) -> tuple[OutputTokenizer, VocabAlignment] | None:
+    """The output tokenizer and each model's row map, when the recipe sets `tokenizer_source` or `tokenizer`.
+
+    Raises:
+        RecipeError: the tokenizer source or a `tokens:` entry names something the models lack.
+    """
+    settings = recipe.tokenizer
+    spec = settings.source if settings else recipe.tokenizer_source
+    if spec is None:
+        return None
+    refs = recipe.referenced_models()
+    files = {str(ref): tokenizer_files(sources[ref]) for ref in refs}
+    rows = {str(ref): embedding_rows(sources[ref]) for ref in refs}
+    missing = [label for label, count in rows.items() if count is None]
+    if missing:
+        raise PlanError(f"No input embedding found in {', '.join(missing)}.", hint="Vocabulary merging needs each model's embedding.")
+    sizes = {str(ref): text_config(sources[ref].config()).get("vocab_size") or rows[str(ref)] for ref in refs}
+    tokens = settings.tokens if settings else None
+    base = str(recipe.base_model) if recipe.base_model else None
+    output = build_output_tokenizer(spec, base, files, list(tokens or {}), vocab_sizes=sizes)
+    alignment = align_vocabularies(output, rows, tokens, settings.pad_to_multiple_of if settings else None)
+    return output, alignment

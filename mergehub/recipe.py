@@ -139,7 +139,7 @@ class TokenizerSettings(_WithModel):
 
     source: str = "union"
     tokens: dict[str, Any] | None = None
-    pad_to_multiple_of: int | None = None
+    pad_to_multiple_of: int | None = Field(default=None, gt=0)
 
 
 class Recipe(_WithModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,3 +18,33 @@ def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
     for file in files:
         tensors.update(load_file(directory / file))
     return tensors
+
+
+WORDS = ["<unk>", "<s>", "</s>", "<pad>"] + [f"w{i}" for i in range(46)]  # 50 tokens
+CHATML = ["<|im_start|>", "<|im_end|>"]
+
+
+def make_tokenizer(
+    words: list[str], added: tuple[str, ...] = (), *, bpe: bool = False, template: str | None = None
+) -> dict[str, bytes]:
+    """The files save_pretrained writes for a small WordLevel (or BPE) tokenizer with `added` special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AddedToken, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(words)}
+    if bpe:
+        merges = [(a, b) for a, b in [("w", "1"), ("w", "2")] if a + b in vocab]
+        model = models.BPE(vocab=vocab, merges=merges, unk_token="<unk>")
+    else:
+        model = models.WordLevel(vocab, unk_token="<unk>")
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
+    if added:
+        fast.add_tokens([AddedToken(a, special=True, normalized=False) for a in added])
+    if template:
+        fast.chat_template = template
+    with tempfile.TemporaryDirectory() as tmp:
+        fast.save_pretrained(tmp)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
