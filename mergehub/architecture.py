@@ -6,11 +6,30 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["LayerName", "parse_layer_name", "tensor_group", "num_layers", "LAYER_COUNT_KEYS", "text_config"]
+__all__ = [
+    "LayerName",
+    "parse_layer_name",
+    "tensor_group",
+    "is_language_model_tensor",
+    "num_layers",
+    "per_layer_keys",
+    "LAYER_COUNT_KEYS",
+    "text_config",
+]
 
-_LAYER = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layers|h|blocks|layer|decoder_layers))\.(?P<index>\d+)\.(?P<suffix>.+)$")
+# The first `layers.N.` (or `h.N.`, ...) in a name is the layer index: expert or sub-block lists nest inside it.
+_LAYER = re.compile(r"^(?P<prefix>(?:.*?\.)?(?:layers|h|blocks|layer|decoder_layers))\.(?P<index>\d+)\.(?P<suffix>.+)$")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-_PRE_MARKERS = ("embed", "wte", "wpe", "word_embeddings")
+_PRE_MARKERS = ("embed", "wte", "wpe", "word_embeddings", "project_in")
+# Output heads, some of which are named like embeddings (GPT-NeoX's `embed_out`): these come after the layers.
+_HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out|output|output_layer)\.")
+# Modules of multimodal models outside the language model: vision and audio towers, their projectors.
+_NON_TEXT = re.compile(
+    r"(?:^|\.)(?:[a-z_]*(?:vision|visual|audio|speech)[a-z_]*|multi_modal_projector|mm_projector|image_newline)(?:\.|$)"
+)
+
+# Lists that can happen to be as long as the layer stack without being per-layer.
+_NOT_PER_LAYER = ("architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids")
 
 Group = Literal["pre", "layer", "post"]
 
@@ -28,8 +47,15 @@ class LayerName:
         return f"{self.prefix}.{index}.{self.suffix}"
 
 
+def is_language_model_tensor(name: str) -> bool:
+    """Whether a tensor belongs to the language model rather than a vision or audio tower or its projector."""
+    return _NON_TEXT.search(name) is None
+
+
 def parse_layer_name(name: str) -> LayerName | None:
-    """Split a tensor name at its layer index, or None for tensors outside the layer stack."""
+    """Split a tensor name at its layer index, or None for tensors outside the language model's layer stack."""
+    if not is_language_model_tensor(name):
+        return None
     match = _LAYER.match(name)
     if match is None:
         return None
@@ -37,9 +63,17 @@ def parse_layer_name(name: str) -> LayerName | None:
 
 
 def tensor_group(name: str) -> Group:
-    """Whether a tensor comes before the layers (embeddings), in a layer, or after (norm, head)."""
+    """Whether a tensor comes before the layers (embeddings), in a layer, or after (final norm, output head).
+
+    Tensors outside the language model (`is_language_model_tensor`) count as "pre", so that a
+    vision tower and its projector are planned whole, with the embeddings.
+    """
+    if not is_language_model_tensor(name):
+        return "pre"
     if parse_layer_name(name) is not None:
         return "layer"
+    if _HEAD.search(name):
+        return "post"
     return "pre" if any(marker in name for marker in _PRE_MARKERS) else "post"
 
 
@@ -55,3 +89,19 @@ def num_layers(config: dict) -> int | None:
         if isinstance(config.get(key), int):
             return config[key]
     return None
+
+
+def per_layer_keys(config: dict) -> list[str]:
+    """Keys of the language model's config whose lists hold one entry per layer (`layer_types`, ...)."""
+    count = num_layers(config)
+    if count is None:
+        return []
+    return [
+        key
+        for key, value in text_config(config).items()
+        if isinstance(value, list) and len(value) == count and not _not_per_layer(key)
+    ]
+
+
+def _not_per_layer(key: str) -> bool:
+    return key in _NOT_PER_LAYER or key.endswith(("_token_id", "_token_ids"))

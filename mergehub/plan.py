@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mergehub.architecture import LAYER_COUNT_KEYS, parse_layer_name, tensor_group, text_config
+from mergehub.architecture import LAYER_COUNT_KEYS, is_language_model_tensor, parse_layer_name, per_layer_keys, tensor_group, text_config
 from mergehub.architecture import num_layers as config_num_layers
 from mergehub.errors import PlanError, RecipeError
 from mergehub.methods import MethodSpec, get_method
@@ -271,9 +271,20 @@ class _Planner:
             return tensors[name]
         if name.endswith("lm_head.weight"):  # tied embeddings: transformers reads the input embedding
             for candidate in tensors.values():
-                if tensor_group(candidate.name) == "pre" and "embed" in candidate.name and candidate.name.endswith("weight"):
+                if tensor_group(candidate.name) == "pre" and is_language_model_tensor(candidate.name) and "embed" in candidate.name and candidate.name.endswith("weight"):
                     return candidate
         return None
+
+    def add_copy(self, ref: ModelRef, name: str) -> None:
+        """A job that copies one tensor of `ref` unchanged but for the output dtype (a vision tower's, say)."""
+        info = self.sources[ref].tensors()[name]
+        floating = DTYPES[info.dtype].is_floating_point
+        dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", info.dtype) if floating else info.dtype
+        self.read_bytes[ref] = self.read_bytes.get(ref, 0) + info.nbytes
+        self.jobs.append(
+            TensorJob(name=name, shape=info.shape, dtype=dtype, method="passthrough", inputs=(InputTensor(self.refs.index(ref), name),),
+                      base_index=None, params=(("scale", (None,)),), read_bytes=info.nbytes)
+        )
 
     def add_job(self, out_name: str, out_slice: OutputSlice, inputs: list[tuple[InputSlice, str]],
                 base_ref: ModelRef | None, reference: int, t: float) -> None:
@@ -345,23 +356,23 @@ def _reference_index(out_slice: OutputSlice, base: ModelRef | None) -> int:
     return models.index(base) if base in models else 0
 
 
-def _output_config(planner: _Planner, slices: list[OutputSlice], ref: ModelRef, total_layers: int, dtype: str | None) -> dict:
+def _output_config(planner: _Planner, slices: list[OutputSlice], bases: list[ModelRef | None], ref: ModelRef, total_layers: int,
+                   dtype: str | None) -> dict:
     """The merged model's config: the reference model's, with layer count and per-layer lists rebuilt."""
     config = copy.deepcopy(planner.configs[ref])
     target = text_config(config)
-    source_layers = config_num_layers(config)
-    if source_layers is not None and total_layers != source_layers:
+    if config_num_layers(config) is not None:
+        per_layer = per_layer_keys(config)
         for key in LAYER_COUNT_KEYS:
             if isinstance(target.get(key), int):
                 target[key] = total_layers
-        for key, value in list(target.items()):
-            if isinstance(value, list) and len(value) == source_layers:
-                rebuilt = []
-                for out_slice in slices:
-                    for source in out_slice.sources[:1]:
-                        values = text_config(planner.configs[source.model]).get(key) or value
-                        rebuilt += values[source.layer_range[0] : source.layer_range[1]]
-                target[key] = rebuilt
+        for key in per_layer:
+            rebuilt = []
+            for out_slice, base in zip(slices, bases):
+                source = out_slice.sources[_reference_index(out_slice, base)]
+                values = text_config(planner.configs[source.model]).get(key) or target[key]
+                rebuilt += values[source.layer_range[0] : source.layer_range[1]]
+            target[key] = rebuilt
     if dtype is not None:
         key = "dtype" if "dtype" in config else "torch_dtype"
         config[key] = _CODE_NAMES.get(dtype, config.get(key))
@@ -400,7 +411,7 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
     def add_outside_layers(group: str, out_slice: OutputSlice, base: ModelRef | None) -> None:
         ref_index = _reference_index(out_slice, base)
         reference = out_slice.sources[ref_index].model
-        for name in sorted(n for n in sources[reference].tensors() if tensor_group(n) == group):
+        for name in sorted(n for n in sources[reference].tensors() if tensor_group(n) == group and is_language_model_tensor(n)):
             planner.add_job(name, out_slice, [(s, name) for s in out_slice.sources], base, ref_index, t=0.0)
 
     add_outside_layers("pre", slices[0], bases[0])
@@ -421,6 +432,9 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
                 planner.add_job(parsed.renumbered(out_layer), out_slice, inputs, base, ref_index, t)
             out_layer += 1
     add_outside_layers("post", slices[-1], bases[-1])
+    config_ref = recipe.base_model if recipe.base_model in refs else slices[0].sources[0].model
+    for name in sorted(n for n in sources[config_ref].tensors() if not is_language_model_tensor(n)):
+        planner.add_copy(config_ref, name)  # vision and audio towers, projectors: the base model's, unmerged
 
     if planner.problems:
         shown = planner.problems[:_MAX_PROBLEMS]
@@ -433,9 +447,8 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
     if not planner.jobs:
         raise PlanError("The merge produces no tensors.", hint="Check the recipe's models and layer ranges.")
 
-    config_ref = recipe.base_model if recipe.base_model in refs else slices[0].sources[0].model
     out_dtype = _DTYPE_CODES.get(recipe.out_dtype or recipe.dtype or "")
-    config = _output_config(planner, slices, config_ref, out_layer, out_dtype)
+    config = _output_config(planner, slices, bases, config_ref, out_layer, out_dtype)
     if vocabulary is not None:
         text_config(config).update(config_updates(vocabulary[0], vocabulary[1].rows, text_config(config)))
     jobs = tuple(planner.jobs)
