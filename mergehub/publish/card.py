@@ -12,12 +12,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mergehub.methods import get_method
 from mergehub.plan import Plan
-from mergehub.recipe import parse_recipe
+from mergehub.recipe import parse_recipe, recipe_sha256
 from mergehub.writer import ShardResult
 
 __all__ = [
     "TAGS", "ParentCard", "EvalScore", "MergeCard", "parse_card_data", "card_license", "parent_card",
-    "resolve_license", "merge_card", "render_card",
+    "resolve_license", "merge_card", "render_card", "provenance",
 ]
 
 TAGS = ("merge", "mergekit", "mergehub")
@@ -248,6 +248,20 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     return "\n".join(lines)
 
 
+def provenance(card: MergeCard) -> dict:
+    """The card's machine-readable record (front matter key `mergehub`): recipe hash, pinned parents, seed.
+
+    Reruns compare it to decide whether a merge is already up to date.
+    """
+    return {
+        "recipe_sha256": recipe_sha256(card.recipe_yaml),
+        "parents": {p.ref: p.revision for p in card.parents},
+        "seed": card.seed,
+        "method": card.method,
+        "version": dict(card.versions).get("mergehub"),
+    }
+
+
 def render_card(card: MergeCard) -> ModelCard:
     """The model card: Hub metadata (base_model, merge relation, license, model-index), then the Markdown body."""
     license_id, warnings = resolve_license(card.parents)
@@ -261,5 +275,6 @@ def render_card(card: MergeCard) -> ModelCard:
         tags=list(TAGS),
         model_name=card.repo_id.split("/")[-1] if scores else None,
         eval_results=scores or None,
+        mergehub=provenance(card),
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(card, license_id, warnings)}")

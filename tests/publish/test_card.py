@@ -196,3 +196,16 @@ def test_card_of_a_real_merge(family, write_recipe, tmp_path):
     assert [p.ref for p in card.parents] == [str(family[0]), str(family[2]), str(family[1])]
     assert card.shards == tuple((s.filename, s.sha256) for s in result.shards)
     assert [name for name, _ in card.versions] == ["mergehub", "torch", "transformers"]
+
+
+def test_provenance_block_records_recipe_hash_and_pinned_parents(family, write_recipe, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from mergehub import run_merge
+    from mergehub.recipe import recipe_sha256
+
+    recipe = write_recipe({"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family[:2]]})
+    run_merge(recipe, tmp_path / "out", seed=3)
+    data = ModelCard((tmp_path / "out" / "README.md").read_text()).data.to_dict()["mergehub"]
+    assert data["recipe_sha256"] == recipe_sha256(recipe.read_text())
+    assert data["parents"] == {str(family[0]): None, str(family[1]): None} and data["seed"] == 3 and data["method"] == "linear"
