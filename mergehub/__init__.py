@@ -2,6 +2,7 @@
 
 from mergehub.api import MergeResult, PushResult, load_recipe, open_sources, parse_recipe, plan_merge, push_merge, run_merge
 from mergehub.errors import (
+    Cancelled,
     MergehubError,
     MergeMethodError,
     MissingTensorError,
@@ -19,6 +20,7 @@ from mergehub.plan import Plan
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cancelled",
     "MergeResult",
     "MergehubError",
     "MergeMethodError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_fil
 from mergehub.writer import ShardedWriter, ShardResult, ShardSink
 
 LINEAGE_DEPTH = 4
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "MergeResult",
@@ -41,6 +43,7 @@ __all__ = [
     "plan_merge",
     "run_merge",
     "push_merge",
+    "open_model",
     "build_card",
     "push_card",
     "lineage",
@@ -78,7 +81,12 @@ def _recipe_and_text(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
     return parsed, Path(recipe).read_text(encoding="utf-8")
 
 
-def open_sources(recipe: Recipe, *, token: str | None = None, cache_dir: str | os.PathLike | None = None) -> dict[ModelRef, TensorSource]:
+def open_model(ref: str, *, token: str | bool | None = None) -> TensorSource:
+    """One model (a directory or `org/name[@revision]`) as a tensor source: config, headers, files; no weights read."""
+    return open_source(ModelRef.parse(ref), token=token)
+
+
+def open_sources(recipe: Recipe, *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None) -> dict[ModelRef, TensorSource]:
     """Open every model the recipe references, base first; Hub references resolve to a commit."""
     return {ref: open_source(ref, token=token, cache_dir=cache_dir) for ref in recipe.referenced_models()}
 
@@ -101,7 +109,7 @@ def _prepare(recipe: Recipe, sources: dict[ModelRef, TensorSource], out_shard_by
 
 
 def plan_merge(
-    recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | None = None
+    recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | bool | None = None
 ) -> Plan:
     """Plan a merge from configs and headers only: the `--dry-run`."""
     parsed, _ = _recipe_and_text(recipe)
@@ -154,7 +162,7 @@ def run_merge(
     seed: int = 0,
     out_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
-    token: str | None = None,
+    token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
     shard_sink: ShardSink | None = None,
     repo_id: str | None = None,
@@ -212,7 +220,7 @@ def push_merge(
     out_dir: str | os.PathLike | None = None,
     private: bool = False,
     force: bool = False,
-    token: str | None = None,
+    token: str | bool | None = None,
     **merge_options: Any,
 ) -> tuple[MergeResult, PushResult]:
     """Merge and push to `repo_id` (`name` means the token's user namespace) in one commit.
@@ -236,7 +244,10 @@ def push_merge(
     except BaseException:
         uploader.close()
         if created:
-            api.delete_repo(full_id, missing_ok=True)
+            try:
+                api.delete_repo(full_id, missing_ok=True)
+            except Exception as cleanup:  # keep the real error; say what was left behind
+                logger.warning("Could not delete %s after the failed merge: %s", full_id, cleanup)
         raise
     finally:
         if scratch is not None:
@@ -271,7 +282,7 @@ def _merged_files(target: str, token: str | None) -> tuple[str, tuple[ShardResul
     return text.decode("utf-8"), shards, source.repo_id
 
 
-def build_card(target: str, *, token: str | None = None, seed: int = 0) -> ModelCard:
+def build_card(target: str, *, token: str | bool | None = None, seed: int = 0) -> ModelCard:
     """The model card of an existing merge (a directory or a Hub repo), from its mergekit_config.yml."""
     recipe_text, shards, name = _merged_files(target, token)
     parsed = parse_recipe(recipe_text)
@@ -285,7 +296,7 @@ def build_card(target: str, *, token: str | None = None, seed: int = 0) -> Model
             source.close()
 
 
-def push_card(repo_id: str, card: ModelCard, *, token: str | None = None) -> str:
+def push_card(repo_id: str, card: ModelCard, *, token: str | bool | None = None) -> str:
     """Commit a card as README.md: to main when the token may write there, else as a pull request; returns its URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -300,6 +311,6 @@ def push_card(repo_id: str, card: ModelCard, *, token: str | None = None) -> str
     return commit.pr_url or commit.commit_url
 
 
-def lineage(repo_id: str, *, max_depth: int = 5, token: str | None = None) -> LineageGraph:
-    """The ancestry of a Hub model, from its parents' cards and recipes."""
+def lineage(repo_id: str, *, max_depth: int = 5, token: str | bool | None = None) -> LineageGraph:
+    """The ancestry of a Hub model, from its parents' cards and recipes (`token=False`: anonymous)."""
     return walk_lineage(repo_id, max_depth=max_depth, token=token)

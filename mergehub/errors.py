@@ -11,6 +11,7 @@ The tree::
     ├── PlanError (ValueError)            models and recipe do not fit together
     ├── MergeMethodError (ValueError)     a kernel was given inputs it cannot merge
     ├── OutputError (OSError)             the output directory cannot be written
+    ├── Cancelled (RuntimeError)          the merge was stopped on request
     └── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
 
 Nothing in mergehub is imported here.
@@ -29,6 +30,7 @@ __all__ = [
     "MergeMethodError",
     "OutputError",
     "PublishError",
+    "Cancelled",
 ]
 
 
@@ -85,3 +87,7 @@ class OutputError(MergehubError, OSError):
 
 class PublishError(MergehubError, RuntimeError):
     """Pushing the merged model to the Hub failed or is not allowed."""
+
+
+class Cancelled(MergehubError, RuntimeError):
+    """The merge was stopped on request before it finished; nothing was kept."""

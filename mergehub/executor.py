@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergehub.errors import MergehubError, MergeMethodError
+from mergehub.errors import Cancelled, MergehubError, MergeMethodError
 from mergehub.methods import get_method
 from mergehub.plan import Plan, TensorJob
 from mergehub.sources.base import DTYPES, TensorSource
@@ -27,10 +27,6 @@ __all__ = ["Progress", "ExecutionStats", "execute", "resolve_device", "tensor_se
 
 DEFAULT_PREFETCH_BYTES = 512 * 1024**2
 DEFAULT_BATCH_BYTES = 64 * 1024**2
-
-
-class Cancelled(MergehubError, RuntimeError):
-    """The merge was stopped on request before it finished."""
 
 
 @dataclass(frozen=True)

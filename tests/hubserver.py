@@ -469,7 +469,8 @@ class HubServer:
             if req.user in members
         ]
         auth = {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}
-        return _json_reply({"type": "user", "name": req.user, "fullname": req.user, "orgs": orgs, "auth": auth})
+        avatar = f"{self.endpoint}/avatars/{req.user}.png"
+        return _json_reply({"type": "user", "name": req.user, "fullname": req.user, "avatarUrl": avatar, "orgs": orgs, "auth": auth})
 
     def _create_repo(self, req: _Request) -> _Reply:
         payload = req.json()

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from mergehub import MergeMethodError, SourceError, run_merge
-from mergehub.executor import Cancelled, tensor_seed
+from mergehub.errors import Cancelled
+from mergehub.executor import tensor_seed
 from mergehub.sources.local import LocalSource
 
 

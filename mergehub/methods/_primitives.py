@@ -1,19 +1,81 @@
-"""Math shared by several merge methods: weighting, task vectors and interpolation."""
+"""Math shared by several merge methods: weighting, task vectors, pruning, sign election.
+
+Task-vector methods work on flat views of their inputs one chunk of positions at a time,
+in a few chunk-sized scratch rows allocated once per call (`scratch`): the only full-size
+allocations are the result and, for random pruning, a boolean mask per model. Fresh
+allocations page-fault on every use and would cost more than the arithmetic.
+
+A `Score` gives the values that pruning ranks at some flat positions; a `Mask` gives 0/1
+multipliers saying which positions of a chunk a task vector keeps. On CPU, comparisons that
+write booleans and `torch.where` are several times slower than float arithmetic, so masks
+are float 0/1 rows built by in-place comparisons.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from mergehub.errors import MergeMethodError
+
+Positions = slice | torch.Tensor
+Score = Callable[[Positions, torch.Tensor | None], torch.Tensor]
+"""Scores at flat positions (a chunk's slice or a tensor of indices), written into `out` when given."""
+Mask = Callable[[slice, torch.Tensor], torch.Tensor]
+"""0/1 multipliers for a chunk's positions, computed in the given (2, chunk length) scratch rows."""
+
+CPU_CHUNK = 1 << 18
+CUDA_CHUNK = 1 << 24
+SAMPLE_SIZE = 1 << 16
+SAMPLE_STRIDE = 2654435761  # a large odd multiplier: spreads sample positions over the tensor
+FLOAT32_EPS = 2.0**-23
 
 
 def check_same_shape(tensors: Sequence[torch.Tensor]) -> None:
     """Raise when the inputs do not all have one shape."""
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) != 1:
-        raise MergeMethodError(f"Input tensors have different shapes: {sorted(shapes)}.")
+        raise MergeMethodError(
+            f"Input tensors have different shapes: {sorted(shapes)}.",
+            hint="Merge only models of one architecture and size.",
+        )
+
+
+def require_base(method: str, tensors: Sequence[torch.Tensor], base_index: int | None) -> int:
+    """The base index, checked to name one of `tensors`.
+
+    Raises:
+        MergeMethodError: there is no base model.
+    """
+    if base_index is None or not 0 <= base_index < len(tensors):
+        raise MergeMethodError(
+            f"{method} needs a base model among its {len(tensors)} inputs.",
+            hint="Set `base_model:` in the recipe to the model the others were fine-tuned from.",
+        )
+    return base_index
+
+
+def check_per_input(method: str, tensors: Sequence[torch.Tensor], **values: Sequence) -> None:
+    """Raise when a per-input parameter does not give one value per input tensor."""
+    for name, given in values.items():
+        if len(given) != len(tensors):
+            raise MergeMethodError(
+                f"{method}: `{name}` has {len(given)} values for {len(tensors)} input models.",
+                hint=f"Give `{name}` once per model in the recipe.",
+            )
+
+
+def flat_inputs(
+    method: str, tensors: Sequence[torch.Tensor], base_index: int | None, **per_input: Sequence
+) -> tuple[list[torch.Tensor], int]:
+    """The inputs as flat tensors and the base index, after checking shapes, base and per-input parameters."""
+    check_same_shape(tensors)
+    base_index = require_base(method, tensors, base_index)
+    check_per_input(method, tensors, **per_input)
+    return [t.reshape(-1) for t in tensors], base_index
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -38,3 +100,432 @@ def non_base(values: Sequence, base_index: int) -> list:
 def lerp(t: float, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Linear interpolation `(1 - t) * a + t * b`."""
     return (1 - t) * a + t * b
+
+
+# Chunked evaluation
+
+
+def chunk_size(device: torch.device) -> int:
+    """How many elements one chunk holds: a cache-sized piece on CPU, a large one on GPU."""
+    return CUDA_CHUNK if device.type == "cuda" else CPU_CHUNK
+
+
+def chunk_slices(numel: int, device: torch.device) -> list[slice]:
+    """Consecutive ranges of flat positions that cover `numel`, one chunk each."""
+    size = chunk_size(device)
+    return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
+
+
+def scratch(rows: int, like: torch.Tensor) -> torch.Tensor:
+    """`rows` reusable buffers, each one chunk of the flat `like` long, in its dtype and on its device."""
+    return torch.empty((rows, min(like.numel(), chunk_size(like.device))), dtype=like.dtype, device=like.device)
+
+
+def rows_for(work: torch.Tensor, positions: slice) -> torch.Tensor:
+    """The scratch rows `work`, cut to the length of `positions`."""
+    return work[:, : positions.stop - positions.start]
+
+
+def delta_magnitude(tensor: torch.Tensor, base: torch.Tensor) -> Score:
+    """The score `|tensor - base|` of flat tensors, by position."""
+    return lambda positions, out=None: torch.sub(tensor[positions], base[positions], out=out).abs_()
+
+
+# Exact selection by rank
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One element of the stable ascending sort of the scores: its value, and its flat position when others tie with it.
+
+    Tied scores sort by position, so a bound cuts a run of ties at `position`.
+    """
+
+    value: float
+    position: int | None = None
+
+
+def order_statistic(score: Score, like: torch.Tensor, rank: int) -> Bound:
+    """The element at `rank` (from 0) of the stable ascending sort of `score` over the positions of `like`.
+
+    `like` is a flat tensor with the scores' size, dtype and device. A spread sample brackets
+    the value, one pass counts the scores below the bracket and gathers the few inside it,
+    and `kthvalue` picks among those; a bracket that misses falls back to every score. The
+    position of a tied element is looked up only when its value is not 0 (for magnitudes,
+    entries of 0 are the same whether kept or dropped).
+    """
+    low, high = _sample_bracket(score, like.numel(), rank, like.device)
+    found = _select_in_bracket(score, like, rank, low, high)
+    if found is None:
+        found = _select_in_bracket(score, like, rank, -math.inf, math.inf)
+    assert found is not None
+    return found
+
+
+def _sample_bracket(score: Score, numel: int, rank: int, device: torch.device) -> tuple[float, float]:
+    """Values that a spread sample of scores puts safely below and above the score at `rank`."""
+    if numel <= SAMPLE_SIZE:
+        return -math.inf, math.inf
+    positions = torch.arange(SAMPLE_SIZE, dtype=torch.int64, device=device).mul_(SAMPLE_STRIDE).remainder_(numel)
+    sample = score(positions, None)
+    fraction = rank / numel
+    margin = 6 * math.sqrt(SAMPLE_SIZE * fraction * (1 - fraction)) + 16
+    below, above = math.floor(fraction * SAMPLE_SIZE - margin), math.ceil(fraction * SAMPLE_SIZE + margin)
+    low = torch.kthvalue(sample, below + 1).values.item() if below >= 0 else -math.inf
+    high = torch.kthvalue(sample, above + 1).values.item() if above < SAMPLE_SIZE else math.inf
+    return low, high
+
+
+def _select_in_bracket(score: Score, like: torch.Tensor, rank: int, low: float, high: float) -> Bound | None:
+    """The element at `rank`, or None when its value is not within [low, high].
+
+    A bracket of one value is only counted; a wider one gathers its scores and their positions.
+    """
+    everything = low == -math.inf and high == math.inf
+    work = scratch(3, like)
+    below = inside = 0
+    values_inside, positions_inside = [], []
+    for positions in chunk_slices(like.numel(), like.device):
+        values, keep, upper = rows_for(work, positions)
+        score(positions, values)
+        if everything:
+            values_inside.append(values.clone())
+            continue
+        torch.ge(values, low, out=keep)
+        below += values.numel() - int(keep.sum().item())
+        keep.mul_(torch.le(values, high, out=upper))
+        if low == high:
+            inside += int(keep.sum().item())
+            continue
+        found = keep.bool().nonzero().view(-1)
+        values_inside.append(values[found])
+        positions_inside.append(found.add_(positions.start))
+    if low == high:
+        return _tied_bound(score, like, low, rank - below, inside) if below <= rank < below + inside else None
+    candidates = torch.cat(values_inside)
+    if not below <= rank < below + candidates.numel():
+        return None
+    value = torch.kthvalue(candidates, rank - below + 1).values
+    less = below + int(torch.count_nonzero(candidates < value))
+    equal = (candidates == value).nonzero().view(-1)
+    if equal.numel() == 1 or value.item() == 0:
+        return Bound(value.item())
+    position = torch.cat(positions_inside)[equal[rank - less]] if positions_inside else equal[rank - less]
+    return Bound(value.item(), int(position))
+
+
+def _tied_bound(score: Score, like: torch.Tensor, value: float, occurrence: int, count: int) -> Bound:
+    """The bound at the `occurrence`-th (from 0) of the `count` scores equal to `value`."""
+    if count == 1 or value == 0:
+        return Bound(value)
+    work = scratch(1, like)
+    for positions in chunk_slices(like.numel(), like.device):
+        (values,) = rows_for(work, positions)
+        equal = score(positions, values).eq_(value)
+        here = int(equal.sum().item())
+        if occurrence < here:
+            return Bound(value, positions.start + int(equal.bool().nonzero()[occurrence]))
+        occurrence -= here
+    raise AssertionError("fewer ties than counted")
+
+
+def _at_least(values: torch.Tensor, bound: Bound, start: int, out: torch.Tensor) -> torch.Tensor:
+    """1 in `out` where `values` (at flat positions from `start`) sort at or after `bound`, else 0."""
+    split = 0 if bound.position is None else min(max(bound.position - start, 0), values.numel())
+    torch.gt(values[:split], bound.value, out=out[:split])
+    torch.ge(values[split:], bound.value, out=out[split:])
+    return out
+
+
+def _at_most(values: torch.Tensor, bound: Bound, start: int, out: torch.Tensor) -> torch.Tensor:
+    """1 in `out` where `values` (at flat positions from `start`) sort at or before `bound`, else 0."""
+    split = values.numel() if bound.position is None else min(max(bound.position + 1 - start, 0), values.numel())
+    torch.le(values[:split], bound.value, out=out[:split])
+    torch.lt(values[split:], bound.value, out=out[split:])
+    return out
+
+
+def rank_band_mask(score: Score, like: torch.Tensor, start: int, stop: int) -> Mask | None:
+    """Keep the positions whose rank in the stable ascending sort of `score` is in [start, stop).
+
+    Returns None when every position is kept. Equal scores rank by position, so exactly
+    `stop - start` positions are kept, except that scores of 0 all fall on one side of a
+    bound at 0 (as magnitudes, they score entries that are 0 anyway).
+    """
+    numel = like.numel()
+    start, stop = max(start, 0), min(stop, numel)
+    if start >= stop:
+        return drop_all
+    if start == 0 and stop == numel:
+        return None
+    low = order_statistic(score, like, start) if start > 0 else None
+    high = order_statistic(score, like, stop - 1) if stop < numel else None
+
+    def mask(positions: slice, rows: torch.Tensor) -> torch.Tensor:
+        values, spare = rows
+        score(positions, values)
+        if low is None:
+            return _at_most(values, high, positions.start, out=values)
+        keep = _at_least(values, low, positions.start, out=spare)
+        return keep if high is None else keep.mul_(_at_most(values, high, positions.start, out=values))
+
+    return mask
+
+
+def drop_all(positions: slice, rows: torch.Tensor) -> torch.Tensor:
+    """The mask that keeps nothing."""
+    return rows[0].zero_()
+
+
+def materialize(mask: Mask, like: torch.Tensor) -> Mask:
+    """`mask` evaluated once over the positions of the flat `like` and stored as booleans."""
+    keep = torch.empty(like.numel(), dtype=torch.bool, device=like.device)
+    work = scratch(2, like)
+    for positions in chunk_slices(like.numel(), like.device):
+        keep[positions] = mask(positions, rows_for(work, positions))
+    return stored_mask(keep)
+
+
+def stored_mask(keep: torch.Tensor) -> Mask:
+    """The mask that reads a precomputed flat boolean tensor (as 0/1 bytes, which multiply fast)."""
+    return lambda positions, rows: keep[positions].view(torch.uint8)
+
+
+# Sparsification of task vectors (mergekit's `sparsify` methods)
+
+
+def magnitude_mask(score: Score, like: torch.Tensor, density: float) -> Mask | None:
+    """Keep the `max(1, int(density * numel))` largest scores; none at density <= 0, all at >= 1."""
+    if density >= 1:
+        return None
+    kept = max(1, int(density * like.numel())) if density > 0 else 0
+    return rank_band_mask(score, like, like.numel() - kept, like.numel())
+
+
+def outlier_mask(score: Score, like: torch.Tensor, density: float, gamma: float) -> Mask | None:
+    """Model Breadcrumbs: drop the `int(gamma * numel)` largest scores, then the smallest, keeping `int(density * numel)`.
+
+    The outlier cut shrinks when it and the kept part do not fit together.
+    """
+    if density >= 1:
+        return None
+    kept, outliers = int(density * like.numel()), int(gamma * like.numel())
+    smallest = max(0, like.numel() - kept - outliers)
+    return rank_band_mask(score, like, smallest, smallest + kept)
+
+
+def random_mask(like: torch.Tensor, density: float, generator: torch.Generator) -> Mask | None:
+    """DARE: keep each position independently with probability `density` (uniform float32 draws below it)."""
+    if density >= 1:
+        return None
+    keep = torch.empty(like.numel(), dtype=torch.bool, device=like.device)
+    draws = torch.empty(min(like.numel(), chunk_size(like.device)), dtype=torch.float32, device=like.device)
+    for positions in chunk_slices(like.numel(), like.device):
+        length = positions.stop - positions.start
+        keep[positions] = torch.rand(length, generator=generator, out=draws[:length]).lt_(density)
+    return stored_mask(keep)
+
+
+def magprune_mask(
+    tensor: torch.Tensor, base: torch.Tensor, density: float, epsilon: float, generator: torch.Generator
+) -> Mask | None:
+    """DELLA MagPrune: keep each entry with a probability rising linearly with its magnitude's rank in its row.
+
+    Rows run along dim 1 (a 1-D tensor is one row). Ranks 0..n-1 map to probabilities
+    `density - epsilon` .. `density + epsilon` (equal magnitudes take consecutive ranks in a
+    fixed order); a row of one entry keeps it with probability `density` (mergekit 0.1.5
+    divides 0 by 0 there and fails).
+
+    Raises:
+        MergeMethodError: `density - epsilon` or `density + epsilon` is outside (0, 1).
+    """
+    if density >= 1 or tensor.numel() == 0:
+        return None
+    if density <= 0:
+        return drop_all
+    if density - epsilon <= 0 or density + epsilon >= 1:
+        raise MergeMethodError(
+            f"epsilon {epsilon} puts the keep probability density ± epsilon outside (0, 1) at density {density}.",
+            hint=f"Choose epsilon below {min(density, 1 - density):g}, or change density.",
+        )
+    rows, base_rows = _as_rows(tensor), _as_rows(base)
+    keep = torch.empty(rows.shape, dtype=torch.bool, device=tensor.device)
+    probability = _rank_probabilities(rows.shape[1], density, epsilon, tensor.device)
+    for block in row_blocks(rows.shape, tensor.device):
+        magnitude = (rows[block] - base_rows[block]).abs_()
+        order = _sort_key(magnitude).argsort(dim=1)
+        kept = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32, device=tensor.device)
+        keep[block] = torch.empty_like(kept).scatter_(1, order, kept.lt_(probability)).bool()
+    return stored_mask(_from_rows(keep, tensor.shape).reshape(-1))
+
+
+def row_blocks(shape: torch.Size, device: torch.device) -> list[slice]:
+    """Consecutive ranges of whole rows of a 2-D `shape`, each about one chunk in size."""
+    rows = max(1, chunk_size(device) // max(1, shape[1]))
+    return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+
+def _as_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as a 2-D tensor whose rows run along its dim 1 (a 1-D tensor is one row)."""
+    if tensor.dim() < 2:
+        return tensor.reshape(1, -1)
+    return tensor.movedim(1, -1).reshape(-1, tensor.shape[1])
+
+
+def _from_rows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Undo `_as_rows`, giving a contiguous tensor of `shape`."""
+    if len(shape) < 2:
+        return rows.reshape(shape)
+    moved = (*shape[:1], *shape[2:], shape[1])
+    return rows.reshape(moved).movedim(-1, 1).contiguous()
+
+
+def _rank_probabilities(length: int, density: float, epsilon: float, device: torch.device) -> torch.Tensor:
+    """The float32 keep probability of each rank 0..length-1, computed as mergekit does."""
+    if length == 1:
+        return torch.full((1,), density, device=device)
+    ranks = torch.arange(length, dtype=torch.float32, device=device)
+    return (density - epsilon) + ranks / (length - 1) * 2 * epsilon
+
+
+def _sort_key(magnitude: torch.Tensor) -> torch.Tensor:
+    """Integers ordered as the non-negative floats `magnitude` are (they sort faster)."""
+    views = {torch.float32: torch.int32, torch.float64: torch.int64}
+    return magnitude.view(views[magnitude.dtype]) if magnitude.dtype in views else magnitude
+
+
+def l1_rescale(tensor: torch.Tensor, base: torch.Tensor, mask: Mask) -> float:
+    """The factor that gives the masked task vector the L1 norm of the whole one (1 when either is below 1e-7).
+
+    The norms are summed in float64, so the factor does not depend on the thread count,
+    then divided in the tensors' dtype as mergekit does.
+    """
+    work = scratch(3, base)
+    before = after = 0.0
+    for positions in chunk_slices(base.numel(), base.device):
+        rows = rows_for(work, positions)
+        magnitude = torch.sub(tensor[positions], base[positions], out=rows[0]).abs_()
+        before += magnitude.sum(dtype=torch.float64).item()
+        after += magnitude.mul_(mask(positions, rows[1:])).sum(dtype=torch.float64).item()
+    if before < 1e-7 or after < 1e-7:
+        return 1.0
+    return (torch.tensor(before, dtype=base.dtype) / torch.tensor(after, dtype=base.dtype)).item()
+
+
+# Sign election and disjoint merge (TIES), in place on a chunk's rows
+
+
+def elect_signs_(votes: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """Fill `direction` with the sign (+1 or -1; + for 0) of the sum of the rows of `votes`, in row order."""
+    direction.copy_(votes[0])
+    for vote in votes[1:]:
+        direction.add_(vote)
+    return direction.ge_(0).mul_(2).sub_(1)
+
+
+def sum_agreeing_(
+    values: torch.Tensor,
+    weights: Sequence[float],
+    direction: torch.Tensor,
+    divisor: torch.Tensor | None,
+    spare: torch.Tensor,
+) -> torch.Tensor:
+    """The elementwise sum of the rows of `values` whose sign is `direction` (zeros never agree), in row order.
+
+    With `divisor`, also fill it with the sum of the weights of the agreeing rows. Works in
+    place: summing magnitudes of one sign is exact, so this equals the masked sum.
+    """
+    total = values[0]
+    for index, (row, weight) in enumerate(zip(values, weights)):
+        row.mul_(direction).clamp_(min=0)
+        if divisor is not None:
+            agree = torch.gt(row, 0, out=spare)
+            if index == 0:
+                torch.mul(agree, weight, out=divisor)
+            else:
+                divisor.add_(agree, alpha=weight)
+        if index > 0:
+            total.add_(row)
+    return total.mul_(direction)
+
+
+# Generalized task arithmetic
+
+
+def generalized_task_arithmetic(
+    tensors: Sequence[torch.Tensor],
+    base_index: int,
+    weights: Sequence[float],
+    masks: Sequence[Mask | None],
+    *,
+    rescale: bool,
+    consensus: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """mergekit's generalized task arithmetic on flat inputs, given each non-base model's weight and mask.
+
+    Each task vector is masked, rescaled to its former L1 norm (`rescale`, masked ones only)
+    and weighted; with `consensus` only entries agreeing with the elected sign are summed.
+    `normalize` divides by the sum of the (agreeing) weights unless that is 0 up to rounding;
+    then `lambda_` scales the sum, which is added to the base. Unlike mergekit 0.1.5, weights
+    that cancel (1.1, -0.7, -0.4) count as summing to 0 rather than leaving a float32 rounding
+    residue (3e-8) to divide by.
+    """
+    base = tensors[base_index]
+    others = non_base(tensors, base_index)
+    if not others:
+        return base.clone()
+    factors = [l1_rescale(t, base, m) if rescale and m is not None else 1.0 for t, m in zip(others, masks)]
+    work = scratch(len(others) + 3, base)
+    out = torch.empty_like(base)
+    for positions in chunk_slices(base.numel(), base.device):
+        rows = rows_for(work, positions)
+        deltas, spare = rows[: len(others)], rows[len(others) :]
+        b = base[positions]
+        for delta, tensor, mask, factor, weight in zip(deltas, others, masks, factors, weights):
+            torch.sub(tensor[positions], b, out=delta)
+            _sparsify_(delta, mask, positions, factor, weight, spare[:2])
+        if consensus:
+            direction = elect_signs_(deltas, spare[0])
+            mixed = sum_agreeing_(deltas, weights, direction, spare[1] if normalize else None, spare[2])
+            divisor = _nonzero_divisor_(spare[1], weights, spare[2]) if normalize else 1.0
+        else:
+            mixed, divisor = _sum_rows_(deltas), _nonzero_total(weights)
+        if normalize:
+            mixed.div_(divisor)
+        if lambda_ != 1:
+            mixed.mul_(lambda_)
+        torch.add(mixed, b, out=out[positions])
+    return out
+
+
+def _sparsify_(
+    delta: torch.Tensor, mask: Mask | None, positions: slice, factor: float, weight: float, rows: torch.Tensor
+) -> None:
+    """Mask, rescale and weight one chunk of a task vector in place, in mergekit's order."""
+    if mask is not None:
+        delta.mul_(mask(positions, rows))
+        if factor != 1:
+            delta.mul_(factor)
+    delta.mul_(weight)
+
+
+def _sum_rows_(rows: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of `rows` in row order, accumulated into the first row."""
+    for row in rows[1:]:
+        rows[0].add_(row)
+    return rows[0]
+
+
+def _nonzero_total(weights: Sequence[float]) -> float:
+    """The exact sum of `weights`, or 1 when it is below 1e-8 in magnitude."""
+    total = math.fsum(weights)
+    return total if abs(total) >= 1e-8 else 1.0
+
+
+def _nonzero_divisor_(divisor: torch.Tensor, weights: Sequence[float], spare: torch.Tensor) -> torch.Tensor:
+    """`divisor` with 1 in place where it is 0 up to the rounding error of summing `weights` in float32."""
+    tolerance = max(1e-8, len(weights) * FLOAT32_EPS * math.fsum(abs(w) for w in weights))
+    zero = torch.abs(divisor, out=spare).le_(tolerance)
+    return divisor.addcmul_(zero, divisor, value=-1).add_(zero)

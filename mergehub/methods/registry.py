@@ -74,6 +74,7 @@ class MethodSpec:
 
 def _builtin_methods() -> dict[str, MethodSpec]:
     from mergehub.methods import linear, passthrough, slerp, task_arithmetic
+    from mergehub.methods import breadcrumbs, dare, della, sce, ties
     from mergehub.methods import arcee_fusion, karcher, model_stock, multislerp, nearswap, nuslerp, ram
 
     specs = (linear.SPEC, slerp.SPEC, task_arithmetic.SPEC, passthrough.SPEC)
@@ -86,6 +87,16 @@ def _builtin_methods() -> dict[str, MethodSpec]:
         arcee_fusion.SPEC,
         ram.SPEC,
         ram.PLUS_TL_SPEC,
+    )
+    specs += (
+        ties.SPEC,
+        dare.SPEC,
+        dare.LINEAR_SPEC,
+        breadcrumbs.SPEC,
+        breadcrumbs.TIES_SPEC,
+        della.SPEC,
+        della.LINEAR_SPEC,
+        sce.SPEC,
     )
     return {spec.name: spec for spec in specs}
 

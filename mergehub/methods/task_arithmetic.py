@@ -1,4 +1,8 @@
-"""Task arithmetic: add weighted task vectors (model minus base) to the base."""
+"""Task arithmetic: add weighted task vectors (model minus base) to the base.
+
+It is the plainest member of mergekit's generalized task arithmetic family, whose shared
+parameters `gta_params` lists; the other members prune and sign-elect the task vectors first.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,21 @@ from collections.abc import Sequence
 
 import torch
 
-from mergehub.methods._primitives import check_same_shape, non_base, task_vectors, weighted_sum
+from mergehub.methods._primitives import flat_inputs, generalized_task_arithmetic, non_base
 from mergehub.methods.registry import MethodSpec, ParamSpec
+
+
+def gta_params(*, normalize: bool, rescale: bool, extra: tuple[ParamSpec, ...] = ()) -> tuple[ParamSpec, ...]:
+    """The parameters of a generalized task arithmetic method, with its defaults and extra per-model ones."""
+    return (
+        ParamSpec("weight", float, "non_base"),
+        ParamSpec("density", float, "non_base", 1.0),
+        *extra,
+        ParamSpec("lambda", float, "shared", 1.0),
+        ParamSpec("normalize", bool, "shared", normalize),
+        ParamSpec("rescale", bool, "shared", rescale),
+        ParamSpec("int8_mask", bool, "shared", False),
+    )
 
 
 def task_arithmetic(
@@ -15,40 +32,36 @@ def task_arithmetic(
     *,
     base_index: int | None,
     weight: Sequence[float | None],
+    density: Sequence[float | None] | None = None,
     lambda_: float = 1.0,
     normalize: bool = False,
-    **_unused: object,
+    rescale: bool = False,
+    int8_mask: bool = False,
 ) -> torch.Tensor:
     """Return `base + lambda * sum(w_i * (x_i - base))`, the sum divided by `sum(w_i)` when normalized.
 
-    A weight sum below 1e-8 in magnitude is not divided by, as in mergekit.
+    A weight sum below 1e-8 in magnitude is not divided by. `density`, `rescale` and
+    `int8_mask` exist for mergekit compatibility and change nothing: nothing is pruned.
     """
-    check_same_shape(tensors)
-    assert base_index is not None
-    base = tensors[base_index]
-    weights = non_base(weight, base_index)
-    if not weights:
-        return base.clone()
-    mixed = weighted_sum(task_vectors(tensors, base_index), weights)
-    total = float(sum(weights))
-    if normalize and abs(total) >= 1e-8:
-        mixed.div_(total)
-    if lambda_ != 1:
-        mixed.mul_(lambda_)
-    return base + mixed
+    flat, base_index = flat_inputs("task_arithmetic", tensors, base_index, weight=weight)
+    others = len(flat) - 1
+    merged = generalized_task_arithmetic(
+        flat,
+        base_index,
+        non_base(weight, base_index),
+        [None] * others,
+        rescale=False,
+        consensus=False,
+        normalize=normalize,
+        lambda_=lambda_,
+    )
+    return merged.view(tensors[base_index].shape)
 
 
 SPEC = MethodSpec(
     name="task_arithmetic",
     kernel=task_arithmetic,
-    params=(
-        ParamSpec("weight", float, "non_base"),
-        ParamSpec("lambda", float, "shared", 1.0),
-        ParamSpec("normalize", bool, "shared", False),
-        ParamSpec("density", float, "non_base", 1.0),
-        ParamSpec("rescale", bool, "shared", False),
-        ParamSpec("int8_mask", bool, "shared", False),
-    ),
+    params=gta_params(normalize=False, rescale=False),
     summary="Adds the weighted task vectors (model - base) of each model to the base.",
     paper="https://arxiv.org/abs/2212.04089",
     base="required",

@@ -120,7 +120,7 @@ def _escape(text: str) -> str:
     return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;").replace("|", "#124;")
 
 
-def hub_reader(filename: str, token: str | None) -> Reader:
+def hub_reader(filename: str, token: str | bool | None) -> Reader:
     """A reader of one file of a Hub repo (None when the repo has no such file)."""
 
     def read(repo_id: str) -> str | None:
@@ -197,7 +197,7 @@ def walk_lineage(
     max_depth: int = 5,
     read_card: Reader | None = None,
     read_recipe: Reader | None = None,
-    token: str | None = None,
+    token: str | bool | None = None,
     root_card: str | None = None,
     root_recipe: str | None = None,
 ) -> LineageGraph:

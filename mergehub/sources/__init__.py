@@ -12,7 +12,7 @@ from mergehub.sources.local import LocalSource
 __all__ = ["DTYPES", "TensorInfo", "TensorSource", "LocalSource", "parse_safetensors_header", "open_source"]
 
 
-def open_source(ref: ModelRef, *, token: str | None = None, cache_dir: str | Path | None = None) -> TensorSource:
+def open_source(ref: ModelRef, *, token: str | bool | None = None, cache_dir: str | Path | None = None) -> TensorSource:
     """Open a model reference as a tensor source: an existing local directory, else a Hub repo.
 
     Hub repos resolve to a commit through huggingface_hub (honouring HF_ENDPOINT, HF_TOKEN, HF_HOME).

@@ -59,7 +59,7 @@ class HubSource:
         self,
         ref: ModelRef,
         *,
-        token: str | None = None,
+        token: str | bool | None = None,
         endpoint: str | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:

@@ -1,0 +1,611 @@
+"""The Space: what visitors may ask for and see, the form <-> YAML mapping, the page, merges on the local Hub."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+from huggingface_hub import HfApi
+
+from mergehub.errors import ModelReferenceError, PublishError, RecipeError, SourceError
+from mergehub.interfaces import space
+from mergehub.interfaces.space import (
+    MAX_MODELS,
+    MAX_RECIPE_BYTES,
+    PRESETS,
+    Form,
+    ModelSummary,
+    Session,
+    SharedValue,
+    check_hub_reference,
+    check_recipe_text,
+    check_repo_name,
+    compatibility_markdown,
+    default_repo_name,
+    form_to_yaml,
+    parse_value,
+    preset_form,
+    scrub,
+    summarize_model,
+    user_message,
+    yaml_to_form,
+)
+from mergehub.recipe import parse_recipe
+
+ALICE = types.SimpleNamespace(token="tok-alice", scope="openid profile contribute-repos", expires_at=2**31)
+"""What gradio injects as `gr.OAuthToken` for a signed-in visitor (only `.token` is used)."""
+
+
+# -- safety -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref", ["org/name", "org/name@main", "org/name@refs/pr/1", "Org-1/na.me_2@v1.0", "org/name@0123abcd"]
+)
+def test_hub_references_are_accepted(ref):
+    assert check_hub_reference(f"  {ref} ") == ref
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "/etc/passwd",
+        "/tmp/mergehub-space-x/model",
+        "../other/model",
+        "org/../name",
+        "./org/name",
+        "~/models/x",
+        "file:///etc/passwd",
+        "file:org/name",
+        "https://huggingface.co/org/name",
+        "hf://org/name",
+        "C:\\models\\x",
+        "org\\name",
+        "org/name@../../x",
+        "org/name@/abs",
+        "name-only",
+        "a/b/c",
+        "",
+        "   ",
+        "org/name lora",
+        "org/na\0me",
+        "org/name+lora/x",
+        "-org/name",
+    ],
+)
+def test_anything_but_a_hub_reference_is_refused(ref):
+    with pytest.raises(ModelReferenceError) as info:
+        check_hub_reference(ref)
+    assert info.value.hint
+
+
+def _recipe(models: list[str], **extra) -> str:
+    return yaml.safe_dump(
+        {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1}} for m in models], **extra},
+        sort_keys=False,
+    )
+
+
+def test_recipe_check_accepts_hub_models_and_returns_the_recipe():
+    recipe = check_recipe_text(_recipe(["org/a", "org/b@v2"]))
+    assert [str(r) for r in recipe.referenced_models()] == ["org/a", "org/b@v2"]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (_recipe(["org/a", "/srv/models/b"]), "not allowed here"),
+        (_recipe(["org/a", "../b/c"]), "not allowed here"),
+        (_recipe(["org/a", "https://huggingface.co/org/b"]), "not allowed here"),
+        (_recipe(["org/a", "org/b"], base_model="~/base"), "not allowed here"),
+        (_recipe(["org/a", "org/b"], tokenizer_source="/etc/tokenizer"), "not allowed here"),
+        (
+            _recipe(
+                ["org/a", "org/b"],
+                tokenizer={"source": "union", "tokens": {"x": {"source": {"kind": "model_token", "model": "../x/y"}}}},
+            ),
+            "not allowed here",
+        ),
+        (_recipe([f"org/m{i}" for i in range(MAX_MODELS + 1)]), f"at most {MAX_MODELS}"),
+        (_recipe(["org/a"]) + "# " + "x" * MAX_RECIPE_BYTES + "\n", "at most"),
+        (
+            "merge_method: linear\nmodels:\n"
+            "  - {model: org/a, parameters: &w {weight: 1}}\n  - {model: org/b, parameters: *w}\n",
+            "anchors",
+        ),
+        (_recipe(["org/a"], trust_remote_code=True), "unknown key"),
+        ("merge_method: [", "not valid YAML"),
+    ],
+)
+def test_recipe_check_refuses_what_the_space_must_not_run(text, match):
+    with pytest.raises((RecipeError, ModelReferenceError), match=match) as info:
+        check_recipe_text(text)
+    assert info.value.hint
+
+
+def test_too_many_slices_are_refused():
+    slices = [{"sources": [{"model": "org/a", "layer_range": [0, 1]}]} for _ in range(space.MAX_SLICES + 1)]
+    with pytest.raises(RecipeError, match="slices"):
+        check_recipe_text(yaml.safe_dump({"merge_method": "passthrough", "slices": slices}))
+
+
+@pytest.mark.parametrize("name", ["merged", "alice/merged", "Qwen2.5-0.5B-slerp", "a_b.c"])
+def test_repo_names_are_accepted(name):
+    assert check_repo_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a/b/c", "../x", "x--y", "x..y", "-x", "x-", "/abs", "a" * 97, "has space", "https://hf.co/x"]
+)
+def test_bad_repo_names_are_refused(name):
+    with pytest.raises(PublishError):
+        check_repo_name(name)
+
+
+def test_merging_never_reads_a_folder_of_the_server(tmp_path, monkeypatch):
+    (tmp_path / "org" / "local").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    outputs = list(space.merge(_recipe(["org/local", "org/b"]), "x", False, Session(), ALICE))
+    assert "not allowed here" in outputs[-1][0]
+
+
+# -- what visitors see ----------------------------------------------------------------------------------
+
+
+def test_scrub_removes_tokens_and_server_paths_but_keeps_hub_ids_and_urls():
+    token = "hf_" + "a1B2" * 9
+    text = (
+        f"401 for {token} and hf_oauth_{'x' * 30}; Authorization: Bearer abcdefghijklmnopqrstuv; session tok-alice; "
+        "wrote /tmp/mergehub-push-1/model/README.md and ~/.cache/huggingface/x and file:///etc/passwd; "
+        "see https://huggingface.co/org/name and org/name@refs/pr/1; 12 MB/s; use hf_hub_download"
+    )
+    clean = scrub(text, ["tok-alice"])
+    for secret in (
+        token,
+        "hf_oauth_x",
+        "abcdefghijklmnopqrstuv",
+        "tok-alice",
+        "/tmp/",
+        "mergehub-push",
+        ".cache",
+        "/etc/passwd",
+    ):
+        assert secret not in clean
+    for kept in (
+        "https://huggingface.co/org/name",
+        "org/name@refs/pr/1",
+        "12 MB/s",
+        "hf_hub_download",
+        "<server path>",
+    ):
+        assert kept in clean
+
+
+def test_user_message_is_message_and_hint_only():
+    error = SourceError("org/a: cannot read /home/user/app/cache/x with tok-alice.", hint="Check the token tok-alice.")
+    assert (
+        user_message(error, ["tok-alice"]) == "org/a: cannot read <server path> with ***.\nHint: Check the token ***."
+    )
+    unexpected = user_message(RuntimeError("boom at /srv/secret with hf_" + "z" * 34))
+    assert "RuntimeError" in unexpected and "/srv" not in unexpected and "boom" not in unexpected
+
+
+# -- the form and its YAML ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_round_trip_between_form_and_yaml(name):
+    form = preset_form(name)
+    text, problems = form_to_yaml(form)
+    assert not problems
+    parse_recipe(text)  # a valid mergekit recipe
+    again, hidden = yaml_to_form(text)
+    assert not hidden
+    assert again == form
+    assert form_to_yaml(again)[0] == text
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_use_the_visitors_models(name):
+    form = preset_form(name, ["me/base", "me/one", "me/two", "me/three"], layers=32)
+    recipe = parse_recipe(form_to_yaml(form)[0])
+    names = {str(r) for r in recipe.referenced_models()}
+    assert names <= {"me/base", "me/one", "me/two", "me/three"}
+    if name.startswith("Passthrough"):
+        assert [s.sources[0].layer_range for s in recipe.slices] == [(0, 22), (10, 32)]
+
+
+def test_slerp_preset_sets_t_gradients_per_filter():
+    recipe = parse_recipe(form_to_yaml(preset_form("SLERP of two models", ["org/a", "org/b"]))[0])
+    t = recipe.parameters["t"]
+    assert [(e.filter, e.value) for e in t] == [
+        ("self_attn", [0, 0.5, 0.3, 0.7, 1]),
+        ("mlp", [1, 0.5, 0.7, 0.3, 0]),
+        (None, 0.5),
+    ]
+    assert str(recipe.base_model) == "org/a" and [str(m.model) for m in recipe.models] == ["org/b"]
+
+
+MERGEKIT_STYLE = """\
+# a TIES recipe as mergekit's README writes it
+models:
+  - model: org/base
+  - model: org/math
+    parameters:
+      density: [1, 0.7, 0.1]
+      weight: 1.0
+  - model: org/code
+    parameters:
+      density: 0.5
+      weight: [0, 0.3, 0.7, 1]
+merge_method: ties
+base_model: org/base
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: float16
+out_dtype: bfloat16
+tokenizer_source: base
+chat_template: |
+  {% for m in messages %}{{ m.content }}{% endfor %}
+"""
+
+
+def test_yaml_to_form_to_yaml_keeps_the_recipe():
+    form, hidden = yaml_to_form(MERGEKIT_STYLE)
+    assert not hidden
+    assert form.base == "org/base" and form.models == ["org/math", "org/code"] and form.base_position == 0
+    assert form.model_params == [
+        {"density": "1, 0.7, 0.1", "weight": "1.0"},
+        {"density": "0.5", "weight": "0, 0.3, 0.7, 1"},
+    ]
+    assert form.shared == {"normalize": SharedValue("true"), "int8_mask": SharedValue("true")}
+    text, problems = form_to_yaml(form, MERGEKIT_STYLE)
+    assert not problems
+    assert parse_recipe(text) == parse_recipe(MERGEKIT_STYLE)
+
+
+def test_editing_a_field_changes_only_that_field():
+    form, _ = yaml_to_form(MERGEKIT_STYLE)
+    form.model_params[1]["weight"] = "0.25"
+    edited = parse_recipe(form_to_yaml(form, MERGEKIT_STYLE)[0])
+    assert edited.models[2].parameters["weight"] == 0.25
+    assert edited.out_dtype == "bfloat16" and edited.chat_template and edited.models[0].parameters is None
+
+
+@pytest.mark.parametrize(
+    "text, hidden",
+    [
+        (
+            "merge_method: ties\nbase_model: org/b\nslices:\n  - sources:\n"
+            "      - {model: org/b, layer_range: [0, 4]}\n      - {model: org/a, layer_range: [0, 4]}\n",
+            "slices",
+        ),
+        (
+            "merge_method: linear\nmodels:\n  - model: org/a\n    parameters: {weight: [{filter: mlp, value: 1}]}\n",
+            "weight",
+        ),
+        (
+            "merge_method: slerp\nbase_model: org/a\nmodels: [{model: org/b}]\n"
+            "parameters: {t: [{filter: lm_head, value: 1}]}\n",
+            "parameters.t",
+        ),
+        ("merge_method: linear\nmodels: [{model: org/a}]\nparameters: {weight: 1}\n", "parameters.weight"),
+    ],
+)
+def test_the_form_says_what_it_cannot_show(text, hidden):
+    _, problems = yaml_to_form(text)
+    assert any(hidden in p for p in problems)
+
+
+def test_invalid_fields_are_left_out_and_named():
+    form = Form(
+        "linear",
+        models=["org/a", "org/b"],
+        model_params=[{"weight": "abc"}, {"weight": "0.5"}],
+        shared={"normalize": SharedValue("maybe")},
+    )
+    text, problems = form_to_yaml(form)
+    assert any("Model 1" in p and "weight" in p for p in problems) and any("normalize" in p for p in problems)
+    recipe = parse_recipe(text)
+    assert recipe.models[0].parameters is None and recipe.models[1].parameters == {"weight": 0.5}
+
+
+def test_field_values():
+    assert parse_value("0.5") == 0.5 and parse_value("2", int) == 2 and parse_value("true", bool) is True
+    assert parse_value("0, 0.5, 1") == [0, 0.5, 1]
+    for bad, kind in (("abc", float), ("1,,2", float), ("nan", float), ("1.5", int), ("maybe", bool), ("", float)):
+        with pytest.raises(ValueError):
+            parse_value(bad, kind)
+
+
+def test_switching_method_keeps_models_and_shared_parameter_names():
+    form = preset_form("TIES of three models", ["org/base", "org/a", "org/b", "org/c"])
+    dare = space.form_with_method(form, "dare_ties")
+    assert dare.models == form.models and dare.model_params == form.model_params and "normalize" in dare.shared
+    linear = space.form_with_method(form, "linear")
+    assert linear.model_params == [{"weight": p["weight"]} for p in form.model_params] and "normalize" in linear.shared
+
+
+def test_default_repo_name():
+    assert default_repo_name("slerp", ["org/a", "org/b@v1"]) == "a-b-slerp"
+    assert default_repo_name("dare_ties", []) == "merged-dare-ties"
+    long = default_repo_name("ties", [f"org/{'x' * 40}{i}" for i in range(5)])
+    assert len(long) <= 96 and check_repo_name(long) == long
+    assert check_repo_name(default_repo_name("linear", ["org/..weird--name.."]))
+
+
+# -- the compatibility table ----------------------------------------------------------------------------------
+
+
+def _summary(ref: str, **changes) -> ModelSummary:
+    fields = dict(
+        architecture="LlamaForCausalLM",
+        layers=32,
+        hidden=4096,
+        vocab=32000,
+        dtype="BF16",
+        parameters=7_000_000_000,
+        nbytes=14_000_000_000,
+        license="apache-2.0",
+    )
+    return ModelSummary(ref, **{**fields, **changes})
+
+
+def test_summary_from_config_headers_and_card():
+    info = types.SimpleNamespace
+    tensors = {"a": info(shape=(4, 8), dtype="BF16", nbytes=64), "b": info(shape=(8,), dtype="F32", nbytes=32)}
+    config = {"architectures": ["MistralForCausalLM"], "num_hidden_layers": 2, "hidden_size": 8, "vocab_size": 4}
+    summary = summarize_model("org/m", config, tensors, b"---\nlicense: other\nlicense_name: my-license\n---\n# card")
+    assert summary == ModelSummary("org/m", "MistralForCausalLM", 2, 8, 4, "BF16", 40, 96, "my-license")
+    assert summarize_model("org/m", {"model_type": "gpt2", "n_layer": 3}, {}, None).layers == 3
+
+
+def test_compatibility_table_marks_what_differs():
+    same = compatibility_markdown([_summary("org/a"), _summary("org/b")])
+    assert "✅" in same and "⚠️" not in same and "7.00B" in same and "14.00 GB" in same
+    different = compatibility_markdown([_summary("org/a"), _summary("org/b", hidden=5120, license="mit")])
+    assert "⚠️ 5120" in different and "hidden" in different.splitlines()[-1] and "licenses differ" in different
+    failed = compatibility_markdown([_summary("org/a")], {"org/gone": "org/gone: repo not found.\nHint: ..."})
+    assert "❌" in failed and "Hint" not in failed
+
+
+def test_gpu_seconds_grow_with_size_within_bounds():
+    assert space.estimate_gpu_seconds(0) == 60
+    assert (
+        space.estimate_gpu_seconds(10**9)
+        < space.estimate_gpu_seconds(10**10)
+        < space.estimate_gpu_seconds(10**13)
+        == 3600
+    )
+
+
+def test_zerogpu_wraps_the_merge_with_a_duration_from_the_plan(monkeypatch):
+    asked = {}
+
+    def gpu(duration):
+        def wrap(fn):
+            asked["fn"], asked["duration"] = fn, duration
+            return fn
+
+        return wrap
+
+    monkeypatch.setitem(__import__("sys").modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    assert space._job_runner() is space._merge_stream
+    assert asked["fn"] is space._merge_stream
+    assert asked["duration"]("r.yml", "x", False, "tok", "auto", "alive", 50 * 10**9) == space.estimate_gpu_seconds(
+        50 * 10**9
+    )
+    monkeypatch.setitem(__import__("sys").modules, "spaces", None)  # not installed: run as is
+    assert space._job_runner() is space._merge_stream
+
+
+def test_model_search_is_anonymous_unless_signed_in(monkeypatch):
+    from huggingface_hub import HfApi as Api
+
+    calls = []
+
+    def list_models(self, **kwargs):
+        calls.append((self.token, kwargs))
+        return [types.SimpleNamespace(id="org/llama-a"), types.SimpleNamespace(id="org/llama-b")]
+
+    monkeypatch.setattr(Api, "list_models", list_models)
+    assert space.search_models("llama") == ["org/llama-a", "org/llama-b"]
+    assert calls[-1][0] is False and calls[-1][1]["search"] == "llama" and calls[-1][1]["limit"] == 20
+    assert space.search_models("l") == [] and len(calls) == 1
+    monkeypatch.setattr(Api, "list_models", lambda self, **kwargs: (_ for _ in ()).throw(OSError("offline")))
+    assert space.search_models("llama", "tok-alice") == []
+
+
+# -- against the local Hub ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(hub, family):
+    """org/base, org/ft1 and org/ft2 on the local Hub: a tiny Llama and two fine-tunes."""
+    for name, directory in zip(("base", "ft1", "ft2"), family[:3], strict=True):
+        hub.add_repo(f"org/{name}", {p.name: p for p in directory.iterdir()})
+    return hub
+
+
+def _slerp() -> str:
+    return form_to_yaml(preset_form("SLERP of two models", ["org/base", "org/ft1"]))[0]
+
+
+def _scratch_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("mergehub-space-*"))
+
+
+def test_merge_pushes_and_ends_with_the_repo_link(seeded):
+    before = _scratch_dirs()
+    outputs = list(space.merge(_slerp(), "merged", False, Session(), ALICE))
+    status, log, card = outputs[-1]
+    url = f"{seeded.endpoint}/alice/merged"
+    assert HfApi().repo_exists("alice/merged")
+    assert "model-00001-of-00001.safetensors" in HfApi().list_repo_files("alice/merged")
+    assert log.splitlines()[-1].endswith(url) and url in status
+    assert "tensors 39/39" in log
+    assert "org/base" in card
+    assert all("tok-alice" not in part for output in outputs for part in output)
+    assert "/tmp" not in log and _scratch_dirs() == before
+
+
+def test_merge_without_sign_in_asks_to_sign_in(seeded):
+    ((status, log, card),) = space.merge(_slerp(), "merged", False, Session(), None)
+    assert "Sign in" in status and not HfApi().repo_exists("alice/merged")
+
+
+def test_merge_errors_are_mergehubs_message_and_hint_without_the_token(seeded):
+    recipe = _slerp().replace("org/ft1", "org/missing")
+    status, log, _ = list(space.merge(recipe, "merged", False, Session(), ALICE))[-1]
+    assert "org/missing" in status and "Hint" in status and "Traceback" not in log
+    token = "hf_" + "Q" * 34  # a token the Hub does not know: it answers 401
+    outputs = list(space.merge(_slerp(), "merged", False, Session(), types.SimpleNamespace(token=token)))
+    assert outputs[-1][0].startswith("❌")
+    assert all(token not in part for output in outputs for part in output)
+
+
+def test_cancel_mid_merge_leaves_no_repo(seeded, monkeypatch):
+    from mergehub import executor
+
+    slow = executor.merge_job
+
+    def slowly(*args, **kwargs):
+        time.sleep(0.05)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "merge_job", slowly)
+    session = Session()
+    session.arm()
+    outputs = []
+    for output in space.merge(_slerp(), "cancelled", False, session, ALICE, refresh_seconds=0):
+        outputs.append(output)
+        if "tensors " in output[1] and not session.is_cancelled(session.job):
+            assert HfApi().repo_exists("alice/cancelled")  # created before the first tensor
+            session.cancel()
+    status, log, _ = outputs[-1]
+    assert "Cancelled" in status and "nothing was pushed" in log
+    assert "tensors 39/39" not in log
+    assert not HfApi().repo_exists("alice/cancelled")
+
+
+def test_cancel_while_queued_never_starts(seeded):
+    session = Session()
+    session.arm()
+    assert not session.cancel()  # nothing running yet
+    ((status, log, _),) = space.merge(_slerp(), "queued", False, session, ALICE)
+    assert "Cancelled" in status and not HfApi().repo_exists("alice/queued")
+    assert "Pushed" in list(space.merge(_slerp(), "queued", False, session, ALICE))[-1][0]  # the next job runs
+
+
+def test_closing_the_page_mid_merge_stops_it(seeded, monkeypatch):
+    from mergehub import executor
+
+    slow = executor.merge_job
+    monkeypatch.setattr(executor, "merge_job", lambda *a, **k: (time.sleep(0.05), slow(*a, **k))[1])
+    job = space.merge(_slerp(), "closed", False, Session(), ALICE, refresh_seconds=0)
+    for output in job:
+        if "tensors " in output[1]:
+            break
+    job.close()
+    deadline = time.monotonic() + 20
+    while HfApi().repo_exists("alice/closed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not HfApi().repo_exists("alice/closed")
+
+
+def test_checks_work_anonymously_and_never_borrow_the_space_token(seeded, family):
+    seeded.add_repo("alice/secret", {p.name: p for p in family[2].iterdir()}, private=True)
+    text = _recipe(["org/base", "alice/secret"])
+    anonymous = space.check_models(text, False)  # HF_TOKEN=tok-alice is set in this process, as a Space secret would be
+    assert "| `org/base` | LlamaForCausalLM | 4 | 64 | 256 | F32 |" in anonymous
+    assert "❌" in anonymous and "alice/secret" in anonymous
+    assert "✅" in space.check_models(text, "tok-alice")
+    assert "Plan OK" in space.dry_run(_slerp(), False)
+    assert "Plan failed" in space.dry_run(text, False)
+
+
+def test_lineage_of_a_pushed_merge(seeded):
+    list(space.merge(_slerp(), "merged", False, Session(), ALICE))
+    shown = space.lineage_markdown("alice/merged", False)
+    assert "```mermaid" in shown and "org/base" in shown and "org/ft1" in shown
+    assert "not allowed here" in space.lineage_markdown("../etc", False)
+
+
+# -- the page -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(seeded, monkeypatch):
+    """The Blocks app, built as on a laptop: gradio mocks the login with the local account (alice)."""
+    gr = pytest.importorskip("gradio")
+    import gradio.oauth
+
+    monkeypatch.setattr(
+        gradio.oauth,
+        "_get_mocked_oauth_info",
+        lambda: {
+            "access_token": "mock",
+            "token_type": "bearer",
+            "expires_in": 3600,
+            "scope": "openid profile",
+            "expires_at": 2**31,
+            "userinfo": {"preferred_username": "alice", "name": "Alice", "profile": "", "picture": ""},
+        },
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "OAuth is mocked outside a Space"
+        demo = space.build_app()
+    assert isinstance(demo, gr.Blocks)
+    return demo
+
+
+def _handler(demo, name: str):
+    return next(fn for fn in demo.fns.values() if fn.name == name)
+
+
+def _values(fn) -> dict:
+    return {component: getattr(component, "value", None) for component in fn.inputs}
+
+
+def test_build_app_wires_login_and_handlers(app):
+    import gradio as gr
+    from gradio.utils import get_type_hints
+
+    hints = get_type_hints(_handler(app, "on_merge").fn)
+    assert hints["oauth_token"] == gr.OAuthToken | None
+    assert get_type_hints(_handler(app, "on_user").fn)["profile"] == gr.OAuthProfile | None
+    merge_fn = _handler(app, "on_merge")
+    assert merge_fn.concurrency_limit == 1 and merge_fn.types_generator
+    assert _handler(app, "on_cancel").concurrency_limit is None
+    assert any(isinstance(block, gr.LoginButton) for block in app.blocks.values())
+
+
+def test_page_handlers_turn_presets_and_yaml_into_each_other(app):
+    preset = _handler(app, "on_preset")  # the first preset button: SLERP
+    updates = preset.fn(_values(preset), None)
+    by_label = {getattr(c, "label", None): u for c, u in updates.items()}
+    text = next(u for c, u in updates.items() if getattr(c, "language", None) == "yaml")
+    assert "merge_method: slerp" in text and "self_attn" in text
+    assert by_label["Merge method"]["value"] == "slerp"
+    yaml_fn = _handler(app, "on_yaml_input")
+    updates = yaml_fn.fn(MERGEKIT_STYLE)
+    assert updates[next(c for c in updates if getattr(c, "label", None) == "Merge method")]["value"] == "ties"
+    assert any(u.get("value") == "org/code" for u in updates.values() if isinstance(u, dict))
+    broken = yaml_fn.fn("merge_method: [")
+    assert "❌" in next(iter(broken.values()))
+
+
+def test_frankenmerge_preset_reads_the_layer_count_of_the_visitors_model(app):
+    frankenmerge = [fn for fn in app.fns.values() if fn.name == "on_preset"][3]
+    values = _values(frankenmerge)
+    model_1 = next(c for c in values if getattr(c, "label", None) == "Model 1")
+    values[model_1] = "org/base"
+    updates = frankenmerge.fn(values, None)
+    text = next(u for c, u in updates.items() if getattr(c, "language", None) == "yaml")
+    assert [s.sources[0].layer_range for s in parse_recipe(text).slices] == [(0, 3), (1, 4)]  # org/base has 4 layers
