@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from mergehub.errors import Cancelled, MergehubError, MergeMethodError
-from mergehub.methods import get_method
+from mergehub.methods import MethodSpec, get_method
 from mergehub.plan import Plan, TensorJob
 from mergehub.sources.base import DTYPES, TensorSource
 from mergehub.vocab import align_rows
@@ -25,8 +25,9 @@ from mergehub.writer import ShardedWriter
 
 __all__ = ["Progress", "ExecutionStats", "execute", "resolve_device", "tensor_seed", "Cancelled"]
 
-DEFAULT_PREFETCH_BYTES = 512 * 1024**2
+DEFAULT_PREFETCH_BYTES = 256 * 1024**2
 DEFAULT_BATCH_BYTES = 64 * 1024**2
+CHUNK_ELEMENTS = 4 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -69,11 +70,16 @@ def _compute_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in inputs) else torch.float32
 
 
-def merge_job(job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, device: torch.device, seed: int) -> torch.Tensor:
+def merge_job(
+    job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, device: torch.device, seed: int,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> torch.Tensor:
     """Merge one job's input tensors into its output tensor (on the CPU, in the job's dtype).
 
     Inputs are rounded to the recipe's `dtype` when it has one, re-indexed onto the output
     vocabulary for embedding and head tensors, and merged in float32 (float64 if an input is).
+    Elementwise methods run on row chunks of at most `chunk_elements`, so a large tensor never
+    has float32 copies of all its inputs at once.
     """
     method = get_method(job.method)
     if not DTYPES[job.dtype].is_floating_point:
@@ -85,16 +91,28 @@ def merge_job(job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, dev
         labels = [plan.models[i.model].ref for i in job.inputs]
         base = labels[job.base_index] if job.base_index is not None else None
         staged = align_rows(staged, labels, plan.vocab, base=base)
-    compute = _compute_dtype(staged)
-    staged = [t.to(compute) for t in staged]
+    out_dtype = DTYPES[job.dtype]
+    numel = staged[0].numel()
+    if not method.elementwise or staged[0].dim() == 0 or numel <= chunk_elements:
+        return _run_kernel(method, job, staged, device, seed).to(out_dtype).cpu()
+    rows = max(1, chunk_elements // (numel // staged[0].shape[0]))
+    output = torch.empty(staged[0].shape, dtype=out_dtype)
+    for start in range(0, staged[0].shape[0], rows):
+        output[start : start + rows] = _run_kernel(method, job, [t[start : start + rows] for t in staged], device, seed)
+    return output
+
+
+def _run_kernel(method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor], device: torch.device, seed: int) -> torch.Tensor:
+    """Call the method's kernel on the tensors in the compute dtype, naming the tensor in any error."""
+    compute = _compute_dtype(tensors)
+    tensors = [t.to(compute) for t in tensors]
     extra = {}
     if method.random:
         extra["generator"] = torch.Generator(device=device).manual_seed(tensor_seed(seed, job.name))
     try:
-        result = method.kernel(staged, base_index=job.base_index, **dict(job.params), **extra)
+        return method.kernel(tensors, base_index=job.base_index, **dict(job.params), **extra)
     except MergeMethodError as e:
         raise MergeMethodError(f"{job.name}: {e.message}", hint=e.hint) from e
-    return result.to(DTYPES[job.dtype]).cpu()
 
 
 def _peak_rss_bytes() -> int:

@@ -1591,6 +1591,7 @@ def build_app() -> Any:
             concurrency_limit=1,
             concurrency_id="merge",
             show_progress_on=[status],
+            api_name="merge",  # the GitHub Action's `dispatch-to-space` calls this endpoint
         )
         cancel_button.click(on_cancel, session, status, **quick)
         lineage_button.click(on_lineage, lineage_id, lineage_out, **checks)

@@ -116,9 +116,10 @@ def chunk_slices(numel: int, device: torch.device) -> list[slice]:
     return [slice(start, min(start + size, numel)) for start in range(0, numel, size)]
 
 
-def scratch(rows: int, like: torch.Tensor) -> torch.Tensor:
-    """`rows` reusable buffers, each one chunk of the flat `like` long, in its dtype and on its device."""
-    return torch.empty((rows, min(like.numel(), chunk_size(like.device))), dtype=like.dtype, device=like.device)
+def scratch(rows: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`rows` reusable buffers, each one chunk of the flat `like` long, on its device and in its dtype (or `dtype`)."""
+    size = (rows, min(like.numel(), chunk_size(like.device)))
+    return torch.empty(size, dtype=dtype or like.dtype, device=like.device)
 
 
 def rows_for(work: torch.Tensor, positions: slice) -> torch.Tensor:
@@ -287,8 +288,8 @@ def materialize(mask: Mask, like: torch.Tensor) -> Mask:
 
 
 def stored_mask(keep: torch.Tensor) -> Mask:
-    """The mask that reads a precomputed flat boolean tensor (as 0/1 bytes, which multiply fast)."""
-    return lambda positions, rows: keep[positions].view(torch.uint8)
+    """The mask that reads a precomputed flat boolean tensor, copied as 0/1 bytes (a fast conversion)."""
+    return lambda positions, rows: rows[0].copy_(keep[positions].view(torch.uint8))
 
 
 # Sparsification of task vectors (mergekit's `sparsify` methods)
@@ -315,14 +316,21 @@ def outlier_mask(score: Score, like: torch.Tensor, density: float, gamma: float)
 
 
 def random_mask(like: torch.Tensor, density: float, generator: torch.Generator) -> Mask | None:
-    """DARE: keep each position independently with probability `density` (uniform float32 draws below it)."""
+    """DARE: keep each position independently with probability `density` (to within 2**-32).
+
+    Each position compares one uniform 32-bit word with a threshold; the words come in pairs
+    from 64-bit draws, the cheapest random bits torch generates on CPU.
+    """
     if density >= 1:
         return None
+    threshold = min(max(round(density * 2**32), 0), 2**32 - 1) - 2**31  # P(signed word < threshold)
     keep = torch.empty(like.numel(), dtype=torch.bool, device=like.device)
-    draws = torch.empty(min(like.numel(), chunk_size(like.device)), dtype=torch.float32, device=like.device)
+    (flags,) = scratch(1, like, torch.float32)
+    words = torch.empty((flags.numel() + 1) // 2, dtype=torch.int64, device=like.device)
     for positions in chunk_slices(like.numel(), like.device):
         length = positions.stop - positions.start
-        keep[positions] = torch.rand(length, generator=generator, out=draws[:length]).lt_(density)
+        draws = words[: (length + 1) // 2].random_(-(2**63), None, generator=generator).view(torch.int32)
+        keep[positions] = torch.lt(draws[:length], threshold, out=flags[:length])
     return stored_mask(keep)
 
 
@@ -351,7 +359,7 @@ def magprune_mask(
     rows, base_rows = _as_rows(tensor), _as_rows(base)
     keep = torch.empty(rows.shape, dtype=torch.bool, device=tensor.device)
     probability = _rank_probabilities(rows.shape[1], density, epsilon, tensor.device)
-    for block in row_blocks(rows.shape, tensor.device):
+    for block in _row_blocks(rows.shape, tensor.device):
         magnitude = (rows[block] - base_rows[block]).abs_()
         order = _sort_key(magnitude).argsort(dim=1)
         kept = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32, device=tensor.device)
@@ -359,7 +367,7 @@ def magprune_mask(
     return stored_mask(_from_rows(keep, tensor.shape).reshape(-1))
 
 
-def row_blocks(shape: torch.Size, device: torch.device) -> list[slice]:
+def _row_blocks(shape: torch.Size, device: torch.device) -> list[slice]:
     """Consecutive ranges of whole rows of a 2-D `shape`, each about one chunk in size."""
     rows = max(1, chunk_size(device) // max(1, shape[1]))
     return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
@@ -400,13 +408,13 @@ def l1_rescale(tensor: torch.Tensor, base: torch.Tensor, mask: Mask) -> float:
     The norms are summed in float64, so the factor does not depend on the thread count,
     then divided in the tensors' dtype as mergekit does.
     """
-    work = scratch(3, base)
+    work, (wide,) = scratch(3, base), scratch(1, base, torch.float64)
     before = after = 0.0
     for positions in chunk_slices(base.numel(), base.device):
         rows = rows_for(work, positions)
         magnitude = torch.sub(tensor[positions], base[positions], out=rows[0]).abs_()
-        before += magnitude.sum(dtype=torch.float64).item()
-        after += magnitude.mul_(mask(positions, rows[1:])).sum(dtype=torch.float64).item()
+        before += wide[: magnitude.numel()].copy_(magnitude).sum().item()
+        after += wide[: magnitude.numel()].copy_(magnitude.mul_(mask(positions, rows[1:]))).sum().item()
     if before < 1e-7 or after < 1e-7:
         return 1.0
     return (torch.tensor(before, dtype=base.dtype) / torch.tensor(after, dtype=base.dtype)).item()

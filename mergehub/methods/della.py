@@ -26,7 +26,6 @@ def _della(
 ) -> torch.Tensor:
     """MagPrune every task vector, then merge them (sign-elected with `consensus`)."""
     flat, base_index = flat_inputs(method, tensors, base_index, weight=weight, density=density, epsilon=epsilon)
-    shape = tensors[base_index].shape
     base = tensors[base_index]
     masks = [
         magprune_mask(t, base, d, e, generator)
@@ -42,7 +41,7 @@ def _della(
         normalize=normalize,
         lambda_=lambda_,
     )
-    return merged.view(shape)
+    return merged.view(base.shape)
 
 
 def della(

@@ -44,5 +44,6 @@ SPEC = MethodSpec(
         ParamSpec("normalize", bool, "shared", True),
     ),
     summary="Weighted average of the models' parameters.",
+    elementwise=True,
     paper="https://arxiv.org/abs/2203.05482",
 )

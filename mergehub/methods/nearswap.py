@@ -36,4 +36,5 @@ SPEC = MethodSpec(
     base="required",
     min_inputs=2,
     max_inputs=2,
+    elementwise=True,
 )

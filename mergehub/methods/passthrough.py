@@ -26,5 +26,6 @@ SPEC = MethodSpec(
     params=(ParamSpec("scale", float, "input", None),),
     summary="Copies one model's tensors unchanged; slices of layers stack into a deeper model.",
     max_inputs=1,
+    elementwise=True,
     stacks_layers=True,
 )

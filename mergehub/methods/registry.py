@@ -65,6 +65,8 @@ class MethodSpec:
     min_non_base: int = 0
     max_non_base: int | None = None
     random: bool = False
+    elementwise: bool = False
+    """Each output element depends only on the same element of the inputs, so tensors may be merged in chunks."""
     stacks_layers: bool = False
 
     def param(self, name: str) -> ParamSpec | None:

@@ -44,12 +44,11 @@ def task_arithmetic(
     `int8_mask` exist for mergekit compatibility and change nothing: nothing is pruned.
     """
     flat, base_index = flat_inputs("task_arithmetic", tensors, base_index, weight=weight)
-    others = len(flat) - 1
     merged = generalized_task_arithmetic(
         flat,
         base_index,
         non_base(weight, base_index),
-        [None] * others,
+        [None] * (len(flat) - 1),
         rescale=False,
         consensus=False,
         normalize=normalize,
@@ -65,4 +64,5 @@ SPEC = MethodSpec(
     summary="Adds the weighted task vectors (model - base) of each model to the base.",
     paper="https://arxiv.org/abs/2212.04089",
     base="required",
+    elementwise=True,
 )

@@ -74,17 +74,15 @@ class LocalSource:
         info = self.tensors().get(name)
         if info is None:
             raise MissingTensorError(f"{self.label} has no tensor {name!r}.")
-        buffer = bytearray(info.nbytes)
-        view = memoryview(buffer)
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled, unlike bytearray
+        view = memoryview(buffer.numpy())
         fd, done = self._fd(info.file), 0
         while done < info.nbytes:
             count = os.preadv(fd, [view[done:]], info.start + done)
             if count == 0:
                 raise SourceError(f"{self.label}: {info.file} ends before tensor {name!r}.", hint="The file is truncated.")
             done += count
-        if not buffer:
-            return torch.empty(info.shape, dtype=info.torch_dtype)
-        return torch.frombuffer(buffer, dtype=info.torch_dtype).reshape(info.shape)
+        return buffer.view(info.torch_dtype).reshape(info.shape)
 
     def read_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Several tensors, each with its own positioned read."""

@@ -1,0 +1,824 @@
+"""The GitHub Action: a push that adds or changes a recipe merges it and pushes the result to the Hub.
+
+What each event does (`$GITHUB_EVENT_NAME`, payload at `$GITHUB_EVENT_PATH`):
+
+- `push`: the recipes added, modified or renamed between the payload's `before` and `after`
+  (`git diff --name-status -M`) are merged with `push_merge`. Deletions are logged and ignored.
+  A new branch (all-zero `before`), or a `before` missing from the clone, means every recipe;
+  a force push compares against the merge-base of `before` and `after`.
+- `pull_request`: the changed recipes are parsed and dry-run (`plan_merge`), without a token when
+  there is none (fork pull requests); each problem becomes an `::error file=...,line=...::` annotation.
+- `schedule`: with `rerun-if-parents-changed`, every recipe is checked and those whose parents moved
+  (or that were never merged) are merged; without it, nothing happens.
+- `workflow_dispatch` (and any other event): every recipe is checked, and merged unless up to date.
+
+A recipe is skipped when its repo's card already records the same recipe hash and the same parent
+commits (so reruns cost a few small downloads); `force` merges anyway (and, like the CLI's `--force`,
+pushes into an existing repo that mergehub did not make). The target repo is the recipe's file stem
+in `namespace` (default: the token's user), unless a comment line `# mergehub: repo=org/name` (or
+`repo=name`) says otherwise; two recipes that would push to one repo both fail. mergekit's own
+`name:` key is left alone: mergekit uses it to name the stages of multi-stage recipes.
+
+The run ends with a Markdown table in `$GITHUB_STEP_SUMMARY`, the outputs `pushed-repos` and
+`results` (JSON) in `$GITHUB_OUTPUT`, and exit code 1 when any recipe failed. The token is never
+printed: every line written is scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import yaml
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+from mergehub import api
+from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
+from mergehub.recipe import Recipe, recipe_sha256
+
+__all__ = [
+    "DEFAULT_RECIPES",
+    "Inputs",
+    "Outcome",
+    "Published",
+    "all_recipes",
+    "annotation",
+    "changed_recipes",
+    "current_parents",
+    "dispatch_to_space",
+    "fetch_published",
+    "main",
+    "match_recipes",
+    "merge_reason",
+    "parse_published",
+    "problem_lines",
+    "read_inputs",
+    "target_repo",
+]
+
+DEFAULT_RECIPES = ("recipes/**/*.yml", "recipes/**/*.yaml")
+SPACE_ENDPOINTS = ("/merge", "/on_merge")  # mergehub's Space: a pinned name first, then gradio's default
+_ZERO = re.compile(r"^0*$")
+_REPO_COMMENT = re.compile(r"^\s*#\s*mergehub:\s*repo\s*=\s*(\S+)\s*$", re.MULTILINE)
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_COMMIT_LINK = re.compile(r"\]\(https?://[^/\s)]+/(?P<ref>[^\s)]+?)/commit/(?P<sha>[0-9a-f]{40})\)")
+_FRONT_MATTER = re.compile(r"\A\ufeff?---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
+
+Status = Literal["merged", "skipped", "failed", "validated"]
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The action's inputs and the GitHub context it runs in."""
+
+    token: str | None = None
+    namespace: str | None = None
+    private: bool = False
+    recipes: tuple[str, ...] = DEFAULT_RECIPES
+    eval_tasks: tuple[str, ...] = ()
+    force: bool = False
+    rerun_if_parents_changed: bool = False
+    dispatch_to_space: str | None = None
+    workspace: Path = Path(".")
+    event_name: str = "workflow_dispatch"
+    event_path: Path | None = None
+    summary_path: Path | None = None
+    output_path: Path | None = None
+
+
+def _input(env: Mapping[str, str], name: str) -> str:
+    """An input as GitHub passes it (`INPUT_HF-TOKEN`) or as action.yml sets it (`INPUT_HF_TOKEN`)."""
+    for key in (f"INPUT_{name.upper()}", f"INPUT_{name.upper().replace('-', '_')}"):
+        if env.get(key, "").strip():
+            return env[key].strip()
+    return ""
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    text = _input(env, name).lower()
+    if text in ("", "false", "no", "0", "off"):
+        return False
+    if text in ("true", "yes", "1", "on"):
+        return True
+    raise MergehubError(f"Input `{name}` is {text!r}, not a boolean.", hint="Use `true` or `false`.")
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item for item in re.split(r"[\s,]+", text) if item)
+
+
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    return Path(env[name]) if env.get(name) else None
+
+
+def read_inputs(env: Mapping[str, str]) -> Inputs:
+    """The inputs from `INPUT_*` variables and the context from `GITHUB_*` variables.
+
+    Raises:
+        MergehubError: a boolean input is neither true nor false.
+    """
+    return Inputs(
+        token=_input(env, "hf-token") or None,
+        namespace=_input(env, "namespace").strip("/") or None,
+        private=_bool(env, "private"),
+        recipes=_list(_input(env, "recipes")) or DEFAULT_RECIPES,
+        eval_tasks=_list(_input(env, "eval-tasks")),
+        force=_bool(env, "force"),
+        rerun_if_parents_changed=_bool(env, "rerun-if-parents-changed"),
+        dispatch_to_space=_input(env, "dispatch-to-space") or None,
+        workspace=Path(env.get("GITHUB_WORKSPACE") or "."),
+        event_name=env.get("GITHUB_EVENT_NAME") or "workflow_dispatch",
+        event_path=_path(env, "GITHUB_EVENT_PATH"),
+        summary_path=_path(env, "GITHUB_STEP_SUMMARY"),
+        output_path=_path(env, "GITHUB_OUTPUT"),
+    )
+
+
+# -- which recipes -----------------------------------------------------------------------------------
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob as a regex over `/`-separated paths: `**/` spans directories, `*` and `?` stay within one."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def match_recipes(paths: Iterable[str], patterns: Sequence[str]) -> list[str]:
+    """The paths (relative, `/`-separated) that match any of the glob patterns, in their order."""
+    regexes = [_glob_regex(p.removeprefix("./")) for p in patterns]
+    return [p for p in paths if any(r.match(p) for r in regexes)]
+
+
+def _git(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-c", f"safe.directory={workspace.resolve()}", "-C", str(workspace), *args],
+        capture_output=True, text=True, check=False,
+    )
+
+
+def all_recipes(workspace: Path, patterns: Sequence[str]) -> list[str]:
+    """Every recipe file of the checkout (the files git tracks; every file outside a git repo), sorted."""
+    listed = _git(workspace, "ls-files", "-z")
+    if listed.returncode == 0:
+        files = [p for p in listed.stdout.split("\0") if p and (workspace / p).is_file()]
+    else:
+        files = [p.relative_to(workspace).as_posix() for p in workspace.rglob("*") if p.is_file()]
+    return match_recipes(sorted(files), patterns)
+
+
+def _has_commit(workspace: Path, sha: str) -> bool:
+    return _git(workspace, "cat-file", "-e", f"{sha}^{{commit}}").returncode == 0
+
+
+def _parse_name_status(text: str) -> Iterable[tuple[str, str, str | None]]:
+    """(status letter, path, old path of a rename or copy) for each line of `git diff --name-status`."""
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) == 3:
+            yield fields[0][:1], fields[2], fields[1]
+        elif len(fields) == 2:
+            yield fields[0][:1], fields[1], None
+
+
+def changed_recipes(
+    workspace: Path, before: str | None, after: str, patterns: Sequence[str], log: Callable[[str], None] = print
+) -> list[str]:
+    """The recipes added, modified or renamed (at their new path) from `before` to `after`.
+
+    All recipes when `before` is all zeros (a new branch) or absent from the clone (a shallow
+    checkout); a `before` that is not an ancestor of `after` (a force push) is replaced by their
+    merge-base. Deleted recipes are logged and left out.
+    """
+    if not before or _ZERO.match(before):
+        log("New branch: every recipe counts as changed.")
+        return all_recipes(workspace, patterns)
+    if not _has_commit(workspace, before):
+        log(f"Commit {before[:10]} is not in the clone (use `fetch-depth: 0`): every recipe counts as changed.")
+        return all_recipes(workspace, patterns)
+    base = before
+    if _git(workspace, "merge-base", "--is-ancestor", before, after).returncode != 0:
+        merge_base = _git(workspace, "merge-base", before, after)
+        if merge_base.returncode != 0 or not merge_base.stdout.strip():
+            log(f"{before[:10]} and {after[:10]} share no history: every recipe counts as changed.")
+            return all_recipes(workspace, patterns)
+        base = merge_base.stdout.strip()
+        log(f"{before[:10]} is not an ancestor of {after[:10]} (a force push, or a base that moved on): "
+            f"comparing with their merge-base {base[:10]}.")
+    diff = _git(workspace, "diff", "--name-status", "-M", base, after)
+    if diff.returncode != 0:
+        log(f"`git diff` failed ({diff.stderr.strip()}): every recipe counts as changed.")
+        return all_recipes(workspace, patterns)
+    changed: list[str] = []
+    for status, path, old in _parse_name_status(diff.stdout):
+        if status == "D":
+            if match_recipes([path], patterns):
+                log(f"{path} was deleted: its Hub repo is left as it is.")
+            continue
+        if match_recipes([path], patterns):
+            if status == "R" and old:
+                log(f"{old} was renamed to {path}: merged as a changed recipe.")
+            changed.append(path)
+        elif status == "R" and old and match_recipes([old], patterns):
+            log(f"{old} was moved out of the recipe paths ({path}): ignored.")
+    return list(dict.fromkeys(changed))
+
+
+def _event(inputs: Inputs) -> dict[str, Any]:
+    if inputs.event_path is None or not inputs.event_path.is_file():
+        return {}
+    try:
+        data = json.loads(inputs.event_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MergehubError(
+            f"Cannot read the event payload {inputs.event_path}: {e}.", hint="Run inside GitHub Actions."
+        ) from e
+    return data if isinstance(data, dict) else {}
+
+
+def select_recipes(inputs: Inputs, event: Mapping[str, Any], log: Callable[[str], None]) -> tuple[str, list[str]]:
+    """What to do for the event ("merge", "validate" or "none") and on which recipes."""
+    name = inputs.event_name
+    if name == "push":
+        if event.get("deleted"):
+            log("The branch was deleted: nothing to merge.")
+            return "none", []
+        after = event.get("after") or "HEAD"
+        return "merge", changed_recipes(inputs.workspace, event.get("before"), after, inputs.recipes, log)
+    if name in ("pull_request", "pull_request_target"):
+        pr = event.get("pull_request") or {}
+        base, head = (pr.get("base") or {}).get("sha"), (pr.get("head") or {}).get("sha")
+        if base and head and _has_commit(inputs.workspace, head):
+            return "validate", changed_recipes(inputs.workspace, base, head, inputs.recipes, log)
+        log("The pull request's commits are not in the clone (use `fetch-depth: 0`): checking every recipe.")
+        return "validate", all_recipes(inputs.workspace, inputs.recipes)
+    if name == "schedule":
+        if not inputs.rerun_if_parents_changed:
+            log("Scheduled run without `rerun-if-parents-changed: true`: nothing to do.")
+            return "none", []
+        return "merge", all_recipes(inputs.workspace, inputs.recipes)
+    if name != "workflow_dispatch":
+        log(f"Event {name!r}: treated like workflow_dispatch (every recipe; up-to-date ones are skipped).")
+    return "merge", all_recipes(inputs.workspace, inputs.recipes)
+
+
+# -- where each recipe goes, and whether it is up to date --------------------------------------------
+
+
+def _repo_name(text: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name))
+    return name[:96]
+
+
+def target_repo(path: str, text: str, namespace: Callable[[], str]) -> str:
+    """The repo a recipe is pushed to: its `# mergehub: repo=...` comment, else its file stem, in `namespace`.
+
+    Raises:
+        RecipeError: the name given by the comment is not a valid repo ID.
+    """
+    comment = _REPO_COMMENT.search(text)
+    value = comment[1] if comment else _repo_name(PurePosixPath(path).stem)
+    parts = value.split("/")
+    if len(parts) > 2 or not all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts):
+        raise RecipeError(
+            f"{value!r} is not a valid Hub repo name.",
+            hint="Add a line `# mergehub: repo=org/name` to the recipe (letters, digits, `-`, `_`, `.`).",
+        )
+    return value if len(parts) == 2 else f"{namespace()}/{value}"
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a pushed merge records: its recipe's hash and each Hub parent's commit."""
+
+    recipe_sha256: str | None
+    parents: dict[str, str] = field(default_factory=dict)
+
+
+def _front_matter(card: str) -> dict[str, Any]:
+    match = _FRONT_MATTER.match(card)
+    if not match:
+        return {}
+    try:
+        data = yaml.safe_load(match[1])
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def parse_published(card: str | None, recipe_text: str | None) -> Published | None:
+    """A pushed merge's record, from its README.md and mergekit_config.yml; None when there is neither.
+
+    The card's `mergehub:` metadata block (`recipe_sha256`, `parents: {id: sha}`) is used when present;
+    else the hash of mergekit_config.yml and the commit links of the card's Parents table.
+    """
+    if card is None and recipe_text is None:
+        return None
+    record = _front_matter(card or "").get("mergehub")
+    if isinstance(record, dict) and isinstance(record.get("recipe_sha256"), str):
+        parents = record.get("parents") if isinstance(record.get("parents"), dict) else {}
+        return Published(record["recipe_sha256"], {str(k): str(v) for k, v in parents.items() if v})
+    parents: dict[str, str] = {}
+    for match in _COMMIT_LINK.finditer(card or ""):
+        parents.setdefault(match["ref"], match["sha"])
+    return Published(recipe_sha256(recipe_text) if recipe_text is not None else None, parents)
+
+
+def fetch_published(repo_id: str, token: str | None) -> Published | None:
+    """The record of the merge at `repo_id` on the Hub; None when the repo does not exist."""
+    hub = HfApi(token=token)
+    try:
+        sha = hub.model_info(repo_id).sha
+    except RepositoryNotFoundError:
+        return None
+
+    def read(filename: str) -> str | None:
+        try:
+            return Path(hub.hf_hub_download(repo_id, filename, revision=sha)).read_text(encoding="utf-8")
+        except (EntryNotFoundError, RevisionNotFoundError):
+            return None
+
+    return parse_published(read("README.md"), read("mergekit_config.yml"))
+
+
+def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
+    """Each Hub parent's current commit (at the recipe's revision, else main); local parents are left out.
+
+    Raises:
+        ModelReferenceError: a parent, or its revision, is not on the Hub (or the token cannot read it).
+    """
+    hub = HfApi(token=token)
+    parents: dict[str, str] = {}
+    for ref in recipe.referenced_models():
+        if ref.is_local or not ref.looks_like_hub_id or ref.path in parents:
+            continue
+        try:
+            parents[ref.path] = hub.model_info(ref.path, revision=ref.revision).sha or ""
+        except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+            raise ModelReferenceError(
+                f"Model '{ref}' was not found on the Hub.",
+                hint="Check the model ID and revision; a private or gated model needs an `hf-token` that can read it.",
+            ) from e
+    return parents
+
+
+def merge_reason(published: Published | None, recipe_hash: str, parents: Mapping[str, str]) -> str | None:
+    """Why the recipe must be merged again, or None when the pushed merge is up to date."""
+    if published is None:
+        return "not merged yet"
+    if published.recipe_sha256 != recipe_hash:
+        return "the recipe changed" if published.recipe_sha256 else "the repo has no mergehub record"
+    recorded = published.parents
+    if recorded == dict(parents):
+        return None
+    moved = [
+        f"{ref} {recorded.get(ref, 'none')[:7]} → {sha[:7]}" for ref, sha in parents.items() if recorded.get(ref) != sha
+    ]
+    moved += [f"{ref} no longer a parent" for ref in recorded if ref not in parents]
+    return "parents moved: " + ", ".join(moved)
+
+
+# -- problems as annotations -------------------------------------------------------------------------
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def annotation(
+    kind: Literal["error", "warning", "notice"], message: str, file: str | None = None, line: int | None = None
+) -> str:
+    """A GitHub workflow command, e.g. `::error file=recipes/x.yml,line=3::message`."""
+    props = ",".join(f"{k}={_escape_property(str(v))}" for k, v in (("file", file), ("line", line)) if v is not None)
+    return f"::{kind}{' ' + props if props else ''}::{_escape_data(message)}"
+
+
+def _compose(text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+
+
+def _nodes(node: yaml.Node | None) -> Iterable[tuple[yaml.Node, bool]]:
+    """Every scalar node in document order, with whether it is a mapping key."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            yield key, True
+            yield from _nodes(value)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _nodes(item)
+    elif isinstance(node, yaml.ScalarNode):
+        yield node, False
+
+
+def _walk(node: yaml.Node | None, parts: Sequence[str]) -> tuple[yaml.Node | None, int | None]:
+    """Follow a path of keys and indices; the deepest node reached and the line (1-based) where it starts."""
+    line = None
+    for part in parts:
+        if isinstance(node, yaml.MappingNode):
+            entry = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
+            if entry is None:
+                break
+            line, node = entry[0].start_mark.line + 1, entry[1]
+        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return node, line
+
+
+def _find(node: yaml.Node | None, names: Iterable[str], *, keys_only: bool = False) -> int | None:
+    """The line of the first key (then, unless `keys_only`, value) equal to one of `names`."""
+    wanted = [n for n in names if n]
+    scalars = list(_nodes(node))
+    for want_key in (True, False) if not keys_only else (True,):
+        for name in wanted:
+            for scalar, is_key in scalars:
+                if is_key == want_key and scalar.value == name:
+                    return scalar.start_mark.line + 1
+    return None
+
+
+def _line_for(message: str, root: yaml.Node | None, text: str) -> int | None:
+    """The recipe line a problem message points at, when it can be told."""
+    loc = re.match(r"\s*([A-Za-z_][^\s:]*):\s", message)
+    if loc and re.search(r"[.\[]", loc[1]):
+        node, line = _walk(root, re.findall(r"[A-Za-z_]\w*|\d+", loc[1]))
+        rest = message[loc.end():]
+        deeper = _find(node, re.findall(r"[A-Za-z_]\w*", rest), keys_only=True) if node is not root else None
+        if deeper or line:
+            return deeper or line
+    named = re.search(r"parameters?(?:\(s\))? for [\w.-]+: ([\w, ]+)", message)
+    if named and (line := _find(root, [n.strip() for n in named[1].split(",")])):
+        return line
+    quoted = [next(filter(None, q)) for q in re.findall(r"'([^'\n]+)'|`([^`\n]+)`|\"([^\"\n]+)\"", message)]
+    if line := _find(root, quoted):
+        return line
+    if loc and (line := _find(root, [loc[1]], keys_only=True)):
+        return line
+    refs = sorted((s.value for s, key in _nodes(root) if not key and "/" in s.value and s.value in message), key=len)
+    if refs:
+        return _find(root, refs[-1:])
+    # Last, the raw text: a quoted name may sit in a comment (`# mergehub: repo=...`).
+    return next((i for i, row in enumerate(text.splitlines(), 1) for q in quoted if len(q) > 2 and q in row), None)
+
+
+def problem_lines(error: BaseException, text: str) -> list[tuple[int, str]]:
+    """(line, message) for each problem of a failed recipe: one per invalid key, else one for the error."""
+    message = error.message if isinstance(error, MergehubError) else f"{type(error).__name__}: {error}"
+    cause = error.__cause__
+    if isinstance(cause, yaml.MarkedYAMLError) and cause.problem_mark is not None:
+        return [(cause.problem_mark.line + 1, str(error))]
+    root = _compose(text)
+    hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
+    head, *items = message.split("\n")
+    entries = [item.strip() for item in items if re.match(r"\s+\S", item)] if head.endswith(":") else []
+    if entries:
+        by_line: dict[int, list[str]] = {}
+        for entry in entries:
+            by_line.setdefault(_line_for(entry, root, text) or 1, []).append(entry)
+        return [(line, f"{head.rstrip(':')}: {'; '.join(found)}{hint}") for line, found in sorted(by_line.items())]
+    extra = [p for p in getattr(error, "problems", ()) or () if p not in message]
+    return [(_line_for(message, root, text) or 1, message + "".join(f"\n- {p}" for p in extra) + hint)]
+
+
+# -- running a merge on a Space ----------------------------------------------------------------------
+
+
+def _gradio_client(space_id: str, token: str) -> Any:
+    """A gradio_client `Client` for the Space, allowed to act with the token (`oauth_token`)."""
+    try:
+        from gradio_client import Client
+    except ImportError as e:
+        raise PublishError("dispatch-to-space needs gradio_client.", hint="pip install 'gradio_client>=2.7'") from e
+    try:
+        return Client(space_id, token=token, oauth_token=token, verbose=False, download_files=False)
+    except TypeError as e:  # gradio_client < 2.7 cannot pass an OAuth token to the Space
+        raise PublishError(
+            "This gradio_client cannot sign in to a Space.", hint="pip install 'gradio_client>=2.7'"
+        ) from e
+
+
+def dispatch_to_space(
+    space_id: str, recipe_text: str, repo_id: str, *, private: bool, token: str | None,
+    log: Callable[[str], None] = print, client_factory: Callable[[str, str], Any] = _gradio_client,
+) -> str:
+    """Run the merge on a mergehub Space (its Merge button's endpoint), streaming its log; returns its last line.
+
+    Raises:
+        PublishError: no token, a Space without mergehub's merge endpoint, or a merge the Space reports failed.
+    """
+    if not token:
+        raise PublishError("dispatch-to-space needs `hf-token`.", hint="The Space pushes as you: pass a write token.")
+    client = client_factory(space_id, token)
+    named = (client.view_api(return_format="dict", print_info=False) or {}).get("named_endpoints", {})
+    endpoint = next((e for e in SPACE_ENDPOINTS if e in named), None)
+    if endpoint is None:
+        raise PublishError(
+            f"The Space {space_id} has no mergehub merge endpoint ({' or '.join(SPACE_ENDPOINTS)}).",
+            hint="dispatch-to-space needs a Space running mergehub's app (space/app.py); check the Space ID.",
+        )
+    job = client.submit(recipe_text, repo_id, private, api_name=endpoint)
+    shown = 0
+    for output in job:
+        lines = str(output[1] or "").splitlines()
+        for line in lines[shown:-1]:  # the last line is live progress, rewritten until it is done
+            log(f"[{space_id}] {line}")
+        shown = max(shown, len(lines) - 1)
+    status, text = job.result()[:2]
+    lines = str(text or "").splitlines()
+    for line in lines[shown:]:
+        log(f"[{space_id}] {line}")
+    if not str(status).startswith("✅"):
+        reason = re.sub(r"^\W+", "", str(status)).replace("  \n", "\n").strip() or "no result"
+        raise PublishError(f"The Space {space_id} did not push: {reason}", hint="See the Space's log above.")
+    return lines[-1] if lines else str(status)
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What happened to one recipe."""
+
+    recipe: str
+    repo_id: str | None
+    status: Status
+    seconds: float = 0.0
+    detail: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    commit_url: str | None = None
+
+
+class _Console:
+    """Prints to the job log with the token scrubbed out."""
+
+    def __init__(self, secrets: Iterable[str | None], stream: Any = None) -> None:
+        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.stream = stream
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def __call__(self, text: str) -> None:
+        print(self.scrub(text), file=self.stream or sys.stdout, flush=True)
+
+
+def _eval_options(tasks: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """`eval_tasks` for push_merge when this mergehub can evaluate while pushing; else a warning."""
+    if not tasks:
+        return {}
+    if importlib.util.find_spec("mergehub.evaluation") is None:
+        reason = "this mergehub has no mergehub.evaluation"
+    elif "eval_tasks" not in inspect.signature(api.push_merge).parameters:
+        reason = "this mergehub's push_merge does not evaluate (no `eval_tasks`)"
+    else:
+        return {"eval_tasks": list(tasks)}
+    log(annotation("warning", f"eval-tasks ({', '.join(tasks)}) ignored: {reason}."))
+    return {}
+
+
+def _card_scores(repo_id: str, revision: str, token: str | None) -> dict[str, float]:
+    """The scores in the model-index of a pushed card, for the summary."""
+    from huggingface_hub import ModelCard
+
+    try:
+        readme = HfApi(token=token).hf_hub_download(repo_id, "README.md", revision=revision)
+        card = ModelCard(Path(readme).read_text(encoding="utf-8"), ignore_metadata_errors=True)
+    except (HfHubHTTPError, OSError, ValueError):
+        return {}
+    return {
+        f"{r.dataset_name} {r.metric_type}": float(r.metric_value)
+        for r in card.data.eval_results or []
+        if isinstance(r.metric_value, (int, float))
+    }
+
+
+class _Runner:
+    """Merges or checks one recipe at a time; a failure is recorded, and the next recipe goes on."""
+
+    def __init__(self, inputs: Inputs, log: _Console, space_client: Callable[[str, str], Any] | None) -> None:
+        self.inputs = inputs
+        self.log = log
+        self.space_client = space_client or _gradio_client
+        self._user: str | None = None
+        self._targets: dict[str, list[str]] | None = None
+
+    def namespace(self) -> str:
+        """The `namespace` input, else the token's user."""
+        if self.inputs.namespace:
+            return self.inputs.namespace
+        if self._user is None:
+            try:
+                self._user = HfApi(token=self.inputs.token).whoami()["name"]
+            except Exception as e:  # LocalTokenNotFoundError, a 401, ...
+                raise PublishError(
+                    f"Cannot tell whose namespace to push to ({type(e).__name__}).",
+                    hint="Pass `hf-token` (a write token), or set `namespace`.",
+                ) from e
+        return self._user
+
+    def target(self, path: str, text: str, namespace: Callable[[], str]) -> str:
+        """The recipe's repo, checked against every other recipe of the checkout."""
+        repo_id = target_repo(path, text, namespace)
+        if self._targets is None:
+            self._targets = {}
+            for other in all_recipes(self.inputs.workspace, self.inputs.recipes):
+                try:
+                    repo = target_repo(other, (self.inputs.workspace / other).read_text(encoding="utf-8"), namespace)
+                except (OSError, UnicodeDecodeError, MergehubError):
+                    continue
+                self._targets.setdefault(repo, []).append(other)
+        if others := [p for p in self._targets.get(repo_id, []) if p != path]:
+            raise RecipeError(
+                f"{path} and {others[0]} would both push to {repo_id}.",
+                hint="Give one of them a line `# mergehub: repo=org/other-name`.",
+            )
+        return repo_id
+
+    def fail(self, path: str, text: str, error: BaseException, started: float, repo_id: str | None) -> Outcome:
+        """Annotate each problem at its line; the outcome lists them without hints."""
+        problems = problem_lines(error, text)
+        for line, message in problems:
+            self.log(annotation("error", message, file=path, line=line))
+        detail = self.log.scrub("; ".join(m.split("\nHint:")[0] for _, m in problems))
+        return Outcome(path, repo_id, "failed", time.monotonic() - started, detail)
+
+    def validate(self, path: str) -> Outcome:
+        """Parse and dry-run a recipe (configs and headers only); no repo is touched."""
+        started, text = time.monotonic(), ""
+        try:
+            text = (self.inputs.workspace / path).read_text(encoding="utf-8")
+            repo_id = self.target(path, text, lambda: self.inputs.namespace or "<your user>")
+            plan = api.plan_merge(api.parse_recipe(text), token=self.inputs.token)
+        except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
+            return self.fail(path, text, e, started, None)
+        self.log(f"{path}: {plan.method} merge of {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
+        for warning in plan.warnings:
+            self.log(annotation("warning", warning, file=path, line=1))
+        detail = f"{plan.method}, {len(plan.jobs)} tensors"
+        return Outcome(path, repo_id, "validated", time.monotonic() - started, detail)
+
+    def merge(self, path: str) -> Outcome:
+        """Merge and push a recipe, unless its repo is up to date (and `force` is off)."""
+        started, text, repo_id = time.monotonic(), "", None
+        try:
+            text = (self.inputs.workspace / path).read_text(encoding="utf-8")
+            repo_id = self.target(path, text, self.namespace)
+            recipe = api.parse_recipe(text)
+            reason = "force" if self.inputs.force else merge_reason(
+                fetch_published(repo_id, self.inputs.token), recipe_sha256(text),
+                current_parents(recipe, self.inputs.token),
+            )
+            if reason is None:
+                self.log(f"{path} → {repo_id}: up to date (same recipe, same parent commits); skipped.")
+                return Outcome(path, repo_id, "skipped", time.monotonic() - started, "up to date")
+            self.log(f"{path} → {repo_id}: merging ({reason}).")
+            if self.inputs.dispatch_to_space:
+                return self._on_space(path, text, repo_id, reason, started)
+            options = _eval_options(self.inputs.eval_tasks, self.log)
+            result, pushed = api.push_merge(
+                self.inputs.workspace / path, repo_id, token=self.inputs.token, private=self.inputs.private,
+                force=self.inputs.force, on_progress=self._progress(), **options,
+            )
+        except Exception as e:  # noqa: BLE001 - one recipe's failure does not stop the others
+            return self.fail(path, text, e, started, repo_id)
+        self.log(result.summary().splitlines()[0].split(" -> ")[0])
+        self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
+        scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if options else {}
+        return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, scores, pushed.commit_url)
+
+    def _on_space(self, path: str, text: str, repo_id: str, reason: str, started: float) -> Outcome:
+        space = self.inputs.dispatch_to_space or ""
+        if self.inputs.eval_tasks:
+            self.log(annotation("warning", "eval-tasks are ignored with dispatch-to-space.", file=path))
+        last = dispatch_to_space(
+            space, text, repo_id, private=self.inputs.private, token=self.inputs.token, log=self.log,
+            client_factory=self.space_client,
+        )
+        return Outcome(path, repo_id, "merged", time.monotonic() - started, f"{reason}; on {space}: {last}")
+
+    def _progress(self) -> Callable[[Any], None]:
+        """A progress callback that logs every tenth of the tensors."""
+        step = [0]
+
+        def report(p: Any) -> None:
+            tenth = 10 * p.tensors_done // max(p.tensors_total, 1)
+            if tenth > step[0]:
+                step[0] = tenth
+                self.log(
+                    f"  {p.tensors_done}/{p.tensors_total} tensors, "
+                    f"read {p.bytes_read / 1e9:.2f} of {p.bytes_total / 1e9:.2f} GB"
+                )
+
+        return report
+
+
+def _repo_link(repo_id: str | None) -> str:
+    if not repo_id or "<" in repo_id:
+        return repo_id or "—"
+    return f"[{repo_id}]({constants.ENDPOINT.rstrip('/')}/{repo_id})"
+
+
+def summary_markdown(outcomes: Sequence[Outcome], event_name: str) -> str:
+    """The job summary: one row per recipe."""
+    icons = {"merged": "✅ merged", "skipped": "⏭️ skipped", "failed": "❌ failed", "validated": "✔️ validated"}
+    lines = [f"## mergehub ({event_name})", ""]
+    if not outcomes:
+        return "\n".join([*lines, "No recipe to merge or check.", ""])
+    lines += ["| Recipe | Repo | Status | Time | Scores | Details |", "|---|---|---|---|---|---|"]
+    for o in outcomes:
+        scores = "; ".join(f"{k}: {v:.4g}" for k, v in o.scores.items()) or "—"
+        detail = o.detail.replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| `{o.recipe}` | {_repo_link(o.repo_id)} | {icons[o.status]} | {o.seconds:.1f} s | {scores} | {detail} |"
+        )
+    return "\n".join([*lines, ""])
+
+
+def _write_outputs(path: Path, values: Mapping[str, str]) -> None:
+    """Step outputs in the multiline-safe `name<<delimiter` form, each with a fresh delimiter."""
+    with path.open("a", encoding="utf-8") as f:
+        for name, value in values.items():
+            delimiter = f"ghadelimiter_{uuid.uuid4()}"
+            f.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+
+
+def main(env: Mapping[str, str] | None = None, *, space_client: Callable[[str, str], Any] | None = None) -> int:
+    """Run the action for the current event.
+
+    Args:
+        env: The environment (default: `os.environ`): `INPUT_*` inputs and GitHub's `GITHUB_*` variables.
+        space_client: Builds the gradio client for dispatch-to-space, `(space_id, token) -> client`.
+
+    Returns:
+        0, 1 when any recipe failed, 2 when the inputs or the event cannot be used.
+    """
+    env = os.environ if env is None else env
+    log = _Console([_input(env, "hf-token"), env.get("HF_TOKEN")])
+    try:
+        inputs = read_inputs(env)
+        mode, recipes = select_recipes(inputs, _event(inputs), log)
+    except MergehubError as e:
+        log(annotation("error", str(e)))
+        return 2
+    if mode != "none":
+        verb = "check" if mode == "validate" else "merge"
+        log(f"{inputs.event_name}: {len(recipes)} recipe(s) to {verb}: {', '.join(recipes) or 'none'}.")
+    runner = _Runner(inputs, log, space_client)
+    outcomes = []
+    for path in recipes:
+        log(f"::group::{path}")
+        outcomes.append(runner.validate(path) if mode == "validate" else runner.merge(path))
+        log("::endgroup::")
+    for o in outcomes:
+        log(f"{o.status:>9}  {o.recipe}  {o.repo_id or ''}  {o.detail}")
+    if inputs.summary_path is not None:
+        with inputs.summary_path.open("a", encoding="utf-8") as f:
+            f.write(log.scrub(summary_markdown(outcomes, inputs.event_name)))
+    if inputs.output_path is not None:
+        pushed = [o.repo_id for o in outcomes if o.status == "merged"]
+        results = json.dumps([asdict(o) for o in outcomes])
+        _write_outputs(inputs.output_path, {"pushed-repos": json.dumps(pushed), "results": log.scrub(results)})
+    return 1 if any(o.status == "failed" for o in outcomes) else 0

@@ -1,0 +1,386 @@
+"""The GitHub Action: which recipes an event touches, merges pushed to the local Hub, reruns skipped, PR annotations."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from huggingface_hub import HfApi
+
+from mergehub.errors import MergehubError
+from mergehub.interfaces.action import (
+    Published,
+    annotation,
+    changed_recipes,
+    main,
+    merge_reason,
+    parse_published,
+    read_inputs,
+    target_repo,
+)
+from mergehub.recipe import recipe_sha256
+
+ZERO = "0" * 40
+RECIPE = """\
+# A linear merge of a base and its fine-tune.
+merge_method: linear
+models:
+  - model: {a}
+    parameters:
+      weight: 0.6
+  - model: {b}
+    parameters:
+      weight: 0.4
+"""
+
+
+# -- throwaway git repos and a GitHub-like run -----------------------------------------------------------
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """An empty git repository, standing in for the workflow's checkout."""
+    path = tmp_path / "checkout"
+    path.mkdir()
+    _git(path, "init", "-q", "-b", "main")
+    for key, value in (("user.email", "ci@example.com"), ("user.name", "ci"), ("commit.gpgsign", "false")):
+        _git(path, "config", key, value)
+    return path
+
+
+def commit(repo: Path, files: dict[str, str | None], *, moves: dict[str, str] | None = None) -> str:
+    """`git mv` the moves, write (or, for None, delete) the files, commit; return the sha."""
+    for old, new in (moves or {}).items():
+        (repo / new).parent.mkdir(parents=True, exist_ok=True)
+        _git(repo, "mv", old, new)
+    for name, text in files.items():
+        if text is None:
+            _git(repo, "rm", "-q", name)
+            continue
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+        _git(repo, "add", name)
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "change")
+    return _git(repo, "rev-parse", "HEAD")
+
+
+def _outputs(text: str) -> dict[str, str]:
+    found = re.findall(r"^([\w-]+)<<(ghadelimiter_[\w-]+)\n(.*?)\n\2$", text, re.DOTALL | re.MULTILINE)
+    return {name: value for name, _, value in found}
+
+
+def run(repo: Path, event: str, payload: dict, capsys, space_client: Any = None, **inputs: str) -> tuple[int, str, str, dict[str, str]]:
+    """Run the action as GitHub would; returns (exit code, log, job summary, step outputs)."""
+    work = repo.parent
+    (work / "event.json").write_text(json.dumps(payload))
+    for name in ("summary.md", "output.txt"):
+        (work / name).write_text("")
+    env = {
+        "GITHUB_WORKSPACE": str(repo),
+        "GITHUB_EVENT_NAME": event,
+        "GITHUB_EVENT_PATH": str(work / "event.json"),
+        "GITHUB_STEP_SUMMARY": str(work / "summary.md"),
+        "GITHUB_OUTPUT": str(work / "output.txt"),
+        **{f"INPUT_{name.upper()}": value for name, value in inputs.items()},
+    }
+    code = main(env, space_client=space_client)
+    return code, capsys.readouterr().out, (work / "summary.md").read_text(), _outputs((work / "output.txt").read_text())
+
+
+@pytest.fixture
+def parents(hub, family) -> tuple[str, str]:
+    """Two public parents on the local Hub, owned by bob: a base and a fine-tune."""
+    hub.add_repo("bob/base", family[0])
+    hub.add_repo("bob/tuned", family[1])
+    return "bob/base", "bob/tuned"
+
+
+# -- which recipes changed -------------------------------------------------------------------------------
+
+
+def test_changed_recipes_follow_adds_edits_renames_and_skip_deletions(repo):
+    first = commit(repo, {"recipes/a.yml": "a", "recipes/b.yml": "b", "recipes/c.yml": "c", "docs/x.yml": "x"})
+    second = commit(
+        repo, {"recipes/a.yml": "a2", "recipes/c.yml": None, "recipes/new/d.yaml": "d", "notes.txt": "n"},
+        moves={"recipes/b.yml": "recipes/moved/b2.yml"},
+    )
+    log: list[str] = []
+    changed = changed_recipes(repo, first, second, ("recipes/**/*.yml", "recipes/**/*.yaml"), log.append)
+    assert changed == ["recipes/a.yml", "recipes/moved/b2.yml", "recipes/new/d.yaml"]
+    assert any("recipes/c.yml was deleted" in line for line in log)
+    assert any("renamed to recipes/moved/b2.yml" in line for line in log)
+    # A new branch, and a `before` the shallow clone lacks: every recipe.
+    everything = ["recipes/a.yml", "recipes/moved/b2.yml", "recipes/new/d.yaml"]
+    assert changed_recipes(repo, ZERO, second, ("recipes/**/*.yml", "recipes/**/*.yaml"), log.append) == everything
+    assert changed_recipes(repo, "f" * 40, second, ("recipes/**/*.yml", "recipes/**/*.yaml"), log.append) == everything
+    assert any("not in the clone" in line for line in log)
+
+
+def test_force_push_compares_with_the_merge_base(repo):
+    root = commit(repo, {"recipes/a.yml": "a", "recipes/b.yml": "b"})
+    dropped = commit(repo, {"recipes/b.yml": "b2"})  # the commit the force push throws away
+    _git(repo, "reset", "-q", "--hard", root)  # this is the throwaway test repo, not the project
+    after = commit(repo, {"recipes/a.yml": "a2"})
+    log: list[str] = []
+    assert changed_recipes(repo, dropped, after, ("recipes/*.yml",), log.append) == ["recipes/a.yml"]
+    assert any("not an ancestor" in line and f"merge-base {root[:10]}" in line for line in log)
+
+
+# -- pure helpers ----------------------------------------------------------------------------------------
+
+
+def test_target_repo_from_comment_or_stem():
+    assert target_repo("recipes/My Merge.yml", "merge_method: linear", lambda: "alice") == "alice/My-Merge"
+    assert target_repo("recipes/x.yml", "# mergehub: repo=org/custom\nmerge_method: linear", lambda: "alice") == "org/custom"
+    assert target_repo("recipes/x.yml", "#mergehub: repo = short\n", lambda: "alice") == "alice/short"
+    with pytest.raises(MergehubError, match="not a valid Hub repo name") as info:
+        target_repo("recipes/x.yml", "# mergehub: repo=a/b/c\n", lambda: "alice")
+    assert "# mergehub: repo=" in info.value.hint
+
+
+def test_published_record_from_front_matter_or_from_the_card_body():
+    recipe = "merge_method: linear\n"
+    sha_a, sha_b = "a" * 40, "b" * 40
+    with_block = f"---\nmergehub:\n  recipe_sha256: {recipe_sha256(recipe)}\n  parents:\n    org/a: {sha_a}\n    ./local: null\n---\n# x\n"
+    assert parse_published(with_block, None) == Published(recipe_sha256(recipe), {"org/a": sha_a})
+    body = (
+        "---\nlicense: mit\n---\n## Parents\n\n| Model | Revision | License | Scores |\n|---|---|---|---|\n"
+        f"| [org/a](https://huggingface.co/org/a) (base) | [`{sha_a[:10]}`](https://huggingface.co/org/a/commit/{sha_a}) | mit | — |\n"
+        f"| [org/b](https://huggingface.co/org/b) | [`{sha_b[:10]}`](https://huggingface.co/org/b/commit/{sha_b}) | mit | — |\n"
+        "| `./local` (local) | — | unknown | — |\n"
+    )
+    published = parse_published(body, recipe)
+    assert published == Published(recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b})
+    assert merge_reason(published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b}) is None
+    assert merge_reason(published, recipe_sha256("other"), {"org/a": sha_a, "org/b": sha_b}) == "the recipe changed"
+    assert "org/b bbbbbbb → ccccccc" in merge_reason(published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": "c" * 40})
+    assert merge_reason(None, "x", {}) == "not merged yet"
+    assert parse_published(None, None) is None
+
+
+def test_inputs_both_spellings_and_annotation_escaping(tmp_path, capsys):
+    inputs = read_inputs({"INPUT_HF-TOKEN": "secret", "INPUT_PRIVATE": "true", "INPUT_RECIPES": "a/*.yml\nb/**/*.yaml", "INPUT_EVAL_TASKS": "arc, hellaswag"})
+    assert inputs.token == "secret" and inputs.private and inputs.recipes == ("a/*.yml", "b/**/*.yaml")
+    assert inputs.eval_tasks == ("arc", "hellaswag") and not inputs.force
+    assert annotation("error", "50% bad\nHint: fix", file="r,1.yml", line=3) == "::error file=r%2C1.yml,line=3::50%25 bad%0AHint: fix"
+    assert main({"INPUT_FORCE": "maybe", "GITHUB_WORKSPACE": str(tmp_path)}) == 2
+    assert "::error::Input `force` is 'maybe'" in capsys.readouterr().out
+
+
+def test_action_yml_passes_every_input_and_the_shim_runs_main(repo, monkeypatch, capsys):
+    import runpy
+
+    import yaml
+
+    metadata = yaml.safe_load((Path(__file__).parents[2] / "action.yml").read_text())
+    step = next(s for s in metadata["runs"]["steps"] if s.get("id") == "mergehub")
+    assert step["run"] == "python -m mergehub.action"
+    for name, spec in metadata["inputs"].items():
+        if name != "python-version":
+            assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}"
+    defaults = {f"INPUT_{n.upper().replace('-', '_')}": spec["default"] for n, spec in metadata["inputs"].items()}
+    assert read_inputs(defaults).recipes == ("recipes/**/*.yml", "recipes/**/*.yaml")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(repo))
+    monkeypatch.setenv("GITHUB_EVENT_NAME", "schedule")
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("mergehub.action", run_name="__main__")
+    assert exited.value.code == 0 and "nothing to do" in capsys.readouterr().out
+
+
+# -- against the local Hub -------------------------------------------------------------------------------
+
+
+def test_push_merges_changed_recipes_skips_reruns_and_force_remerges(hub, parents, repo, capsys):
+    a, b = parents
+    first = commit(repo, {
+        "recipes/first.yml": RECIPE.format(a=a, b=b),
+        "recipes/team/second.yaml": "# mergehub: repo=org/renamed\n" + RECIPE.format(a=b, b=a),
+        "README.md": "not a recipe",
+    })
+    new_branch = {"ref": "refs/heads/main", "before": ZERO, "after": first, "created": True}
+    code, log, summary, outputs = run(repo, "push", new_branch, capsys, hf_token="tok-alice")
+    assert code == 0, log
+    assert json.loads(outputs["pushed-repos"]) == ["alice/first", "org/renamed"]
+    assert HfApi().repo_exists("alice/first") and HfApi().repo_exists("org/renamed")
+    assert "| `recipes/first.yml` | [alice/first](" in summary and summary.count("✅ merged") == 2
+    assert "tok-alice" not in log + summary + json.dumps(outputs)
+
+    # Rerunning the same event: both are up to date.
+    code, log, summary, outputs = run(repo, "push", new_branch, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == []
+    assert summary.count("⏭️ skipped") == 2 and "up to date" in log
+    commits_before = len(HfApi().list_repo_commits("alice/first"))
+
+    # A push that edits one recipe merges that one only; `force` re-merges an up-to-date one.
+    second = commit(repo, {"recipes/first.yml": RECIPE.format(a=a, b=b).replace("0.6", "0.7")})
+    code, log, summary, outputs = run(repo, "push", {"before": first, "after": second}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/first"] and "the recipe changed" in log
+    assert len(HfApi().list_repo_commits("alice/first")) == commits_before + 1
+    code, _, _, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice", force="true")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/first", "org/renamed"]
+    results = json.loads(outputs["results"])
+    assert {r["status"] for r in results} == {"merged"} and all(r["commit_url"] for r in results)
+
+
+def test_schedule_remerges_only_when_an_unpinned_parent_moved(hub, parents, repo, capsys):
+    a, b = parents
+    pinned = f"{b}@{hub.revision_sha(b)}"
+    head = commit(repo, {"recipes/follows.yml": RECIPE.format(a=a, b=b), "recipes/pinned.yml": RECIPE.format(a=a, b=pinned)})
+    code, log, _, outputs = run(repo, "workflow_dispatch", {"after": head}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/follows", "alice/pinned"], log
+
+    code, log, summary, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice")
+    assert code == 0 and outputs["pushed-repos"] == "[]" and "nothing to do" in log and "No recipe" in summary
+
+    hub.commit_files(b, {"README.md": b"---\nlicense: mit\n---\nA new revision."})
+    code, log, summary, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true")
+    assert code == 0, log
+    assert json.loads(outputs["pushed-repos"]) == ["alice/follows"]
+    assert f"parents moved: {b}" in log and "⏭️ skipped" in summary
+
+
+def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(hub, parents, repo, capsys, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)  # a fork's pull request gets no secrets
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    a, b = parents
+    base = commit(repo, {"recipes/old.yml": RECIPE.format(a=a, b=b)})
+    head = commit(repo, {
+        "recipes/good.yml": RECIPE.format(a=a, b=b),
+        "recipes/bad-method.yml": RECIPE.format(a=a, b=b).replace("merge_method: linear", "merge_method: nope"),
+        "recipes/bad-param.yml": RECIPE.format(a=a, b=b).replace("weight: 0.4", "weight: 0.4\n      density: 0.5"),
+        "recipes/bad-key.yml": RECIPE.format(a=a, b=b) + "tokenizer_sorce: base\n",
+    })
+    event = {"pull_request": {"base": {"sha": base}, "head": {"sha": head}}}
+    code, log, summary, outputs = run(repo, "pull_request", event, capsys)
+    assert code == 1
+    assert "::error file=recipes/bad-method.yml,line=2::Unknown merge_method 'nope'.%0AHint: Use one of:" in log
+    assert "::error file=recipes/bad-param.yml,line=10::Unknown parameter(s) for linear: density." in log
+    assert "::error file=recipes/bad-key.yml,line=10::The recipe is invalid: tokenizer_sorce: unknown key" in log
+    assert "recipes/old.yml" not in log  # unchanged by the pull request
+    assert "| `recipes/good.yml` | [alice/good](" not in summary and "`recipes/good.yml` | <your user>/good | ✔️ validated" in summary
+    assert summary.count("❌ failed") == 3 and outputs["pushed-repos"] == "[]"
+    assert not HfApi().repo_exists("alice/good")
+
+
+def test_failed_recipe_fails_the_run_but_not_the_others(hub, parents, repo, capsys):
+    a, b = parents
+    head = commit(repo, {"recipes/ok.yml": RECIPE.format(a=a, b=b), "recipes/missing.yml": RECIPE.format(a=a, b="bob/nothing-here")})
+    code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice", eval_tasks="arc")
+    assert code == 1 and json.loads(outputs["pushed-repos"]) == ["alice/ok"]
+    assert "::warning::eval-tasks (arc) ignored" in log
+    assert re.search(r"::error file=recipes/missing.yml,line=7::.*bob/nothing-here", log)
+    assert "❌ failed" in summary and not HfApi().repo_exists("alice/missing")
+
+
+def test_two_recipes_for_one_repo_and_a_bad_repo_comment_fail_where_they_are_written(repo, capsys):
+    body = "merge_method: linear\nmodels:\n  - model: org/a\n"
+    head = commit(repo, {
+        "recipes/llama/slerp.yml": body,
+        "recipes/mistral/slerp.yml": body,
+        "recipes/odd.yml": "# A recipe\n# mergehub: repo=a/b/c\n" + body,
+    })
+    code, log, _, _ = run(repo, "workflow_dispatch", {"after": head}, capsys, namespace="team")  # fails before any Hub call
+    assert code == 1
+    assert "::error file=recipes/llama/slerp.yml,line=1::recipes/llama/slerp.yml and recipes/mistral/slerp.yml" in log
+    assert "would both push to team/slerp." in log
+    assert "::error file=recipes/mistral/slerp.yml,line=1::recipes/mistral/slerp.yml and recipes/llama/slerp.yml" in log
+    assert "::error file=recipes/odd.yml,line=2::'a/b/c' is not a valid Hub repo name." in log
+
+
+# -- dispatching to a Space ------------------------------------------------------------------------------
+
+
+class FakeJob:
+    def __init__(self, outputs: list[tuple[str, str, str]]) -> None:
+        self.outputs = outputs
+
+    def __iter__(self):
+        return iter(self.outputs)
+
+    def result(self) -> tuple[str, str, str]:
+        return self.outputs[-1]
+
+
+class FakeSpace:
+    """gradio_client's `Client`, as far as the action uses it."""
+
+    def __init__(self, endpoints: tuple[str, ...], outputs: list[tuple[str, str, str]]) -> None:
+        self.endpoints, self.outputs, self.calls = endpoints, outputs, []
+
+    def __call__(self, space_id: str, token: str) -> FakeSpace:
+        self.calls.append(("client", space_id, token))
+        return self
+
+    def view_api(self, return_format: str, print_info: bool) -> dict:
+        return {"named_endpoints": {name: {} for name in self.endpoints}}
+
+    def submit(self, *args: Any, api_name: str) -> FakeJob:
+        self.calls.append(("submit", args, api_name))
+        return FakeJob(self.outputs)
+
+
+def test_dispatch_to_space_streams_the_space_log(hub, parents, repo, capsys):
+    a, b = parents
+    text = RECIPE.format(a=a, b=b)
+    commit(repo, {"recipes/remote.yml": text})
+    space = FakeSpace(("/on_merge",), [
+        ("⏳ Planning...", "Checking 2 model(s)...", ""),
+        ("⏳ Merging...", "Checking 2 model(s)...\nPlan: linear merge\ntensors 3/39", ""),
+        ("✅ Pushed to [alice/remote](x)", "Checking 2 model(s)...\nPlan: linear merge\nMerged 39 tensors\nPushed commit abc: url", ""),
+    ])
+    code, log, summary, outputs = run(repo, "workflow_dispatch", {}, capsys, space, hf_token="tok-alice", dispatch_to_space="alice/mergehub")
+    assert code == 0, log
+    assert space.calls == [("client", "alice/mergehub", "tok-alice"), ("submit", (text, "alice/remote", False), "/on_merge")]
+    assert log.count("[alice/mergehub] Plan: linear merge") == 1 and "[alice/mergehub] Pushed commit abc: url" in log
+    assert "tensors 3/39" not in log  # a live progress line, replaced before it was final
+    assert json.loads(outputs["pushed-repos"]) == ["alice/remote"] and "✅ merged" in summary
+
+    failing = FakeSpace(("/on_merge",), [("❌ Unknown merge_method 'x'.", "Failed: Unknown merge_method 'x'.", "")])
+    code, log, _, _ = run(repo, "workflow_dispatch", {}, capsys, failing, hf_token="tok-alice", dispatch_to_space="alice/mergehub")
+    assert code == 1 and "did not push: Unknown merge_method 'x'." in log
+    code, log, _, _ = run(repo, "workflow_dispatch", {}, capsys, FakeSpace(("/other",), []), hf_token="tok-alice", dispatch_to_space="alice/x")
+    assert code == 1 and "has no mergehub merge endpoint" in log
+
+
+def test_dispatch_reaches_the_space_app_with_the_token(hub, parents, repo, capsys, monkeypatch):
+    """The real gradio_client against mergehub's own Space app, served locally: the merge runs there, as alice."""
+    pytest.importorskip("gradio")
+    pytest.importorskip("gradio_client")
+    import socket
+    import warnings
+
+    import gradio.oauth
+
+    from mergehub.interfaces import space
+
+    # A browser session would carry this token; the action has none, so the Space must use the one it is given.
+    session = {"access_token": "not-a-token", "token_type": "bearer", "expires_in": 3600, "scope": "openid", "expires_at": 2**31,
+               "userinfo": {"preferred_username": "alice", "name": "Alice", "profile": "", "picture": ""}}
+    monkeypatch.setattr(gradio.oauth, "_get_mocked_oauth_info", lambda: session)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        demo = space.build_app()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    try:
+        a, b = parents
+        commit(repo, {"recipes/on-space.yml": RECIPE.format(a=a, b=b)})
+        url = f"http://127.0.0.1:{port}/"
+        code, log, _, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice", dispatch_to_space=url)
+    finally:
+        demo.close()
+    assert code == 0, log
+    assert f"[{url}] Pushed commit" in log and json.loads(outputs["pushed-repos"]) == ["alice/on-space"]
+    assert HfApi().repo_exists("alice/on-space") and "tok-alice" not in log
