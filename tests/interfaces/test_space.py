@@ -14,6 +14,7 @@ from huggingface_hub import HfApi
 
 from mergehub.errors import ModelReferenceError, PublishError, RecipeError, SourceError
 from mergehub.interfaces import space
+from mergehub.interfaces.space import job as space_job
 from mergehub.interfaces.space import (
     MAX_MODELS,
     MAX_RECIPE_BYTES,
@@ -396,13 +397,13 @@ def test_zerogpu_wraps_the_merge_with_a_duration_from_the_plan(monkeypatch):
         return wrap
 
     monkeypatch.setitem(__import__("sys").modules, "spaces", types.SimpleNamespace(GPU=gpu))
-    assert space._job_runner() is space._merge_stream
-    assert asked["fn"] is space._merge_stream
+    assert space_job.job_runner() is space_job._merge_stream
+    assert asked["fn"] is space_job._merge_stream
     assert asked["duration"]("r.yml", "x", False, "tok", "auto", "alive", 50 * 10**9) == space.estimate_gpu_seconds(
         50 * 10**9
     )
     monkeypatch.setitem(__import__("sys").modules, "spaces", None)  # not installed: run as is
-    assert space._job_runner() is space._merge_stream
+    assert space_job.job_runner() is space_job._merge_stream
 
 
 def test_model_search_is_anonymous_unless_signed_in(monkeypatch):
@@ -441,7 +442,8 @@ def _scratch_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("mergehub-space-*"))
 
 
-def test_merge_pushes_and_ends_with_the_repo_link(seeded):
+def test_merge_pushes_and_ends_with_the_repo_link(seeded, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # only this job's scratch dirs are counted
     before = _scratch_dirs()
     outputs = list(space.merge(_slerp(), "merged", False, Session(), ALICE))
     status, log, card = outputs[-1]
