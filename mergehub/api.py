@@ -7,18 +7,21 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from huggingface_hub import ModelCard
 
+if TYPE_CHECKING:
+    from mergehub.evaluation import EvalReport
+
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub.artifacts import write_artifacts
-from mergehub.errors import OutputError
+from mergehub.errors import MergehubError, OutputError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
 from mergehub.plan import output_vocabulary
@@ -45,6 +48,10 @@ __all__ = [
     "push_merge",
     "open_model",
     "build_card",
+    "evaluate",
+    "score",
+    "evaluate_merge",
+    "card_with_scores",
     "push_card",
     "lineage",
 ]
@@ -221,12 +228,16 @@ def push_merge(
     private: bool = False,
     force: bool = False,
     token: str | bool | None = None,
+    eval_tasks: Sequence[str] = (),
+    eval_options: Mapping[str, Any] | None = None,
     **merge_options: Any,
 ) -> tuple[MergeResult, PushResult]:
     """Merge and push to `repo_id` (`name` means the token's user namespace) in one commit.
 
-    Shards upload while the merge goes on; without `out_dir` each is deleted once uploaded.
-    A failed merge or upload leaves no commit, and deletes the repo if this call created it.
+    Shards upload while the merge goes on; without `out_dir` each is deleted once uploaded
+    (kept until the commit when `eval_tasks` are scored first: the card then carries the scores).
+    A failed merge or upload leaves no commit, and deletes the repo if this call created it;
+    a failed evaluation only leaves the scores out (add them later with `mergehub eval --push-card`).
 
     Raises:
         PublishError: no token, a repo mergehub did not make (without `force`), or an upload failure.
@@ -237,9 +248,14 @@ def push_merge(
     api = HfApi(token=token)
     full_id, created = prepare_repo(api, repo_id, private=private, force=force)
     target, scratch = staging_directory(out_dir)
-    uploader = ShardUploader(api, full_id, keep_local=out_dir is not None)
+    uploader = ShardUploader(api, full_id, keep_local=out_dir is not None or bool(eval_tasks))
     try:
         result = run_merge(recipe, target, token=token, shard_sink=uploader, repo_id=full_id, **merge_options)
+        if eval_tasks:
+            try:
+                evaluate_merge(result, eval_tasks, token=token, **(eval_options or {}))
+            except MergehubError as e:
+                logger.warning("Evaluation failed, pushing without scores: %s", e)
         commit = commit_merge(api, full_id, result.out_dir, uploader.operations(), result.plan.method)
     except BaseException:
         uploader.close()
@@ -314,3 +330,63 @@ def push_card(repo_id: str, card: ModelCard, *, token: str | bool | None = None)
 def lineage(repo_id: str, *, max_depth: int = 5, token: str | bool | None = None) -> LineageGraph:
     """The ancestry of a Hub model, from its parents' cards and recipes (`token=False`: anonymous)."""
     return walk_lineage(repo_id, max_depth=max_depth, token=token)
+
+
+def evaluate(model: str | os.PathLike, tasks: Sequence[str], **options: Any) -> EvalReport:
+    """Score a model directory or Hub repo with lm-eval (needs `pip install 'mergehub[eval]'`)."""
+    from mergehub.evaluation import evaluate as run_evaluation
+
+    return run_evaluation(model, tasks, **options)
+
+
+def _parent_reports(merged: EvalReport, parents: Sequence[str], tasks: Sequence[str], *, token: str | bool | None, **options: Any) -> dict[str, EvalReport]:
+    """Each parent's scores: from its card when it was scored the same way, else evaluated now."""
+    from mergehub.evaluation import report_from_card
+
+    reports = {}
+    for parent in parents:
+        source = open_model(parent, token=token)
+        try:
+            readme = source.read_file("README.md")
+        finally:
+            source.close()
+        reports[parent] = report_from_card(readme, merged, model=parent) or evaluate(parent, tasks, token=token, **options)
+    return reports
+
+
+def score(
+    model: str | os.PathLike, tasks: Sequence[str], *, parents: Sequence[str] = (), token: str | bool | None = None, **options: Any
+) -> tuple[EvalReport, str | None]:
+    """Score a model, and each parent on the same tasks and settings; returns the report and a comparison table."""
+    from mergehub.evaluation import compare
+
+    report = evaluate(model, tasks, token=token, **options)
+    if not parents:
+        return report, None
+    return report, compare(report, _parent_reports(report, parents, tasks, token=token, **options))
+
+
+def evaluate_merge(
+    result: MergeResult, tasks: Sequence[str], *, parents: bool = False, token: str | bool | None = None, **options: Any
+) -> tuple[EvalReport, str | None]:
+    """Score a fresh merge (and, with `parents`, each parent at its pinned revision) and put the scores in its card."""
+    from mergehub.evaluation import add_scores_to_card
+
+    refs = [f"{m.ref.split('@')[0]}@{m.revision}" if m.revision else m.ref for m in result.plan.models] if parents else []
+    report, comparison = score(result.out_dir, tasks, parents=refs, token=token, **options)
+    card = result.out_dir / "README.md"
+    card.write_text(add_scores_to_card(card.read_text(encoding="utf-8"), report, comparison), encoding="utf-8")
+    return report, comparison
+
+
+def card_with_scores(target: str, report: EvalReport, comparison: str | None = None, *, token: str | bool | None = None) -> ModelCard:
+    """A model's card (directory or Hub repo) with the report's scores added to its model-index and body."""
+    from mergehub.evaluation import add_scores_to_card
+
+    directory = Path(target)
+    if directory.is_dir():
+        text = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
+    else:
+        source = open_model(target, token=token)
+        text = (source.read_file("README.md") or b"").decode("utf-8")
+    return ModelCard(add_scores_to_card(text, report, comparison))

@@ -12,6 +12,8 @@ The tree::
     ├── MergeMethodError (ValueError)     a kernel was given inputs it cannot merge
     ├── OutputError (OSError)             the output directory cannot be written
     ├── Cancelled (RuntimeError)          the merge was stopped on request
+    ├── EvaluationError (RuntimeError)    lm-eval is missing, or a model could not be evaluated
+    │   └── UnknownTaskError (ValueError) an evaluation task is in no registry searched
     └── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
 
 Nothing in mergehub is imported here.
@@ -31,6 +33,8 @@ __all__ = [
     "OutputError",
     "PublishError",
     "Cancelled",
+    "EvaluationError",
+    "UnknownTaskError",
 ]
 
 
@@ -91,3 +95,11 @@ class PublishError(MergehubError, RuntimeError):
 
 class Cancelled(MergehubError, RuntimeError):
     """The merge was stopped on request before it finished; nothing was kept."""
+
+
+class EvaluationError(MergehubError, RuntimeError):
+    """lm-eval is missing, or a model could not be evaluated."""
+
+
+class UnknownTaskError(EvaluationError, ValueError):
+    """A task name is in no registry searched and is not a task YAML file."""

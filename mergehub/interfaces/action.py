@@ -27,7 +27,6 @@ printed: every line written is scrubbed of it.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import os
 import re
@@ -606,17 +605,13 @@ class _Console:
 
 
 def _eval_options(tasks: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
-    """`eval_tasks` for push_merge when this mergehub can evaluate while pushing; else a warning."""
+    """`eval_tasks` for push_merge when lm-eval is installed (the `eval` extra); else a warning."""
     if not tasks:
         return {}
-    if importlib.util.find_spec("mergehub.evaluation") is None:
-        reason = "this mergehub has no mergehub.evaluation"
-    elif "eval_tasks" not in inspect.signature(api.push_merge).parameters:
-        reason = "this mergehub's push_merge does not evaluate (no `eval_tasks`)"
-    else:
-        return {"eval_tasks": list(tasks)}
-    log(annotation("warning", f"eval-tasks ({', '.join(tasks)}) ignored: {reason}."))
-    return {}
+    if importlib.util.find_spec("lm_eval") is None:
+        log(annotation("warning", f"eval-tasks ({', '.join(tasks)}) ignored: lm-eval is not installed (pip install 'mergehub[eval]')."))
+        return {}
+    return {"eval_tasks": list(tasks)}
 
 
 def _card_scores(repo_id: str, revision: str, token: str | None) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -44,6 +45,22 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--push", metavar="REPO", help="push the result to this Hub repo (`name` or `user/name`)")
     merge.add_argument("--private", action="store_true", help="with --push: create the repo private")
     merge.add_argument("--force", action="store_true", help="with --push: push into an existing repo mergehub did not make")
+    merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
+    merge.add_argument("--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)")
+    merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
+
+    scores = commands.add_parser("eval", help="score a model with lm-eval")
+    scores.add_argument("model", help="a model directory or Hub repo (org/name[@revision])")
+    scores.add_argument("--tasks", required=True, help="comma-separated lm-eval task names or task YAML paths")
+    scores.add_argument("--limit", type=float, help="items per task (a fraction when below 1)")
+    scores.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
+    scores.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    scores.add_argument("--seed", type=int, default=0)
+    scores.add_argument("--parents", help="comma-separated models to compare with, on the same tasks and settings")
+    scores.add_argument("--json", action="store_true", help="print the report as JSON")
+    where = scores.add_mutually_exclusive_group()
+    where.add_argument("--write-card", action="store_true", help="add the scores to MODEL/README.md")
+    where.add_argument("--push-card", action="store_true", help="add the scores to the Hub repo's card (a PR unless you own it)")
 
     card = commands.add_parser("card", help="write the model card of a merge (directory or Hub repo)")
     card.add_argument("target", help="a merged model directory, or a Hub repo made by mergehub or mergekit")
@@ -89,15 +106,23 @@ def _merge(args: argparse.Namespace) -> int:
     bar = None if args.no_progress else _ProgressBar()
     options = dict(device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size, overwrite=args.overwrite,
                    cache_dir=args.cache_dir, on_progress=bar)
+    tasks = _tasks(args.eval)
+    evaluation = {"parents": args.eval_parents, "limit": args.eval_limit, "device": args.device}
     try:
         if args.push:
-            result, pushed = api.push_merge(args.recipe, args.push, out_dir=args.out, private=args.private, force=args.force, **options)
+            result, pushed = api.push_merge(
+                args.recipe, args.push, out_dir=args.out, private=args.private, force=args.force,
+                eval_tasks=tasks, eval_options=evaluation, **options,
+            )
         else:
             result, pushed = api.run_merge(args.recipe, args.out, **options), None
     finally:
         if bar is not None:
             bar.close()
     print(result.summary())
+    if tasks and pushed is None:
+        report, comparison = api.evaluate_merge(result, tasks, **evaluation)
+        print(report.table() + ("\n\n" + comparison if comparison else ""))
     if pushed is not None:
         print(f"Pushed to {pushed.repo_id}: {pushed.commit_url}")
     return 0
@@ -107,6 +132,26 @@ def _methods() -> int:
     for name, spec in sorted(all_methods().items()):
         params = ", ".join(p.name + ("" if p.required else f"={p.default}") for p in spec.params)
         print(f"{name:18} {spec.summary}  [{params}]")
+    return 0
+
+
+def _tasks(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    options = {"limit": args.limit, "num_fewshot": args.num_fewshot, "device": args.device, "seed": args.seed}
+    tasks = _tasks(args.tasks)
+    report, comparison = api.score(args.model, tasks, parents=_tasks(args.parents), **options)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.table())
+    if comparison:
+        print("\n" + comparison)
+    if args.write_card:
+        card = api.card_with_scores(args.model, report, comparison)
+        (Path(args.model) / "README.md").write_text(str(card), encoding="utf-8")
+        print(f"Wrote {Path(args.model) / 'README.md'}")
+    elif args.push_card:
+        print(f"Card pushed: {api.push_card(args.model.split('@')[0], api.card_with_scores(args.model, report, comparison))}")
     return 0
 
 
@@ -132,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (1 for a mergehub error, 130 when interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"merge": _merge, "card": _card, "lineage": _lineage}
+        commands = {"merge": _merge, "eval": _eval, "card": _card, "lineage": _lineage}
         return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
         if args.debug:

@@ -17,7 +17,7 @@ from mergehub.writer import ShardResult
 
 __all__ = [
     "TAGS", "ParentCard", "EvalScore", "MergeCard", "parse_card_data", "card_license", "parent_card",
-    "resolve_license", "merge_card", "render_card", "provenance",
+    "resolve_license", "merge_card", "render_card", "provenance", "eval_result",
 ]
 
 TAGS = ("merge", "mergekit", "mergehub")
@@ -179,7 +179,8 @@ def merge_card(
     )
 
 
-def _eval_result(score: EvalScore) -> EvalResult:
+def eval_result(score: EvalScore) -> EvalResult:
+    """One score as huggingface_hub's `EvalResult` (a model-index entry)."""
     return EvalResult(
         task_type=score.task,
         dataset_type=score.dataset_type,
@@ -267,7 +268,7 @@ def render_card(card: MergeCard) -> ModelCard:
     license_id, warnings = resolve_license(card.parents)
     hub_parents = [p.ref for p in card.parents if p.is_hub]
     lineage = {"base_model": hub_parents, "base_model_relation": "merge"} if hub_parents else {}
-    scores = [_eval_result(s) for s in card.eval_results]
+    scores = [eval_result(s) for s in card.eval_results]
     data = ModelCardData(
         **lineage,
         library_name="transformers",

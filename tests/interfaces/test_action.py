@@ -275,9 +275,8 @@ def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(hub, par
 def test_failed_recipe_fails_the_run_but_not_the_others(hub, parents, repo, capsys):
     a, b = parents
     head = commit(repo, {"recipes/ok.yml": RECIPE.format(a=a, b=b), "recipes/missing.yml": RECIPE.format(a=a, b="bob/nothing-here")})
-    code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice", eval_tasks="arc")
+    code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice")
     assert code == 1 and json.loads(outputs["pushed-repos"]) == ["alice/ok"]
-    assert "::warning::eval-tasks (arc) ignored" in log
     assert re.search(r"::error file=recipes/missing.yml,line=7::.*bob/nothing-here", log)
     assert "❌ failed" in summary and not HfApi().repo_exists("alice/missing")
 
@@ -384,3 +383,25 @@ def test_dispatch_reaches_the_space_app_with_the_token(hub, parents, repo, capsy
     assert code == 0, log
     assert f"[{url}] Pushed commit" in log and json.loads(outputs["pushed-repos"]) == ["alice/on-space"]
     assert HfApi().repo_exists("alice/on-space") and "tok-alice" not in log
+
+
+def test_eval_tasks_are_scored_into_the_pushed_card(hub, parents, repo, capsys, monkeypatch):
+    pytest.importorskip("lm_eval")
+    from mergehub import api
+
+    seen = {}
+
+    def fake_evaluate_merge(result, tasks, **options):
+        seen["tasks"] = list(tasks)
+        card = result.out_dir / "README.md"
+        card.write_text(card.read_text() + "\n## Evaluation\nscored\n")
+        return None, None
+
+    monkeypatch.setattr(api, "evaluate_merge", fake_evaluate_merge)
+    a, b = parents
+    head = commit(repo, {"recipes/scored.yml": RECIPE.format(a=a, b=b)})
+    code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice", eval_tasks="mergehub_facts")
+    assert code == 0 and seen["tasks"] == ["mergehub_facts"]
+    from huggingface_hub import ModelCard
+
+    assert "## Evaluation" in ModelCard.load("alice/scored").text
