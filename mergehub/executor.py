@@ -188,10 +188,14 @@ def execute(
                     in_flight += pending[-1].read_bytes
                 batch = pending.popleft()
                 tensors = {model: future.result() for model, future in batch.reads.items()}
-                for job in batch.jobs:
+                last_use = {(i.model, i.name): k for k, job in enumerate(batch.jobs) for i in job.inputs}
+                for k, job in enumerate(batch.jobs):
                     if should_stop is not None and should_stop():
                         raise Cancelled("The merge was cancelled.", hint="Nothing was kept; start it again to finish.")
                     inputs = [tensors[i.model][i.name] for i in job.inputs]
+                    for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
+                        if last_use.get((i.model, i.name)) == k:
+                            tensors[i.model].pop(i.name, None)
                     output = merge_job(job, inputs, plan, device=device, seed=seed)
                     del inputs
                     if last_write is not None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergehub.methods._primitives import check_same_shape, lerp
+from mergehub.methods._primitives import check_same_shape
 from mergehub.methods._spherical import base_and_other
 from mergehub.methods.registry import MethodSpec, ParamSpec
 
@@ -31,14 +31,15 @@ def slerp(
     n0, n1 = torch.linalg.vector_norm(v0).item(), torch.linalg.vector_norm(v1).item()
     d0 = n0 if n0 > EPS else 1.0
     d1 = n1 if n1 > EPS else 1.0
-    dot = torch.sum((v0 / d0) * (v1 / d1)).item()
+    dot = torch.dot(v0.reshape(-1), v1.reshape(-1)).item() / (d0 * d1)  # no normalised copies: memory stays flat
     if abs(dot) > DOT_THRESHOLD:
-        return lerp(t, v0, v1)
-    theta = math.acos(max(-1.0, min(1.0, dot)))
-    sin_theta = math.sin(theta)
-    s0 = math.sin((1 - t) * theta) / sin_theta
-    s1 = math.sin(t * theta) / sin_theta
-    return s0 * v0 + s1 * v1
+        s0, s1 = 1 - t, t
+    else:
+        theta = math.acos(max(-1.0, min(1.0, dot)))
+        s0 = math.sin((1 - t) * theta) / math.sin(theta)
+        s1 = math.sin(t * theta) / math.sin(theta)
+    result = v0 * s0
+    return result.add_(v1, alpha=s1)
 
 
 SPEC = MethodSpec(
