@@ -71,17 +71,18 @@ def _compute_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
 
 
 def merge_job(
-    job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, device: torch.device, seed: int,
+    job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, method: MethodSpec, device: torch.device, seed: int,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Merge one job's input tensors into its output tensor (on the CPU, in the job's dtype).
+
+    `method` is the job's, looked up once per plan by the caller (`execute`).
 
     Inputs are rounded to the recipe's `dtype` when it has one, re-indexed onto the output
     vocabulary for embedding and head tensors, and merged in float32 (float64 if an input is).
     Elementwise methods run on row chunks of at most `chunk_elements`, so a large tensor never
     has float32 copies of all its inputs at once.
     """
-    method = get_method(job.method)
     if not DTYPES[job.dtype].is_floating_point:
         return inputs[0]
     staged = [t.to(device, non_blocking=True) for t in inputs]
@@ -177,6 +178,7 @@ def execute(
     pending: deque[_Batch] = deque()
     in_flight = bytes_read = done = 0
     total = len(plan.jobs)
+    methods = {name: get_method(name) for name in {job.method for job in plan.jobs}}
     with ThreadPoolExecutor(readers, thread_name_prefix="mergehub-read") as read_pool, ThreadPoolExecutor(
         1, thread_name_prefix="mergehub-write"
     ) as write_pool:
@@ -196,7 +198,7 @@ def execute(
                     for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
                         if last_use.get((i.model, i.name)) == k:
                             tensors[i.model].pop(i.name, None)
-                    output = merge_job(job, inputs, plan, device=device, seed=seed)
+                    output = merge_job(job, inputs, plan, method=methods[job.method], device=device, seed=seed)
                     del inputs
                     if last_write is not None:
                         last_write.result()

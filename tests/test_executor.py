@@ -75,6 +75,7 @@ def test_tensor_seed_is_stable_and_distinct():
 def test_chunked_elementwise_merge_is_bit_identical(family, write_recipe, method):
     from mergehub.api import _prepare, open_sources
     from mergehub.executor import merge_job
+    from mergehub.methods import get_method
     from mergehub.recipe import load_recipe
 
     recipe = {"merge_method": method, "base_model": str(family[0]), "dtype": "bfloat16",
@@ -85,6 +86,7 @@ def test_chunked_elementwise_merge_is_bit_identical(family, write_recipe, method
     ordered = list(sources.values())
     for job in plan.jobs[:6]:
         inputs = [ordered[i.model].read(i.name) for i in job.inputs]
-        whole = merge_job(job, inputs, plan, device=torch.device("cpu"), seed=0)
-        chunked = merge_job(job, inputs, plan, device=torch.device("cpu"), seed=0, chunk_elements=100)
+        cpu, method = torch.device("cpu"), get_method(job.method)
+        whole = merge_job(job, inputs, plan, method=method, device=cpu, seed=0)
+        chunked = merge_job(job, inputs, plan, method=method, device=cpu, seed=0, chunk_elements=100)
         assert torch.equal(whole, chunked) and chunked.dtype == whole.dtype

@@ -367,6 +367,46 @@ def magprune_mask(
     return stored_mask(_from_rows(keep, tensor.shape).reshape(-1))
 
 
+def variance_mask(others: Sequence[torch.Tensor], base: torch.Tensor, select_topk: float) -> Mask | None:
+    """SCE: keep the `int(nonzero * select_topk)` positions whose variance across the task vectors is largest.
+
+    `others` and `base` are flat; None keeps every position.
+    """
+    if select_topk >= 1:
+        return None
+    if select_topk <= 0:
+        return drop_all
+
+    def variance(positions: Positions, out: torch.Tensor | None = None) -> torch.Tensor:
+        return population_variance([t[positions] - base[positions] for t in others], out)
+
+    work = scratch(1, base)
+    nonzero = sum(
+        int(torch.count_nonzero(variance(p, rows_for(work, p)[0]))) for p in chunk_slices(base.numel(), base.device)
+    )
+    kept = int(torch.tensor(nonzero) * select_topk)  # a float32 product, as in mergekit
+    mask = rank_band_mask(variance, base, base.numel() - kept, base.numel())
+    return None if mask is None else materialize(mask, base)
+
+
+def population_variance(vectors: Sequence[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Elementwise variance (divided by n) of `vectors`, accumulated in float64 as `torch.var` does.
+
+    `torch.var` across inputs runs a scalar loop per entry; these float64 elementwise passes
+    give the same values in the inputs' dtype many times faster.
+    """
+    wide = [v.double() for v in vectors]
+    mean = wide[0].clone()
+    for vector in wide[1:]:
+        mean.add_(vector)
+    mean.div_(len(wide))
+    spread = torch.zeros_like(mean)
+    for vector in wide:
+        spread.add_(vector.sub_(mean).square_())
+    spread.div_(len(wide))
+    return spread.to(vectors[0].dtype) if out is None else out.copy_(spread)
+
+
 def _row_blocks(shape: torch.Size, device: torch.device) -> list[slice]:
     """Consecutive ranges of whole rows of a 2-D `shape`, each about one chunk in size."""
     rows = max(1, chunk_size(device) // max(1, shape[1]))
@@ -420,7 +460,26 @@ def l1_rescale(tensor: torch.Tensor, base: torch.Tensor, mask: Mask) -> float:
     return (torch.tensor(before, dtype=base.dtype) / torch.tensor(after, dtype=base.dtype)).item()
 
 
-# Sign election and disjoint merge (TIES), in place on a chunk's rows
+def energy_weights(others: Sequence[torch.Tensor], base: torch.Tensor, masks: Sequence[Mask | None]) -> list[float]:
+    """SCE: each masked task vector's mean square, divided by their sum; uniform when that sum is below 1e-6."""
+    work = scratch(3, base)
+    energies = []
+    for tensor, mask in zip(others, masks):
+        total = 0.0
+        for positions in chunk_slices(base.numel(), base.device):
+            rows = rows_for(work, positions)
+            vector = torch.sub(tensor[positions], base[positions], out=rows[0])
+            if mask is not None:
+                vector.mul_(mask(positions, rows[1:]))
+            total += vector.square_().sum(dtype=torch.float64).item()
+        energies.append(total / base.numel())
+    norm = sum(energies)
+    if abs(norm) < 1e-6:
+        return [1 / len(others)] * len(others)
+    return [e / norm for e in energies]
+
+
+# Sign election and merge (TIES), in place on a chunk's rows
 
 
 def elect_signs_(votes: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -457,82 +516,20 @@ def sum_agreeing_(
     return total.mul_(direction)
 
 
-# Generalized task arithmetic
-
-
-def generalized_task_arithmetic(
-    tensors: Sequence[torch.Tensor],
-    base_index: int,
-    weights: Sequence[float],
-    masks: Sequence[Mask | None],
-    *,
-    rescale: bool,
-    consensus: bool,
-    normalize: bool,
-    lambda_: float,
-) -> torch.Tensor:
-    """mergekit's generalized task arithmetic on flat inputs, given each non-base model's weight and mask.
-
-    Each task vector is masked, rescaled to its former L1 norm (`rescale`, masked ones only)
-    and weighted; with `consensus` only entries agreeing with the elected sign are summed.
-    `normalize` divides by the sum of the (agreeing) weights unless that is 0 up to rounding;
-    then `lambda_` scales the sum, which is added to the base. Unlike mergekit 0.1.5, weights
-    that cancel (1.1, -0.7, -0.4) count as summing to 0 rather than leaving a float32 rounding
-    residue (3e-8) to divide by.
-    """
-    base = tensors[base_index]
-    others = non_base(tensors, base_index)
-    if not others:
-        return base.clone()
-    factors = [l1_rescale(t, base, m) if rescale and m is not None else 1.0 for t, m in zip(others, masks)]
-    work = scratch(len(others) + 3, base)
-    out = torch.empty_like(base)
-    for positions in chunk_slices(base.numel(), base.device):
-        rows = rows_for(work, positions)
-        deltas, spare = rows[: len(others)], rows[len(others) :]
-        b = base[positions]
-        for delta, tensor, mask, factor, weight in zip(deltas, others, masks, factors, weights):
-            torch.sub(tensor[positions], b, out=delta)
-            _sparsify_(delta, mask, positions, factor, weight, spare[:2])
-        if consensus:
-            direction = elect_signs_(deltas, spare[0])
-            mixed = sum_agreeing_(deltas, weights, direction, spare[1] if normalize else None, spare[2])
-            divisor = _nonzero_divisor_(spare[1], weights, spare[2]) if normalize else 1.0
-        else:
-            mixed, divisor = _sum_rows_(deltas), _nonzero_total(weights)
-        if normalize:
-            mixed.div_(divisor)
-        if lambda_ != 1:
-            mixed.mul_(lambda_)
-        torch.add(mixed, b, out=out[positions])
-    return out
-
-
-def _sparsify_(
-    delta: torch.Tensor, mask: Mask | None, positions: slice, factor: float, weight: float, rows: torch.Tensor
-) -> None:
-    """Mask, rescale and weight one chunk of a task vector in place, in mergekit's order."""
-    if mask is not None:
-        delta.mul_(mask(positions, rows))
-        if factor != 1:
-            delta.mul_(factor)
-    delta.mul_(weight)
-
-
-def _sum_rows_(rows: torch.Tensor) -> torch.Tensor:
+def sum_rows_(rows: torch.Tensor) -> torch.Tensor:
     """The elementwise sum of `rows` in row order, accumulated into the first row."""
     for row in rows[1:]:
         rows[0].add_(row)
     return rows[0]
 
 
-def _nonzero_total(weights: Sequence[float]) -> float:
+def nonzero_total(weights: Sequence[float]) -> float:
     """The exact sum of `weights`, or 1 when it is below 1e-8 in magnitude."""
     total = math.fsum(weights)
     return total if abs(total) >= 1e-8 else 1.0
 
 
-def _nonzero_divisor_(divisor: torch.Tensor, weights: Sequence[float], spare: torch.Tensor) -> torch.Tensor:
+def nonzero_divisor_(divisor: torch.Tensor, weights: Sequence[float], spare: torch.Tensor) -> torch.Tensor:
     """`divisor` with 1 in place where it is 0 up to the rounding error of summing `weights` in float32."""
     tolerance = max(1e-8, len(weights) * FLOAT32_EPS * math.fsum(abs(w) for w in weights))
     zero = torch.abs(divisor, out=spare).le_(tolerance)

@@ -8,7 +8,7 @@ import torch
 
 from mergehub.methods._primitives import check_same_shape
 from mergehub.methods._spherical import base_and_other
-from mergehub.methods.registry import MethodSpec
+from mergehub.methods.spec import MethodSpec
 
 QUANTILE_SAMPLE_SIZE = 1_000_000
 """Importance scores beyond this many are subsampled (with replacement) to estimate quantiles."""

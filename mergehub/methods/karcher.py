@@ -8,15 +8,15 @@ import torch
 
 from mergehub.methods._primitives import check_same_shape
 from mergehub.methods._spherical import exp_map
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def karcher(
     tensors: Sequence[torch.Tensor],
     *,
-    base_index: int | None = None,
-    max_iter: int = 10,
-    tol: float = 1e-5,
+    base_index: int | None,
+    max_iter: int,
+    tol: float,
 ) -> torch.Tensor:
     """The equal-weight Karcher mean of the inputs' unit directions, scaled by their mean norm.
 

@@ -8,15 +8,15 @@ import torch
 
 from mergehub.errors import MergeMethodError
 from mergehub.methods._primitives import check_same_shape, weighted_sum
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def linear(
     tensors: Sequence[torch.Tensor],
     *,
-    base_index: int | None = None,
+    base_index: int | None,
     weight: Sequence[float],
-    normalize: bool = True,
+    normalize: bool,
 ) -> torch.Tensor:
     """Return `sum(w_i * x_i)`, divided by `sum(w_i)` when `normalize` is set.
 

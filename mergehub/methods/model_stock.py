@@ -9,14 +9,14 @@ import torch
 
 from mergehub.errors import MergeMethodError
 from mergehub.methods._primitives import check_same_shape, non_base
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def model_stock(
     tensors: Sequence[torch.Tensor],
     *,
     base_index: int | None,
-    filter_wise: bool = False,
+    filter_wise: bool,
 ) -> torch.Tensor:
     """Return `t * mean(models) + (1 - t) * base` with `t = k cos / (1 + (k - 1) cos)`.
 

@@ -9,7 +9,7 @@ import torch
 from mergehub.errors import MergeMethodError
 from mergehub.methods._primitives import check_same_shape, non_base
 from mergehub.methods._spherical import exp_map
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def multislerp(
@@ -17,8 +17,8 @@ def multislerp(
     *,
     base_index: int | None,
     weight: Sequence[float | None],
-    normalize_weights: bool = True,
-    eps: float = 1e-8,
+    normalize_weights: bool,
+    eps: float,
 ) -> torch.Tensor:
     """Interpolate the non-base models' directions in the tangent space at their weighted mean direction.
 

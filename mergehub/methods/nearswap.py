@@ -8,7 +8,7 @@ import torch
 
 from mergehub.methods._primitives import check_same_shape, lerp
 from mergehub.methods._spherical import base_and_other
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def nearswap(

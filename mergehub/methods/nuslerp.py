@@ -9,7 +9,7 @@ import torch
 from mergehub.errors import MergeMethodError
 from mergehub.methods._primitives import check_same_shape, non_base
 from mergehub.methods._spherical import slerp_rows
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def nuslerp(
@@ -17,8 +17,8 @@ def nuslerp(
     *,
     base_index: int | None,
     weight: Sequence[float | None],
-    nuslerp_row_wise: bool = False,
-    nuslerp_flatten: bool = True,
+    nuslerp_row_wise: bool,
+    nuslerp_flatten: bool,
 ) -> torch.Tensor:
     """SLERP from the first to the second non-base model by `t = w2 / (w1 + w2)` (0.5 when the sum is ~0).
 

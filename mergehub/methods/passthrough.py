@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 import torch
 
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def passthrough(
     tensors: Sequence[torch.Tensor],
     *,
-    base_index: int | None = None,
-    scale: Sequence[float | None] = (None,),
+    base_index: int | None,
+    scale: Sequence[float | None],
 ) -> torch.Tensor:
     """Return the single input, multiplied by `scale` when one is given."""
     (tensor,) = tensors

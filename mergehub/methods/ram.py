@@ -7,14 +7,14 @@ from collections.abc import Sequence
 import torch
 
 from mergehub.methods._primitives import check_same_shape, task_vectors
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 
 def ram(
     tensors: Sequence[torch.Tensor],
     *,
     base_index: int | None,
-    epsilon: float = 1e-5,
+    epsilon: float,
 ) -> torch.Tensor:
     """Add to the base each parameter's task-vector entries above `epsilon`, averaged over the models that have one."""
     check_same_shape(tensors)
@@ -29,9 +29,9 @@ def ramplus_tl(
     tensors: Sequence[torch.Tensor],
     *,
     base_index: int | None,
-    r: float = 0.1,
-    alpha: float = 0.2,
-    epsilon: float = 1e-5,
+    r: float,
+    alpha: float,
+    epsilon: float,
 ) -> torch.Tensor:
     """RAM, with each model's unique entries scaled by `1 + r * clamp(shared / unique, 0, alpha)`.
 

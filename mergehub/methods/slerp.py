@@ -9,7 +9,7 @@ import torch
 
 from mergehub.methods._primitives import check_same_shape
 from mergehub.methods._spherical import base_and_other
-from mergehub.methods.registry import MethodSpec, ParamSpec
+from mergehub.methods.spec import MethodSpec, ParamSpec
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8

@@ -23,7 +23,7 @@ def _inputs(shape: tuple[int, ...], count: int, seed: int) -> list[torch.Tensor]
 def test_linear(shape, normalize):
     tensors = _inputs(shape, 3, 1)
     weights = (0.5, 0.3, 0.4)
-    ours = get_method("linear").kernel(tensors, weight=weights, normalize=normalize)
+    ours = get_method("linear").merge(tensors, weight=weights, normalize=normalize)
     theirs = mergekit_api.merge_tensors(tensors, "linear", parameters={"weight": list(weights), "normalize": normalize})
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
@@ -33,7 +33,7 @@ def test_linear(shape, normalize):
 @pytest.mark.parametrize("base_index", [0, 1])
 def test_slerp(shape, t, base_index):
     tensors = _inputs(shape, 2, 2)
-    ours = get_method("slerp").kernel(tensors, base_index=base_index, t=t)
+    ours = get_method("slerp").merge(tensors, base_index=base_index, t=t)
     theirs = mergekit_api.merge_tensors(tensors, "slerp", parameters={"t": t}, base_index=base_index)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
@@ -42,7 +42,7 @@ def test_slerp(shape, t, base_index):
 def test_slerp_degenerate_pairs(case):
     a = torch.randn(40, 9, generator=torch.Generator().manual_seed(3))
     b = {"identical": a.clone(), "opposite": -a, "zero": torch.zeros_like(a)}[case]
-    ours = get_method("slerp").kernel([a, b], base_index=0, t=0.4)
+    ours = get_method("slerp").merge([a, b], base_index=0, t=0.4)
     theirs = mergekit_api.merge_tensors([a, b], "slerp", parameters={"t": 0.4}, base_index=0)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
@@ -50,6 +50,8 @@ def test_slerp_degenerate_pairs(case):
 @pytest.mark.parametrize("scale", [None, 0.5])
 def test_passthrough(scale):
     (tensor,) = _inputs((12, 5), 1, 4)
-    ours = get_method("passthrough").kernel([tensor], scale=(scale,))
-    theirs = mergekit_api.merge_tensors([tensor], "passthrough", parameters={"scale": scale} if scale is not None else None)
+    ours = get_method("passthrough").merge([tensor], scale=(scale,))
+    theirs = mergekit_api.merge_tensors(
+        [tensor], "passthrough", parameters={"scale": scale} if scale is not None else None
+    )
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)

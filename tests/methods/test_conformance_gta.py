@@ -4,7 +4,7 @@ Deterministic results match `mergekit.merge_methods.api.merge_tensors` within 1e
 for bit). Where mergekit sums a whole tensor in float32 (the L1 norms of `rescale`, SCE's
 mean squares), its own result moves by a float32 ulp or two between thread counts; there we
 allow 1e-6 relative as well. Random methods are compared at density 1 here and by their
-statistics in `test_gta_family.py`.
+statistics in `test_ties_family.py`.
 """
 
 from __future__ import annotations

@@ -9,16 +9,13 @@ import torch
 
 from mergehub.errors import MergeMethodError
 from mergehub.methods import get_method
-from mergehub.methods.arcee_fusion import QUANTILE_SAMPLE_SIZE, arcee_fusion
-from mergehub.methods.karcher import karcher
-from mergehub.methods.model_stock import model_stock
-from mergehub.methods.multislerp import multislerp
-from mergehub.methods.nearswap import nearswap
-from mergehub.methods.nuslerp import nuslerp
-from mergehub.methods.ram import ram, ramplus_tl
+from mergehub.methods.arcee_fusion import QUANTILE_SAMPLE_SIZE
 
 R = 1 / math.sqrt(2)
 NAMES = ("model_stock", "nuslerp", "multislerp", "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl")
+model_stock, nuslerp, multislerp, karcher, nearswap, arcee_fusion, ram, ramplus_tl = (
+    get_method(name).merge for name in NAMES
+)
 
 
 def tensor(*values: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The generalized task arithmetic family (ties, dare, breadcrumbs, della, task_arithmetic) and sce.
+"""The TIES family: task_arithmetic, ties, dare, breadcrumbs, della and sce.
 
 Hand-computed values, exact pruning counts under ties, errors, the random methods'
 reproducibility and statistics, and where we deliberately differ from mergekit 0.1.5.
@@ -13,11 +13,7 @@ import torch
 
 from mergehub.errors import MergeMethodError
 from mergehub.methods import _primitives, get_method
-from mergehub.methods.breadcrumbs import breadcrumbs
-from mergehub.methods.della import della, della_linear
-from mergehub.methods.sce import sce
-from mergehub.methods.task_arithmetic import task_arithmetic
-from mergehub.methods.ties import ties
+from mergehub.methods._ties_pipeline import KEEP_ALL, MAGNITUDE, EnergyWeights, RecipeWeights, task_vector_method
 
 GTA = (
     "task_arithmetic",
@@ -29,7 +25,11 @@ GTA = (
     "della",
     "della_linear",
 )
-LARGE = (600, 501)  # more positions than a sample and than one CPU chunk
+LARGE = (600, 501)
+task_arithmetic, ties, breadcrumbs = (get_method(name).merge for name in ("task_arithmetic", "ties", "breadcrumbs"))
+della, della_linear, sce = (
+    get_method(name).merge for name in ("della", "della_linear", "sce")
+)  # more positions than a sample and than one CPU chunk
 
 
 def per_model(base_index: int, *values: float) -> tuple[float | None, ...]:
@@ -102,6 +102,26 @@ def test_sce_weights_task_vectors_by_mean_square() -> None:
     # Mean squares 1 and 9 give weights 0.1 and 0.9; position 1 elects -, erasing a there.
     merged = sce([base, a, b], base_index=0)
     torch.testing.assert_close(merged, torch.tensor([(0.1 * 1 + 0.9 * 3) / 1.0, -3.0]))
+
+
+def test_steps_compose_beyond_the_registered_members() -> None:
+    base, a, b = torch.zeros(2), torch.tensor([1.0, 1.0]), torch.tensor([3.0, -3.0])
+    energy_sum = task_vector_method(
+        "energy_sum", sparsify=KEEP_ALL, consensus=False, weighting=EnergyWeights(), summary="", paper=""
+    )
+    # Weights 0.1 and 0.9 (mean squares 1 and 9), summing to 1; no sign election.
+    torch.testing.assert_close(energy_sum.merge([base, a, b], base_index=0), torch.tensor([2.8, -2.6]))
+    trimmed_sum = task_vector_method(
+        "trimmed_sum", sparsify=MAGNITUDE, consensus=False, weighting=RecipeWeights(False, False), summary="", paper=""
+    )
+    tensors = [base, torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 1.0])]
+    merged = trimmed_sum.merge(tensors, base_index=0, weight=(None, 1.0, 1.0), density=(None, 0.5, 0.5))
+    torch.testing.assert_close(merged, torch.tensor([-3.0, 2.0]))  # each keeps its larger entry; no sign election
+
+
+def test_members_take_randomness_and_elementwise_from_their_steps() -> None:
+    assert {n for n in GTA + ("sce",) if get_method(n).random} == {"dare_ties", "dare_linear", "della", "della_linear"}
+    assert {n for n in GTA + ("sce",) if get_method(n).elementwise} == {"task_arithmetic"}
 
 
 # Exact pruning counts
