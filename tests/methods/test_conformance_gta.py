@@ -18,19 +18,10 @@ mergekit_api = pytest.importorskip("mergekit.merge_methods.api")
 mergekit_methods = pytest.importorskip("mergekit.merge_methods")
 
 from mergehub.methods import get_method
+from mergehub.methods.ties_family import SPECS
 
 ATOL = 1e-6
-NAMES = (
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-    "sce",
-)
+NAMES = tuple(spec.name for spec in SPECS)
 SHAPES = [(1,), (7,), (64,), (16, 33), (31, 17), (5, 4, 3)]
 W = [0.3, 0.7]
 CASES = [

@@ -14,17 +14,10 @@ import torch
 from mergehub.errors import MergeMethodError
 from mergehub.methods import _primitives, get_method
 from mergehub.methods._ties_pipeline import KEEP_ALL, MAGNITUDE, EnergyWeights, RecipeWeights, task_vector_method
+from mergehub.methods.ties_family import SPECS
 
-GTA = (
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "della",
-    "della_linear",
-)
+FAMILY = tuple(spec.name for spec in SPECS)
+GTA = tuple(name for name in FAMILY if name != "sce")  # mergekit's generalized task arithmetic
 LARGE = (600, 501)
 task_arithmetic, ties, breadcrumbs = (get_method(name).merge for name in ("task_arithmetic", "ties", "breadcrumbs"))
 della, della_linear, sce = (
@@ -120,8 +113,8 @@ def test_steps_compose_beyond_the_registered_members() -> None:
 
 
 def test_members_take_randomness_and_elementwise_from_their_steps() -> None:
-    assert {n for n in GTA + ("sce",) if get_method(n).random} == {"dare_ties", "dare_linear", "della", "della_linear"}
-    assert {n for n in GTA + ("sce",) if get_method(n).elementwise} == {"task_arithmetic"}
+    assert {n for n in FAMILY if get_method(n).random} == {"dare_ties", "dare_linear", "della", "della_linear"}
+    assert {n for n in FAMILY if get_method(n).elementwise} == {"task_arithmetic"}
 
 
 # Exact pruning counts
@@ -186,7 +179,7 @@ def test_selection_falls_back_to_every_score_when_the_sample_misleads(monkeypatc
 # Errors
 
 
-@pytest.mark.parametrize("name", GTA + ("sce",))
+@pytest.mark.parametrize("name", FAMILY)
 def test_a_missing_base_is_a_clear_error(name: str) -> None:
     spec = get_method(name)
     tensors = models(2, (3,))
@@ -222,7 +215,7 @@ def test_della_epsilon_must_keep_probabilities_inside_0_1(density: float, epsilo
     assert "Choose epsilon below" in error.value.hint
 
 
-@pytest.mark.parametrize("name", GTA + ("sce",))
+@pytest.mark.parametrize("name", FAMILY)
 def test_specs_require_a_base_and_accept_any_number_of_models(name: str) -> None:
     spec = get_method(name)
     assert (spec.base, spec.min_inputs, spec.max_inputs) == ("required", 1, None)
@@ -369,7 +362,7 @@ def test_della_ranks_along_dim_1_of_higher_dimensional_tensors() -> None:
 
 
 @pytest.mark.parametrize("shape", [(0,), (3, 0), (), (1,), (2, 1, 3)], ids=str)
-@pytest.mark.parametrize("name", GTA + ("sce",))
+@pytest.mark.parametrize("name", FAMILY)
 def test_empty_scalar_and_single_entry_tensors_merge(name: str, shape: tuple[int, ...]) -> None:
     tensors = models(2, shape)
     params = {"weight": [0.5, 0.5], "density": 0.5} if name != "sce" else {"select_topk": 0.5}
@@ -377,7 +370,7 @@ def test_empty_scalar_and_single_entry_tensors_merge(name: str, shape: tuple[int
     assert merged.shape == shape and torch.isfinite(merged).all()
 
 
-@pytest.mark.parametrize("name", GTA + ("sce",))
+@pytest.mark.parametrize("name", FAMILY)
 def test_float64_inputs_give_float64_results(name: str) -> None:
     tensors = [t.double() for t in models(2, (9, 7))]
     merged = call(name, tensors, weight=[0.5, 0.5], density=0.5) if name != "sce" else call(name, tensors)
@@ -385,7 +378,7 @@ def test_float64_inputs_give_float64_results(name: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", GTA + ("sce",))
+@pytest.mark.parametrize("name", FAMILY)
 def test_cuda_matches_cpu(name: str) -> None:
     tensors = models(3, (1000, 700))
     params = {"weight": [0.5, 0.3, -0.2], "density": 0.4} if name != "sce" else {"select_topk": 0.4}
