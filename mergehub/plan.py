@@ -36,6 +36,8 @@ DEFAULT_SHARD_BYTES = 5 * 1000**3
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
 _MAX_PROBLEMS = 20
+_COPY = get_method("passthrough")
+"""The method of tensors copied unchanged (not floating point, or outside the merge)."""
 
 
 @dataclass(frozen=True)
@@ -282,8 +284,9 @@ class _Planner:
         dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", info.dtype) if floating else info.dtype
         self.read_bytes[ref] = self.read_bytes.get(ref, 0) + info.nbytes
         self.jobs.append(
-            TensorJob(name=name, shape=info.shape, dtype=dtype, method="passthrough", inputs=(InputTensor(self.refs.index(ref), name),),
-                      base_index=None, params=(("scale", (None,)),), read_bytes=info.nbytes)
+            TensorJob(name=name, shape=info.shape, dtype=dtype, method=_COPY.name, inputs=(InputTensor(self.refs.index(ref), name),),
+                      base_index=None, params=tuple((p.argument, p.default_for(1, None)) for p in _COPY.params),
+                      read_bytes=info.nbytes)
         )
 
     def add_job(self, out_name: str, out_slice: OutputSlice, inputs: list[tuple[InputSlice, str]],
@@ -306,12 +309,12 @@ class _Planner:
             self.problems.append(f"{out_name}: shapes differ ({detail}).{hint}")
             return
         floating = all(DTYPES[i.dtype].is_floating_point for i in infos)
-        method = self.method.name if floating else "passthrough"
+        method = self.method.name if floating else _COPY.name
         job_inputs = inputs
         base_index = next((i for i, (s, _) in enumerate(inputs) if s.model == base_ref), None)
         if not floating:
             job_inputs, infos, base_index = [inputs[reference]], [infos[reference]], None
-        spec = self.method.params if floating else get_method("passthrough").params
+        spec = self.method.params if floating else _COPY.params
         params = self.resolve(spec, out_name, t, out_slice, job_inputs, base_index)
         dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", infos[min(reference, len(infos) - 1)].dtype) if floating else infos[0].dtype
         for (source, _), info in zip(job_inputs, infos):
