@@ -12,6 +12,7 @@ The tree::
     ├── MergeMethodError (ValueError)     a kernel was given inputs it cannot merge
     ├── OutputError (OSError)             the output directory cannot be written
     ├── Cancelled (RuntimeError)          the merge was stopped on request
+    ├── GGUFError (ValueError)            a model cannot be exported to GGUF (architecture, type, tokenizer)
     ├── EvaluationError (RuntimeError)    lm-eval is missing, or a model could not be evaluated
     │   └── UnknownTaskError (ValueError) an evaluation task is in no registry searched
     └── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
@@ -33,6 +34,7 @@ __all__ = [
     "OutputError",
     "PublishError",
     "Cancelled",
+    "GGUFError",
     "EvaluationError",
     "UnknownTaskError",
 ]
@@ -95,6 +97,10 @@ class PublishError(MergehubError, RuntimeError):
 
 class Cancelled(MergehubError, RuntimeError):
     """The merge was stopped on request before it finished; nothing was kept."""
+
+
+class GGUFError(MergehubError, ValueError):
+    """A model cannot be exported to GGUF: its architecture, a requested type, its tokenizer, or no `gguf` package."""
 
 
 class EvaluationError(MergehubError, RuntimeError):
