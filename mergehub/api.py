@@ -18,9 +18,11 @@ from huggingface_hub import ModelCard
 
 if TYPE_CHECKING:
     from mergehub.evaluation import EvalReport
+    from mergehub.gguf.export import GGUFPlan
+    from mergehub.gguf.output import GGUFOutput, GGUFResult
 
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
-from mergehub.artifacts import write_artifacts
+from mergehub.artifacts import artifact_files
 from mergehub.errors import MergehubError, OutputError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
@@ -28,11 +30,11 @@ from mergehub.plan import output_vocabulary
 from mergehub.plan import plan_merge as _plan_merge
 from mergehub.publish.card import merge_card, parent_card, render_card
 from mergehub.publish.lineage import LineageGraph, hub_reader, walk_lineage
-from mergehub.publish.push import PushResult, ShardUploader, commit_merge, prepare_repo, staging_directory
+from mergehub.publish.push import PushResult, ShardUploader, commit_merge, full_repo_id, prepare_repo, staging_directory
 from mergehub.recipe import ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import TensorSource, open_source
 from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_files
-from mergehub.writer import ShardedWriter, ShardResult, ShardSink
+from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, TensorSink
 
 LINEAGE_DEPTH = 4
 logger = logging.getLogger(__name__)
@@ -54,6 +56,10 @@ __all__ = [
     "card_with_scores",
     "push_card",
     "lineage",
+    "convert_gguf",
+    "push_gguf_files",
+    "hub_repo_id",
+    "gguf_types",
 ]
 
 
@@ -67,6 +73,7 @@ class MergeResult:
     shards: tuple[ShardResult, ...]
     files: tuple[str, ...]
     seed: int
+    gguf: GGUFResult | None = None
 
     def summary(self) -> str:
         """One line of figures, then each shard's sha256."""
@@ -77,6 +84,8 @@ class MergeResult:
             f"wrote {s.bytes_written / 1e9:.2f} GB ({rate:.2f} GB/s), peak RSS {s.peak_rss_bytes / 2**30:.2f} GiB -> {self.out_dir}"
         ]
         lines += [f"  sha256 {shard.sha256}  {shard.filename}" for shard in self.shards]
+        if self.gguf is not None:
+            lines.append(self.gguf.summary())
         return "\n".join(lines)
 
 
@@ -128,24 +137,63 @@ def plan_merge(
             source.close()
 
 
-def _model_card(
-    plan: Plan, shards: tuple[ShardResult, ...], sources: dict[ModelRef, TensorSource], recipe_text: str, *,
-    seed: int, repo_id: str, command: str, token: str | None,
-) -> ModelCard:
-    """The merged model's card: parents with pinned revisions and licenses, recipe, checksums, lineage."""
-    parents = [parent_card(str(ref), s.revision, s.read_file("README.md"), gated=s.gated) for ref, s in sources.items()]
+def _lineage(repo_id: str, sources: dict[ModelRef, TensorSource], recipe_text: str, token: str | bool | None) -> LineageGraph:
+    """The merge's family tree: its parents' Hub cards and recipes, walked up; local parents are leaves."""
     local = {str(ref) for ref, s in sources.items() if s.revision is None}
 
     def hub_only(read: Callable[[str], str | None]) -> Callable[[str], str | None]:
         return lambda model: None if model in local else read(model)
 
-    lineage = walk_lineage(
+    return walk_lineage(
         repo_id, max_depth=LINEAGE_DEPTH, root_recipe=recipe_text, token=token,
         read_card=hub_only(hub_reader("README.md", token)), read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
     )
+
+
+def _model_card(
+    plan: Plan, shards: tuple[ShardResult, ...], sources: dict[ModelRef, TensorSource], recipe_text: str, *,
+    seed: int, repo_id: str, command: str, token: str | None, lineage: LineageGraph | None = None,
+) -> ModelCard:
+    """The merged model's card: parents with pinned revisions and licenses, recipe, checksums, lineage."""
+    parents = [parent_card(str(ref), s.revision, s.read_file("README.md"), gated=s.gated) for ref, s in sources.items()]
+    lineage = lineage or _lineage(repo_id, sources, recipe_text, token)
     card = merge_card(repo_id, plan, shards, recipe_yaml=recipe_text, seed=seed, command=command, parents=parents,
                       lineage_mermaid=lineage.to_mermaid())
     return render_card(card)
+
+
+def _open_gguf(
+    plan: Plan, files: dict[str, bytes], *, name: str, types: Sequence[str], target: Path, overwrite: bool,
+    base_models: Sequence[str] = (), tags: Sequence[str] = (),
+) -> GGUFOutput:
+    """Lay out the GGUF files of the model `plan` writes (before any weight is read) and open them in staging."""
+    from mergehub.gguf.types import require_gguf
+
+    require_gguf()
+    from mergehub.gguf.export import plan_gguf
+    from mergehub.gguf.metadata import ModelInfo
+    from mergehub.gguf.output import GGUFOutput
+
+    gguf_plan: GGUFPlan = plan_gguf(
+        plan.config, [(job.name, job.shape) for job in plan.jobs], files, name=name, types=types,
+        info=ModelInfo(name, base_models=tuple(base_models), tags=tuple(tags)),
+    )
+    for warning in gguf_plan.warnings:
+        logger.warning("GGUF: %s", warning)
+    return GGUFOutput(gguf_plan, target, overwrite=overwrite)
+
+
+def _gguf_card_maker(
+    output: GGUFOutput, repo_id: str, source: str, *, source_on_hub: bool, readme: str | bytes | None, command: str,
+    lineage: LineageGraph | None,
+) -> Callable[[tuple], ModelCard]:
+    from mergehub.gguf.card import gguf_card, render_gguf_card
+
+    arch = output.plan.model.family.arch.name.lower()
+    return lambda files: render_gguf_card(gguf_card(
+        repo_id, source, source_on_hub=source_on_hub, source_readme=readme, architecture=arch, files=files,
+        command=command, lineage=lineage,
+    ))
 
 
 def _prepare_output(out_dir: Path, overwrite: bool) -> Path:
@@ -176,11 +224,16 @@ def run_merge(
     command: str | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    gguf_types: Sequence[str] | str = (),
+    gguf_dir: str | os.PathLike | None = None,
+    gguf_repo_id: str | None = None,
 ) -> MergeResult:
     """Plan, then merge tensor by tensor into `out_dir`, which appears only once complete.
 
     `shard_sink` receives each shard as soon as it is written (the Hub push uploads it then).
     The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
+    With `gguf_types` (`"f16,q8_0"` or a list), the same pass also writes one GGUF file per type into `gguf_dir`
+    (default: `{out_dir}-GGUF`), with a card naming `gguf_repo_id` (default: `{repo_id}-GGUF`).
 
     Raises:
         MergehubError: any problem with the recipe, the models, the merge or the output.
@@ -197,26 +250,49 @@ def run_merge(
         ordered = list(sources.values())
         staging = _prepare_output(target, overwrite)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
+        merged_id = repo_id or target.name
+        command = command or f"mergehub merge mergekit_config.yml {target.name} --seed {seed} --out-shard-size {out_shard_bytes}"
+        files = artifact_files(plan, ordered, text, tokenizer=prepared.tokenizer, chat_template=prepared.chat_template)
+        gguf_output = None
+        if gguf_types:
+            hub_parents = [m.ref.split("@")[0] for m in plan.models if m.revision]
+            gguf_output = _open_gguf(
+                plan, files, name=merged_id.split("/")[-1], types=gguf_types, overwrite=overwrite, base_models=hub_parents,
+                target=Path(gguf_dir) if gguf_dir else target.with_name(f"{target.name}-GGUF"), tags=("merge", "mergehub"),
+            )
+            stack.callback(gguf_output.close)
         writer = ShardedWriter(staging, plan.shards, shard_sink)
+        sink: TensorSink = FanOutWriter(writer, gguf_output.sink) if gguf_output else writer
         try:
-            stats = execute(plan, ordered, writer, device=torch_device, seed=seed, on_progress=on_progress, should_stop=should_stop)
+            stats = execute(plan, ordered, sink, device=torch_device, seed=seed, on_progress=on_progress, should_stop=should_stop)
             writer.write_index()
             if shard_sink is not None:
                 shard_sink.flush()
         finally:
             writer.close()
-        files = write_artifacts(staging, plan, ordered, text, tokenizer=prepared.tokenizer, chat_template=prepared.chat_template)
-        card = _model_card(
-            plan, tuple(writer.results), sources, text, seed=seed, repo_id=repo_id or target.name, token=token,
-            command=command or f"mergehub merge mergekit_config.yml {target.name} --seed {seed} --out-shard-size {out_shard_bytes}",
-        )
+        for filename, data in files.items():
+            (staging / filename).write_bytes(data)
+        written = sorted(files)
+        lineage = _lineage(merged_id, sources, text, token)
+        card = _model_card(plan, tuple(writer.results), sources, text, seed=seed, repo_id=merged_id, token=token,
+                           command=command, lineage=lineage)
         (staging / "README.md").write_text(str(card), encoding="utf-8")
-        files.append("README.md")
+        written.append("README.md")
+        gguf_result = None
+        if gguf_output is not None:
+            types = gguf_output.plan.files
+            make_card = _gguf_card_maker(
+                gguf_output, gguf_repo_id or f"{merged_id}-GGUF", merged_id, source_on_hub=repo_id is not None,
+                readme=str(card), lineage=lineage,
+                command=f"{command} --gguf {','.join(f.file_type.lower() for f in types)}",
+            )
+            gguf_result = gguf_output.finish(gguf_repo_id or f"{merged_id}-GGUF", make_card)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
     shard_names = tuple(shard.filename for shard in writer.results)
-    return MergeResult(target, plan, stats, tuple(writer.results), tuple(sorted(files + list(shard_names) + ["model.safetensors.index.json"])), seed)
+    all_files = tuple(sorted(written + list(shard_names) + ["model.safetensors.index.json"]))
+    return MergeResult(target, plan, stats, tuple(writer.results), all_files, seed, gguf_result)
 
 
 
@@ -230,6 +306,7 @@ def push_merge(
     token: str | bool | None = None,
     eval_tasks: Sequence[str] = (),
     eval_options: Mapping[str, Any] | None = None,
+    gguf_repo: str | None = None,
     **merge_options: Any,
 ) -> tuple[MergeResult, PushResult]:
     """Merge and push to `repo_id` (`name` means the token's user namespace) in one commit.
@@ -238,6 +315,8 @@ def push_merge(
     (kept until the commit when `eval_tasks` are scored first: the card then carries the scores).
     A failed merge or upload leaves no commit, and deletes the repo if this call created it;
     a failed evaluation only leaves the scores out (add them later with `mergehub eval --push-card`).
+    With `gguf_types` in `merge_options`, the GGUF files then go to their own repo, `gguf_repo`
+    (default: `{repo_id}-GGUF`), in the returned `PushResult.gguf`.
 
     Raises:
         PublishError: no token, a repo mergehub did not make (without `force`), or an upload failure.
@@ -247,10 +326,14 @@ def push_merge(
 
     api = HfApi(token=token)
     full_id, created = prepare_repo(api, repo_id, private=private, force=force)
+    gguf_id = None
+    if merge_options.get("gguf_types"):
+        gguf_id = gguf_repo or f"{full_id}-GGUF"
+        gguf_id = gguf_id if "/" in gguf_id else f"{full_id.split('/')[0]}/{gguf_id}"
     target, scratch = staging_directory(out_dir)
     uploader = ShardUploader(api, full_id, keep_local=out_dir is not None or bool(eval_tasks))
     try:
-        result = run_merge(recipe, target, token=token, shard_sink=uploader, repo_id=full_id, **merge_options)
+        result = run_merge(recipe, target, token=token, shard_sink=uploader, repo_id=full_id, gguf_repo_id=gguf_id, **merge_options)
         if eval_tasks:
             try:
                 evaluate_merge(result, eval_tasks, token=token, **(eval_options or {}))
@@ -264,11 +347,110 @@ def push_merge(
                 api.delete_repo(full_id, missing_ok=True)
             except Exception as cleanup:  # keep the real error; say what was left behind
                 logger.warning("Could not delete %s after the failed merge: %s", full_id, cleanup)
+        if scratch is not None:
+            scratch.cleanup()
         raise
+    try:
+        gguf_pushed = push_gguf_files(result.gguf, private=private, force=force, token=token) if result.gguf else None
+    except MergehubError as e:
+        raise PublishError(
+            f"The merge is on {full_id}, but its GGUF files were not pushed: {e.message}",
+            hint=f"Push them with `mergehub gguf {full_id} OUT --types TYPES --push`.",
+        ) from e
     finally:
         if scratch is not None:
             scratch.cleanup()
-    return result, PushResult(full_id, commit.oid, commit.commit_url, created)
+    return result, PushResult(full_id, commit.oid, commit.commit_url, created, gguf=gguf_pushed)
+
+
+def push_gguf_files(result: GGUFResult, *, private: bool = False, force: bool = False, token: str | bool | None = None) -> PushResult:
+    """Push a GGUF directory to the repo its card names, creating it if needed (deleted again if the commit fails).
+
+    Raises:
+        PublishError: no token, a repo mergehub did not make (without `force`), or an upload failure.
+    """
+    from huggingface_hub import HfApi
+
+    from mergehub.gguf.output import push_gguf
+
+    api = HfApi(token=token)
+    repo_id, created = prepare_repo(api, result.repo_id, private=private, force=force)
+    try:
+        commit = push_gguf(api, repo_id, result)
+    except BaseException:
+        if created:
+            api.delete_repo(repo_id, missing_ok=True)
+        raise
+    return PushResult(repo_id, commit.oid, commit.commit_url, created)
+
+
+def gguf_types(types: str | Sequence[str]) -> tuple[str, ...]:
+    """Check GGUF type names (`"f16,q8_0"`) and that the `gguf` package is installed; the canonical names.
+
+    Raises:
+        GGUFError: an unknown type, a k-quant (needs llama.cpp), or no `gguf` package.
+    """
+    from mergehub.gguf.types import parse_types, require_gguf
+
+    parsed = parse_types(types)
+    require_gguf()
+    return parsed
+
+
+def hub_repo_id(repo_id: str, *, token: str | bool | None = None) -> str:
+    """A repo name completed with the token's user namespace (`name` → `user/name`)."""
+    from huggingface_hub import HfApi
+
+    return full_repo_id(HfApi(token=token), repo_id)
+
+
+def convert_gguf(
+    model: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    types: Sequence[str] | str,
+    *,
+    name: str | None = None,
+    repo_id: str | None = None,
+    overwrite: bool = False,
+    device: str = "cpu",
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> GGUFResult:
+    """Write an existing model (a directory or `org/name[@revision]`, streamed) as GGUF files into `out_dir`.
+
+    The model's tensors go through the merge executor as a one-model passthrough, so a Hub model is read by
+    byte ranges and never downloaded whole. The card names `repo_id` (default: `{model name}-GGUF`).
+
+    Raises:
+        GGUFError: unsupported architecture or type, or an unreadable tokenizer.
+        MergehubError: the model cannot be read, or the output cannot be written.
+    """
+    from mergehub.gguf.types import parse_types, require_gguf
+
+    require_gguf()
+    parsed = parse_recipe(yaml.safe_dump({"merge_method": "passthrough", "models": [{"model": str(model)}]}))
+    with ExitStack() as stack:
+        sources = open_sources(parsed, token=token, cache_dir=cache_dir)
+        for source in sources.values():
+            stack.callback(source.close)
+        plan = _prepare(parsed, sources).plan
+        ordered = list(sources.values())
+        source = ordered[0]
+        on_hub = source.revision is not None
+        label = getattr(source, "repo_id", None) or Path(model).resolve().name
+        name = name or label.split("/")[-1]
+        files = artifact_files(plan, ordered, "", tokenizer=None, chat_template=None)
+        output = _open_gguf(plan, files, name=name, types=types, target=Path(out_dir), overwrite=overwrite)
+        stack.callback(output.close)
+        execute(plan, ordered, output.sink, device=resolve_device(device), on_progress=on_progress, should_stop=should_stop)
+        readme = source.read_file("README.md")
+        lineage_graph = walk_lineage(label, max_depth=LINEAGE_DEPTH, token=token) if on_hub else None
+        typed = ",".join(t.lower() for t in parse_types(types))
+        make_card = _gguf_card_maker(output, repo_id or f"{label}-GGUF", label, source_on_hub=on_hub, readme=readme,
+                                     lineage=lineage_graph, command=f"mergehub gguf {label} {Path(out_dir).name} --types {typed}")
+        return output.finish(repo_id or f"{label}-GGUF", make_card)
 
 
 def _merged_files(target: str, token: str | None) -> tuple[str, tuple[ShardResult, ...], str]:

@@ -3,40 +3,29 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from mergehub.plan import Plan
 from mergehub.sources.base import TensorSource
 from mergehub.vocab import OutputTokenizer, tokenizer_files
 
-__all__ = ["RECIPE_FILENAME", "write_artifacts"]
+__all__ = ["RECIPE_FILENAME", "artifact_files"]
 
 RECIPE_FILENAME = "mergekit_config.yml"
 
 
-def write_artifacts(
-    directory: Path, plan: Plan, sources: list[TensorSource], recipe_text: str, *,
-    tokenizer: OutputTokenizer | None, chat_template: str | None,
-) -> list[str]:
-    """Write config.json, generation_config.json, tokenizer files and the recipe; return the file names.
+def artifact_files(
+    plan: Plan, sources: list[TensorSource], recipe_text: str, *, tokenizer: OutputTokenizer | None, chat_template: str | None,
+) -> dict[str, bytes]:
+    """config.json, generation_config.json, tokenizer files and the recipe, by file name.
 
     The tokenizer is the one built for the recipe's vocabulary, or else the base model's files, copied.
     """
-    written = ["config.json", RECIPE_FILENAME]
-    (directory / "config.json").write_text(json.dumps(plan.config, indent=2) + "\n")
-    (directory / RECIPE_FILENAME).write_text(recipe_text)
+    files = {"config.json": (json.dumps(plan.config, indent=2) + "\n").encode(), RECIPE_FILENAME: recipe_text.encode()}
     generation = sources[plan.config_model].read_file("generation_config.json")
     if generation is not None:
-        (directory / "generation_config.json").write_bytes(generation)
-        written.append("generation_config.json")
-    if tokenizer is not None:
-        files = tokenizer.files
-    else:
-        files = tokenizer_files(sources[plan.config_model])
-    for filename, data in files.items():
-        (directory / filename).write_bytes(data)
-        written.append(filename)
+        files["generation_config.json"] = generation
+    files.update(tokenizer.files if tokenizer is not None else tokenizer_files(sources[plan.config_model]))
     if chat_template is not None:
-        (directory / "chat_template.jinja").write_text(chat_template)
-        written.append("chat_template.jinja")
-    return sorted(set(written))
+        files["chat_template.jinja"] = chat_template.encode()
+    return files
+

@@ -21,7 +21,7 @@ from mergehub.methods import MethodSpec, get_method
 from mergehub.plan import Plan, TensorJob
 from mergehub.sources.base import DTYPES, TensorSource
 from mergehub.vocab import align_rows
-from mergehub.writer import ShardedWriter
+from mergehub.writer import TensorSink
 
 __all__ = ["Progress", "ExecutionStats", "execute", "resolve_device", "tensor_seed", "Cancelled"]
 
@@ -154,7 +154,7 @@ def _submit(batch: list[TensorJob], sources: Sequence[TensorSource], pool: Threa
 def execute(
     plan: Plan,
     sources: Sequence[TensorSource],
-    writer: ShardedWriter,
+    writer: TensorSink,
     *,
     device: torch.device,
     seed: int = 0,

@@ -19,7 +19,10 @@ import torch
 from mergehub.errors import OutputError
 from mergehub.sources.base import DTYPES
 
-__all__ = ["TensorSlot", "ShardLayout", "ShardResult", "ShardSink", "layout_shards", "ShardedWriter", "INDEX_NAME"]
+__all__ = [
+    "TensorSlot", "ShardLayout", "ShardResult", "ShardSink", "TensorSink", "FanOutWriter", "layout_shards", "ShardedWriter",
+    "INDEX_NAME",
+]
 
 INDEX_NAME = "model.safetensors.index.json"
 _ALIGNMENT = 8
@@ -81,6 +84,33 @@ class ShardSink(Protocol):
     def flush(self) -> None:
         """Block until every shard handed over has been dealt with; raise what failed."""
         ...
+
+
+class TensorSink(Protocol):
+    """Receives each output tensor of a merge, in plan order (the safetensors shards, GGUF files)."""
+
+    bytes_written: int
+
+    def write(self, name: str, tensor: torch.Tensor) -> object:
+        """Take the next tensor; raise `OutputError` when it is not the one expected."""
+        ...
+
+
+class FanOutWriter:
+    """Hands each tensor to several sinks in turn: the merge writes its safetensors and its GGUF files in one pass."""
+
+    def __init__(self, *sinks: TensorSink) -> None:
+        self.sinks = sinks
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written by all sinks together."""
+        return sum(sink.bytes_written for sink in self.sinks)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write the tensor to every sink."""
+        for sink in self.sinks:
+            sink.write(name, tensor)
 
 
 def layout_shards(entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> tuple[ShardLayout, ...]:

@@ -11,7 +11,6 @@ files only ever sit in a temporary directory, read offline.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from mergehub.gguf.arch import Family
 
 __all__ = ["GGUFVocab", "build_vocab", "pre_tokenizer"]
 
-logger = logging.getLogger(__name__)
 _TABLE = Path(__file__).with_name("pre_tokenizers.json")
 _SPM_SPACE = "\u2581"
 Types = gguf.TokenType
@@ -249,7 +247,5 @@ def build_vocab(family: Family, files: Mapping[str, bytes], hparams: Mapping[str
         add_space_prefix = bool(config["add_prefix_space"])
     if family.name == "llama" and hparams.get("vocab_size") == 49152:
         special.add_special_token["bos"] = False  # the converter's rule for 49152-token Llamas (Granite, SmolLM)
-    for warning in warnings:
-        logger.warning(warning)
     return GGUFVocab(model, pre, tuple(tokens), tuple(int(t) for t in types), tuple(scores) if scores is not None else None,
                      special, add_space_prefix, size, tuple(warnings))

@@ -48,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
     merge.add_argument("--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)")
     merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
+    merge.add_argument("--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)")
+    merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
+    merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
+
+    export = commands.add_parser("gguf", help="write a model (directory or Hub repo, streamed) as GGUF files")
+    export.add_argument("model", help="a model directory or Hub repo (org/name[@revision])")
+    export.add_argument("out", help="output directory for the GGUF files and their card")
+    export.add_argument("--types", required=True, help="comma-separated GGUF types: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0")
+    export.add_argument("--name", help="file name prefix and general.name (default: the model's name)")
+    export.add_argument("--push", nargs="?", const="", metavar="REPO", help="push the files to a Hub repo (default: your NAME-GGUF)")
+    export.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    export.add_argument("--force", action="store_true", help="with --push: push into an existing repo mergehub did not make")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    export.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    export.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     scores = commands.add_parser("eval", help="score a model with lm-eval")
     scores.add_argument("model", help="a model directory or Hub repo (org/name[@revision])")
@@ -79,14 +95,15 @@ def _parser() -> argparse.ArgumentParser:
 class _ProgressBar:
     """A tqdm bar over input bytes, created on the first progress report (which carries the totals)."""
 
-    def __init__(self) -> None:
+    def __init__(self, desc: str = "merging") -> None:
         self.bar = None
+        self.desc = desc
 
     def __call__(self, progress: api.Progress) -> None:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=progress.bytes_total, unit="B", unit_scale=True, unit_divisor=1000, desc="merging", dynamic_ncols=True)
+            self.bar = tqdm(total=progress.bytes_total, unit="B", unit_scale=True, unit_divisor=1000, desc=self.desc, dynamic_ncols=True)
         self.bar.update(progress.bytes_read - self.bar.n)
         self.bar.set_postfix_str(f"{progress.tensors_done}/{progress.tensors_total} tensors", refresh=False)
 
@@ -106,13 +123,15 @@ def _merge(args: argparse.Namespace) -> int:
     bar = None if args.no_progress else _ProgressBar()
     options = dict(device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size, overwrite=args.overwrite,
                    cache_dir=args.cache_dir, on_progress=bar)
+    if args.gguf:
+        options.update(gguf_types=api.gguf_types(args.gguf), gguf_dir=args.gguf_dir)
     tasks = _tasks(args.eval)
     evaluation = {"parents": args.eval_parents, "limit": args.eval_limit, "device": args.device}
     try:
         if args.push:
             result, pushed = api.push_merge(
                 args.recipe, args.push, out_dir=args.out, private=args.private, force=args.force,
-                eval_tasks=tasks, eval_options=evaluation, **options,
+                eval_tasks=tasks, eval_options=evaluation, gguf_repo=args.gguf_repo, **options,
             )
         else:
             result, pushed = api.run_merge(args.recipe, args.out, **options), None
@@ -124,6 +143,28 @@ def _merge(args: argparse.Namespace) -> int:
         report, comparison = api.evaluate_merge(result, tasks, **evaluation)
         print(report.table() + ("\n\n" + comparison if comparison else ""))
     if pushed is not None:
+        print(f"Pushed to {pushed.repo_id}: {pushed.commit_url}")
+        if pushed.gguf is not None:
+            print(f"GGUF files pushed to {pushed.gguf.repo_id}: {pushed.gguf.commit_url}")
+    return 0
+
+
+def _gguf(args: argparse.Namespace) -> int:
+    types = api.gguf_types(args.types)
+    repo_id = None
+    if args.push is not None:
+        default = f"{(args.name or args.model.split('@')[0].rstrip('/').split('/')[-1])}-GGUF"
+        repo_id = api.hub_repo_id(args.push or default)
+    bar = None if args.no_progress else _ProgressBar("converting")
+    try:
+        result = api.convert_gguf(args.model, args.out, types, name=args.name, repo_id=repo_id, overwrite=args.overwrite,
+                                  device=args.device, cache_dir=args.cache_dir, on_progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.summary())
+    if repo_id is not None:
+        pushed = api.push_gguf_files(result, private=args.private, force=args.force)
         print(f"Pushed to {pushed.repo_id}: {pushed.commit_url}")
     return 0
 
@@ -177,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (1 for a mergehub error, 130 when interrupted)."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"merge": _merge, "eval": _eval, "card": _card, "lineage": _lineage}
+        commands = {"merge": _merge, "gguf": _gguf, "eval": _eval, "card": _card, "lineage": _lineage}
         return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
         if args.debug:

@@ -16,19 +16,21 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, Repo
 from mergehub.errors import PublishError
 from mergehub.writer import ShardResult
 
-__all__ = ["ShardUploader", "PushResult", "prepare_repo", "commit_merge", "MERGEHUB_TAG"]
+__all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "MERGEHUB_TAG"]
 
 MERGEHUB_TAG = "mergehub"
 
 
 @dataclass(frozen=True)
 class PushResult:
-    """Where a merge was pushed: the repo, its commit, and whether mergehub created the repo."""
+    """Where a merge (or GGUF files) was pushed: the repo, its commit, and whether mergehub created the repo."""
 
     repo_id: str
     commit_sha: str
     commit_url: str
     created: bool
+    gguf: PushResult | None = None
+    """Where the merge's GGUF files were pushed, when it had some."""
 
 
 class ShardUploader:
@@ -88,6 +90,15 @@ def _username(api: HfApi) -> str:
         raise PublishError(f"The Hub refused the token: {e}.", hint="Check HF_TOKEN (it needs write access).") from e
 
 
+def full_repo_id(api: HfApi, repo_id: str) -> str:
+    """`name` → `user/name` in the token's user namespace; `org/name` unchanged.
+
+    Raises:
+        PublishError: `name` alone and no usable token.
+    """
+    return repo_id if "/" in repo_id else f"{_username(api)}/{repo_id}"
+
+
 def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tuple[str, bool]:
     """Resolve `name` to `user/name`, then create the repo, or check that mergehub made the existing one.
 
@@ -96,7 +107,7 @@ def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tup
     Raises:
         PublishError: no token, or the repo exists, was not made by mergehub, and `force` is off.
     """
-    user = _username(api)
+    user = _username(api)  # checks the token even for `org/name`
     repo_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
     try:
         info = api.model_info(repo_id)
