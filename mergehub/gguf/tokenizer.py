@@ -2,7 +2,8 @@
 
 Follows `convert_hf_to_gguf.py`: byte-level BPE vocabularies become `gpt2` with the merges and the
 pre-tokenizer llama.cpp recognises by hashing the encoding of a check text (the table in
-`pre_tokenizers.json` is generated from the converter); SentencePiece vocabularies (`tokenizer.model`,
+`pre_tokenizers.json` is generated from the converter; a vocabulary it has not seen is recognised by its split
+regex); SentencePiece vocabularies (`tokenizer.model`,
 or a Llama-style `tokenizer.json` with byte fallback) become `llama` with scores. Special token ids, the
 `add_bos`/`add_eos` flags, merges and the chat template are read by gguf-py's `SpecialVocab`. The tokenizer
 files only ever sit in a temporary directory, read offline.
@@ -64,10 +65,30 @@ def _pre_tokenizers() -> tuple[str, dict[str, str]]:
     return data["check_text"], data["pre_tokenizers"]
 
 
-def pre_tokenizer(tokenizer: Any) -> str | None:
-    """llama.cpp's name for a BPE tokenizer's pre-tokenizer, from the hash of its encoding of the check text; None if unknown."""
+def pre_tokenizer(tokenizer: Any, tokenizer_json: Mapping[str, Any] | None = None) -> str | None:
+    """llama.cpp's name for a BPE tokenizer's pre-tokenizer; None if unknown.
+
+    First as llama.cpp chooses it: the hash of the tokenizer's encoding of a check text. A vocabulary llama.cpp has
+    not seen (a fine-tune's own) is then recognised by its split regex, from the table transformers' GGUF loader
+    reads it back with: the first of its names llama.cpp also uses; a plain GPT-2 byte-level split is `gpt-2`.
+    """
     text, table = _pre_tokenizers()
-    return table.get(sha256(str(tokenizer.encode(text)).encode()).hexdigest())
+    found = table.get(sha256(str(tokenizer.encode(text)).encode()).hexdigest())
+    if found is not None or tokenizer_json is None:
+        return found
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    if [step.get("type") for step in steps] == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt-2"
+    splits = [step.get("pattern", {}).get("Regex") for step in steps if step.get("type") == "Split"]
+    if len(splits) != 1 or not any(step.get("type") == "ByteLevel" for step in steps):
+        return None
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    except ImportError:
+        return None
+    known = set(table.values())
+    return next((name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex == splits[0] and name in known), None)
 
 
 def _looks_special(token: str) -> bool:
@@ -97,7 +118,8 @@ def _gpt2(directory: Path, hparams: Mapping[str, Any]) -> tuple[list[str], list[
     if max(vocab.values()) >= size:
         raise GGUFError(f"The tokenizer has ids up to {max(vocab.values())}, beyond the model's vocab_size {size}.")
     warnings = []
-    pre = pre_tokenizer(tokenizer)
+    path = directory / "tokenizer.json"
+    pre = pre_tokenizer(tokenizer, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None)
     if pre is None:
         pre = "default"
         warnings.append(
