@@ -1,11 +1,10 @@
 """The GGUF file types mergehub writes, parsed from `--gguf f16,q8_0`; and the check that `gguf` is installed.
 
-Nothing here imports the `gguf` package, so the CLI can check its arguments without it.
+Only `require_gguf` imports the `gguf` package, so the CLI can check its arguments without it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterable
 
@@ -50,5 +49,7 @@ def parse_types(types: str | Iterable[str]) -> tuple[str, ...]:
 
 def require_gguf() -> None:
     """Raise a `GGUFError` saying how to install the `gguf` package when it is missing."""
-    if importlib.util.find_spec("gguf") is None:
-        raise GGUFError("Writing GGUF needs the `gguf` package, which is not installed.", hint=INSTALL_HINT)
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise GGUFError("Writing GGUF needs the `gguf` package, which is not installed.", hint=INSTALL_HINT) from e
