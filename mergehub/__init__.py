@@ -3,6 +3,7 @@
 from mergehub.api import MergeResult, PushResult, load_recipe, open_sources, parse_recipe, plan_merge, push_merge, run_merge
 from mergehub.errors import (
     Cancelled,
+    GGUFError,
     MergehubError,
     MergeMethodError,
     MissingTensorError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cancelled",
+    "GGUFError",
     "MergeResult",
     "MergehubError",
     "MergeMethodError",
