@@ -8,7 +8,9 @@ A Hub-compatible server (tests/hubserver.py) on 127.0.0.1 serves the benchmark m
 - mergekit's way: `snapshot_download` of every model, then `mergekit-yaml` on the local copies.
 
 It also records how many input bytes the server had sent when mergehub's first output shard was
-complete (the target: under half of them).
+complete (the target: under half of them), and the cost of verified streaming: the same merge with
+`MERGEHUB_VERIFY=0` (no sha256 of the shards as they arrive), as a fraction of the streaming time
+(the target: under 5 %). `--bandwidth 0` serves unthrottled, where that cost shows most.
 """
 
 from __future__ import annotations
@@ -62,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, help="models are kept here between runs (shared with bench_merge.py)")
     p.add_argument("--method", default="linear", choices=sorted(RECIPES))
-    p.add_argument("--bandwidth", type=float, default=200.0, help="MB/s the server sends, all connections together")
+    p.add_argument("--bandwidth", type=float, default=200.0, help="MB/s the server sends, all connections together (0: unthrottled)")
     p.add_argument("--out-shard-size", default="1GB", help="output shard size (default 1GB: several shards)")
     p.add_argument("--small", action="store_true", help="small models, for a smoke test")
     p.add_argument("--no-mergekit", action="store_true")
+    p.add_argument("--no-verify-cost", action="store_true", help="skip the second mergehub run without verification")
     args = p.parse_args(argv)
 
     shape = SMALL_SHAPE if args.small else LlamaShape()
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir(parents=True)
     bandwidth = args.bandwidth * 1e6
-    server = HubServer(runs / "hub", {TOKEN: "bench"}, throttle_bps=int(bandwidth)).start()
+    server = HubServer(runs / "hub", {TOKEN: "bench"}, throttle_bps=int(bandwidth) or None).start()
     try:
         for name, directory in zip(MODEL_NAMES, models):
             server.add_repo(REPOS[name], {p.name: p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".")})
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         seen["stop"] = True
         watcher.join()
         served = sum(server.bytes_served.values())
-        limit = needed / bandwidth
+        limit = needed / bandwidth if bandwidth else float("nan")
         rows = {
             "method": args.method, "bandwidth_MBps": args.bandwidth, "needed_bytes": needed, "served_bytes": served,
             "mergehub_s": ours.seconds, "mergehub_rc": ours.returncode, "transfer_limit_s": limit,
@@ -101,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             "first_shard_s": seen.get("seconds"), "mergehub_peak_rss": ours.peak_rss_bytes,
         }
         shutil.rmtree(runs / "out-mergehub", ignore_errors=True)
+        if not args.no_verify_cost:
+            plain = run_child([sys.executable, "-m", "mergehub", "merge", str(hub_recipe), str(runs / "out-noverify"), "--no-progress",
+                               "--out-shard-size", args.out_shard_size], runs / "mergehub-noverify.log", env={**env, "MERGEHUB_VERIFY": "0"})
+            rows |= {"mergehub_noverify_s": plain.seconds, "mergehub_noverify_rc": plain.returncode,
+                     "verify_overhead": ours.seconds / plain.seconds - 1}
+            shutil.rmtree(runs / "out-noverify", ignore_errors=True)
         mergekit = None if args.no_mergekit else find_mergekit()
         if mergekit:
             downloads = runs / "downloads"
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS_DIR / f"bench_stream-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(rows, indent=1))
     print(f"\nSaved {out}")
-    return 0 if rows["mergehub_rc"] == 0 else 1
+    return 0 if rows["mergehub_rc"] == 0 and rows.get("mergehub_noverify_rc", 0) == 0 else 1
 
 
 def _model_name(key: str) -> str:
@@ -148,10 +157,15 @@ def _print(r: dict) -> None:
     limit = r["transfer_limit_s"]
     print(f"| transfer limit (needed bytes / bandwidth) | {limit:.1f} | 1.00 |")
     print(f"| mergehub, streaming end to end | {r['mergehub_s']:.1f} | {r['mergehub_s'] / limit:.2f} |")
+    if "mergehub_noverify_s" in r:
+        print(f"| mergehub, streaming, shards not verified (MERGEHUB_VERIFY=0) | {r['mergehub_noverify_s']:.1f} "
+              f"| {r['mergehub_noverify_s'] / limit:.2f} |")
     if "mergekit_way_s" in r:
         print(f"| snapshot_download + mergekit-yaml | {r['mergekit_way_s']:.1f} ({r['download_s']:.1f} + {r['mergekit_merge_s']:.1f}) "
               f"| {r['mergekit_way_s'] / limit:.2f} |")
         print(f"\nmergehub / mergekit's way: {r['mergehub_s'] / r['mergekit_way_s']:.2f}")
+    if "verify_overhead" in r:
+        print(f"\nVerified streaming costs {100 * r['verify_overhead']:+.1f} % of the streaming time (target: under 5 %)")
     if r["first_shard_at_fraction"] is not None:
         print(f"First output shard complete after {r['first_shard_s']:.1f} s, when {100 * r['first_shard_at_fraction']:.0f} % "
               "of the needed input bytes had been sent")

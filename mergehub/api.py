@@ -6,7 +6,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -22,9 +21,11 @@ if TYPE_CHECKING:
     from mergehub.gguf.output import GGUFOutput, GGUFResult
 
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
+from mergehub import safe_yaml
 from mergehub.artifacts import artifact_files
 from mergehub.errors import MergehubError, OutputError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
+from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
 from mergehub.plan import output_vocabulary
 from mergehub.plan import plan_merge as _plan_merge
@@ -34,7 +35,7 @@ from mergehub.publish.push import PushResult, ShardUploader, commit_merge, full_
 from mergehub.recipe import ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import TensorSource, open_source
 from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_files
-from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, TensorSink
+from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, TensorSink, writing
 
 LINEAGE_DEPTH = 4
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class MergeResult:
     gguf: GGUFResult | None = None
 
     def summary(self) -> str:
-        """One line of figures, then each shard's sha256."""
+        """One line of figures, then each shard's sha256, any warning (NaN or Inf found), and the GGUF files."""
         s = self.stats
         rate = (s.bytes_read + s.bytes_written) / max(s.seconds, 1e-9) / 1e9
         lines = [
@@ -84,6 +85,7 @@ class MergeResult:
             f"wrote {s.bytes_written / 1e9:.2f} GB ({rate:.2f} GB/s), peak RSS {s.peak_rss_bytes / 2**30:.2f} GiB -> {self.out_dir}"
         ]
         lines += [f"  sha256 {shard.sha256}  {shard.filename}" for shard in self.shards]
+        lines += [f"Warning: {w}" for w in self.stats.warnings()]
         if self.gguf is not None:
             lines.append(self.gguf.summary())
         return "\n".join(lines)
@@ -93,8 +95,8 @@ def _recipe_and_text(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
     """The recipe and its YAML text (the file's own text, so comments survive in mergekit_config.yml)."""
     if isinstance(recipe, Recipe):
         return recipe, yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    parsed = load_recipe(recipe)
-    return parsed, Path(recipe).read_text(encoding="utf-8")
+    text = safe_yaml.read_text(recipe)
+    return parse_recipe(text), text
 
 
 def open_model(ref: str, *, token: str | bool | None = None) -> TensorSource:
@@ -153,12 +155,16 @@ def _lineage(repo_id: str, sources: dict[ModelRef, TensorSource], recipe_text: s
 def _model_card(
     plan: Plan, shards: tuple[ShardResult, ...], sources: dict[ModelRef, TensorSource], recipe_text: str, *,
     seed: int, repo_id: str, command: str, token: str | None, lineage: LineageGraph | None = None,
+    stats: ExecutionStats | None = None,
 ) -> ModelCard:
-    """The merged model's card: parents with pinned revisions and licenses, recipe, checksums, lineage."""
+    """The merged model's card: parents with pinned revisions and licenses, recipe, checksums, lineage.
+
+    With the merge's `stats`, the card also records the tensors found holding NaN or Inf values.
+    """
     parents = [parent_card(str(ref), s.revision, s.read_file("README.md"), gated=s.gated) for ref, s in sources.items()]
     lineage = lineage or _lineage(repo_id, sources, recipe_text, token)
     card = merge_card(repo_id, plan, shards, recipe_yaml=recipe_text, seed=seed, command=command, parents=parents,
-                      lineage_mermaid=lineage.to_mermaid())
+                      lineage_mermaid=lineage.to_mermaid(), non_finite=tuple(n.describe() for n in stats.non_finite) if stats else ())
     return render_card(card)
 
 
@@ -196,19 +202,6 @@ def _gguf_card_maker(
     ))
 
 
-def _prepare_output(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"Output path {out_dir} exists and is not a directory.", hint="Choose another output path.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputError(f"Output directory {out_dir} is not empty.", hint="Choose a new directory, or pass --overwrite.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    return staging
-
-
 def run_merge(
     recipe: Recipe | str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -227,11 +220,14 @@ def run_merge(
     gguf_types: Sequence[str] | str = (),
     gguf_dir: str | os.PathLike | None = None,
     gguf_repo_id: str | None = None,
+    strict: bool = False,
 ) -> MergeResult:
     """Plan, then merge tensor by tensor into `out_dir`, which appears only once complete.
 
     `shard_sink` receives each shard as soon as it is written (the Hub push uploads it then).
     The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
+    NaN or Inf values in inputs or outputs are warnings in the summary and recorded in the card; `strict`
+    makes them an error. `overwrite` replaces only a previous merge's directory (see `mergehub.output`).
     With `gguf_types` (`"f16,q8_0"` or a list), the same pass also writes one GGUF file per type into `gguf_dir`
     (default: `{out_dir}-GGUF`), with a card naming `gguf_repo_id` (default: `{repo_id}-GGUF`).
 
@@ -239,7 +235,7 @@ def run_merge(
         MergehubError: any problem with the recipe, the models, the merge or the output.
     """
     parsed, text = _recipe_and_text(recipe)
-    target = Path(out_dir)
+    target = resolve_target(out_dir, overwrite=overwrite, recipe=None if isinstance(recipe, Recipe) else recipe)
     torch_device = resolve_device(device)
     with ExitStack() as stack:
         sources = open_sources(parsed, token=token, cache_dir=cache_dir)
@@ -248,7 +244,7 @@ def run_merge(
         prepared = _prepare(parsed, sources, out_shard_bytes)
         plan = prepared.plan
         ordered = list(sources.values())
-        staging = _prepare_output(target, overwrite)
+        staging = create_staging(target)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
         merged_id = repo_id or target.name
         command = command or f"mergehub merge mergekit_config.yml {target.name} --seed {seed} --out-shard-size {out_shard_bytes}"
@@ -264,19 +260,22 @@ def run_merge(
         writer = ShardedWriter(staging, plan.shards, shard_sink)
         sink: TensorSink = FanOutWriter(writer, gguf_output.sink) if gguf_output else writer
         try:
-            stats = execute(plan, ordered, sink, device=torch_device, seed=seed, on_progress=on_progress, should_stop=should_stop)
+            stats = execute(plan, ordered, sink, device=torch_device, seed=seed, on_progress=on_progress, should_stop=should_stop,
+                            strict=strict)
             writer.write_index()
             if shard_sink is not None:
                 shard_sink.flush()
         finally:
             writer.close()
         for filename, data in files.items():
-            (staging / filename).write_bytes(data)
+            with writing(staging / filename):
+                (staging / filename).write_bytes(data)
         written = sorted(files)
         lineage = _lineage(merged_id, sources, text, token)
         card = _model_card(plan, tuple(writer.results), sources, text, seed=seed, repo_id=merged_id, token=token,
-                           command=command, lineage=lineage)
-        (staging / "README.md").write_text(str(card), encoding="utf-8")
+                           command=command, lineage=lineage, stats=stats)
+        with writing(staging / "README.md"):
+            (staging / "README.md").write_text(str(card), encoding="utf-8")
         written.append("README.md")
         gguf_result = None
         if gguf_output is not None:
@@ -287,9 +286,7 @@ def run_merge(
                 command=f"{command} --gguf {','.join(f.file_type.lower() for f in types)}",
             )
             gguf_result = gguf_output.finish(gguf_repo_id or f"{merged_id}-GGUF", make_card)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        move_into_place(staging, target)
     shard_names = tuple(shard.filename for shard in writer.results)
     all_files = tuple(sorted(written + list(shard_names) + ["model.safetensors.index.json"]))
     return MergeResult(target, plan, stats, tuple(writer.results), all_files, seed, gguf_result)
@@ -325,7 +322,7 @@ def push_merge(
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    full_id, created = prepare_repo(api, repo_id, private=private, force=force)
+    full_id, created, ours = prepare_repo(api, repo_id, private=private, force=force)
     gguf_id = None
     if merge_options.get("gguf_types"):
         gguf_id = gguf_repo or f"{full_id}-GGUF"
@@ -339,7 +336,7 @@ def push_merge(
                 evaluate_merge(result, eval_tasks, token=token, **(eval_options or {}))
             except MergehubError as e:
                 logger.warning("Evaluation failed, pushing without scores: %s", e)
-        commit = commit_merge(api, full_id, result.out_dir, uploader.operations(), result.plan.method)
+        commit = commit_merge(api, full_id, result.out_dir, uploader.operations(), result.plan.method, replace_weights=ours)
     except BaseException:
         uploader.close()
         if created:
@@ -374,7 +371,7 @@ def push_gguf_files(result: GGUFResult, *, private: bool = False, force: bool = 
     from mergehub.gguf.output import push_gguf
 
     api = HfApi(token=token)
-    repo_id, created = prepare_repo(api, result.repo_id, private=private, force=force)
+    repo_id, created, _ = prepare_repo(api, result.repo_id, private=private, force=force)
     try:
         commit = push_gguf(api, repo_id, result)
     except BaseException:

@@ -17,6 +17,10 @@ The tree::
     │   └── UnknownTaskError (ValueError) an evaluation task is in no registry searched
     └── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
 
+Every error that is also an `OSError` carries its message in `strerror` too, so code that
+formats `e.strerror` (as one does for an `OSError`) shows it instead of `None`.
+`excerpt` is how an error quotes a user's value: never whole, at most a line's worth.
+
 Nothing in mergehub is imported here.
 """
 
@@ -37,7 +41,42 @@ __all__ = [
     "GGUFError",
     "EvaluationError",
     "UnknownTaskError",
+    "excerpt",
 ]
+
+EXCERPT_CHARS = 80
+"""The most characters of a user's value (recipe text, a file name, a parameter) an error quotes."""
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """`repr(value)`, cut to at most `limit` characters with a note of how much was left out.
+
+    Containers are cut before they are fully rendered, so a huge value costs no more than a short one.
+    """
+    text = _bounded_repr(value, limit + 1)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict, set)) else f"{len(str(value)):,} chars" if isinstance(value, (str, bytes)) else "more"
+    return f"{text[: limit - 1]}… ({size})"
+
+
+def _bounded_repr(value: object, budget: int) -> str:
+    """At least `budget` characters of `repr(value)` (or all of it), without rendering huge containers whole."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[: budget])
+    if isinstance(value, (list, tuple, set, dict)):
+        items = value.items() if isinstance(value, dict) else value
+        open_, close = {dict: "{}", list: "[]", tuple: "()", set: "{}"}.get(type(value), "[]")
+        parts: list[str] = []
+        used = 1
+        for item in items:
+            if used > budget:
+                break
+            part = f"{_bounded_repr(item[0], budget)}: {_bounded_repr(item[1], budget)}" if isinstance(value, dict) else _bounded_repr(item, budget)
+            parts.append(part)
+            used += len(part) + 2
+        return open_ + ", ".join(parts) + close
+    return repr(value)[: budget]
 
 
 class MergehubError(Exception):
@@ -47,6 +86,8 @@ class MergehubError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if isinstance(self, OSError):
+            self.strerror = message  # else `e.strerror` is None, and a wrapper would print "None"
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"

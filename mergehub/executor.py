@@ -2,6 +2,9 @@
 
 Reads of upcoming tensors overlap the current computation, and writing overlaps both;
 read-ahead is bounded by a byte budget, so memory depends on tensor sizes, not model size.
+Readers count the NaN and Inf values of each input they fetched, the writer those of each
+output, on tensors already in memory. Reader and writer threads are daemons: when the merge
+stops (an error, Ctrl-C, SIGTERM) the executor does not wait for a read stuck in the network.
 """
 
 from __future__ import annotations
@@ -11,23 +14,25 @@ import resource
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import torch
 
-from mergehub.errors import Cancelled, MergehubError, MergeMethodError
+from mergehub.errors import Cancelled, MergehubError, MergeMethodError, SourceError
 from mergehub.methods import MethodSpec, get_method
 from mergehub.plan import Plan, TensorJob
 from mergehub.sources.base import DTYPES, TensorSource
 from mergehub.vocab import align_rows
+from mergehub.workers import DaemonPool
 from mergehub.writer import TensorSink
 
-__all__ = ["Progress", "ExecutionStats", "execute", "resolve_device", "tensor_seed", "Cancelled"]
+__all__ = ["Progress", "ExecutionStats", "NonFinite", "execute", "resolve_device", "tensor_seed", "count_non_finite", "Cancelled"]
 
 DEFAULT_PREFETCH_BYTES = 256 * 1024**2
 DEFAULT_BATCH_BYTES = 64 * 1024**2
 CHUNK_ELEMENTS = 4 * 1024**2
+_WRITER_GRACE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,37 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class NonFinite:
+    """A tensor holding NaN or Inf values: an input of model `model` (its reference), or an output (`model` None)."""
+
+    tensor: str
+    count: int
+    model: str | None = None
+
+    def describe(self) -> str:
+        """`tensor (N NaN/Inf)`, prefixed by the model for an input."""
+        return f"{self.model + ': ' if self.model else ''}{self.tensor} ({self.count:,} NaN/Inf)"
+
+
+@dataclass(frozen=True)
 class ExecutionStats:
-    """What a finished merge read, wrote and took."""
+    """What a finished merge read, wrote and took, and what it found in the tensors on the way."""
 
     seconds: float
     bytes_read: int
     bytes_written: int
     peak_rss_bytes: int
+    non_finite: tuple[NonFinite, ...] = ()
+    """Inputs and outputs holding NaN or Inf values, inputs first, each once."""
+
+    def warnings(self) -> list[str]:
+        """One line each for the inputs and the outputs with NaN or Inf values (none when all are finite)."""
+        lines = []
+        for kind, found in (("input", [n for n in self.non_finite if n.model]), ("output", [n for n in self.non_finite if not n.model])):
+            if found:
+                shown = ", ".join(n.describe() for n in found[:5]) + (f", and {len(found) - 5} more" if len(found) > 5 else "")
+                lines.append(f"{len(found)} {kind} tensor(s) hold NaN or Inf values: {shown}.")
+        return lines
 
 
 def resolve_device(device: str) -> torch.device:
@@ -116,6 +145,40 @@ def _run_kernel(method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor],
         raise MergeMethodError(f"{job.name}: {e.message}", hint=e.hint) from e
 
 
+def count_non_finite(tensor: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> int:
+    """How many NaN and Inf values a tensor holds (0 for integer tensors), checked in chunks to bound scratch memory."""
+    if not tensor.dtype.is_floating_point or tensor.numel() == 0:
+        return 0
+    flat = tensor.reshape(-1)
+    count = 0
+    for chunk in flat.split(chunk_elements):
+        finite = torch.isfinite(chunk)
+        if not bool(finite.all()):
+            count += chunk.numel() - int(finite.sum())
+    return count
+
+
+def _read_counted(source: TensorSource, names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Read tensors and count their NaN/Inf values, in the reader's thread."""
+    tensors = source.read_many(names)
+    return tensors, {name: n for name, t in tensors.items() if (n := count_non_finite(t))}
+
+
+def _write_counted(writer: TensorSink, name: str, tensor: torch.Tensor) -> int:
+    """Count an output's NaN/Inf values, then write it, in the writer's thread."""
+    count = count_non_finite(tensor)
+    writer.write(name, tensor)
+    return count
+
+
+def _strict_error(found: NonFinite) -> MergeMethodError:
+    where = f"Input {found.tensor} of {found.model}" if found.model else f"The merged {found.tensor}"
+    return MergeMethodError(
+        f"{where} holds {found.count:,} NaN or Inf values.",
+        hint="--strict makes this an error; without it the merge finishes and the card records it. Check the model's weights.",
+    )
+
+
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -135,19 +198,19 @@ def _batches(jobs: Sequence[TensorJob], max_bytes: int) -> list[list[TensorJob]]
 
 @dataclass
 class _Batch:
-    """A batch of jobs and, per input model, the future of its tensors."""
+    """A batch of jobs and, per input model, the future of its tensors (and of their NaN/Inf counts)."""
 
     jobs: list[TensorJob]
-    reads: dict[int, Future[dict[str, torch.Tensor]]]
+    reads: dict[int, Future[tuple[dict[str, torch.Tensor], dict[str, int]]]]
     read_bytes: int
 
 
-def _submit(batch: list[TensorJob], sources: Sequence[TensorSource], pool: ThreadPoolExecutor) -> _Batch:
+def _submit(batch: list[TensorJob], sources: Sequence[TensorSource], pool: DaemonPool) -> _Batch:
     names: dict[int, dict[str, None]] = {}
     for job in batch:
         for item in job.inputs:
             names.setdefault(item.model, {})[item.name] = None
-    reads = {model: pool.submit(sources[model].read_many, list(wanted)) for model, wanted in names.items()}
+    reads = {model: pool.submit(_read_counted, sources[model], list(wanted)) for model, wanted in names.items()}
     return _Batch(batch, reads, sum(j.read_bytes for j in batch))
 
 
@@ -163,15 +226,18 @@ def execute(
     readers: int = 4,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    strict: bool = False,
 ) -> ExecutionStats:
     """Run every job of `plan` in order, writing each output tensor through `writer`.
 
     Inputs are read in batches of consecutive jobs (one `read_many` per model and batch),
-    up to `prefetch_bytes` ahead of the tensor being merged.
+    up to `prefetch_bytes` ahead of the tensor being merged. The weight files the plan marks
+    as verified are hashed by their sources as they stream, and must all match.
 
     Raises:
         Cancelled: `should_stop` returned True.
-        MergehubError: reading, merging or writing failed.
+        MergeMethodError: with `strict`, an input or output holds NaN or Inf values.
+        MergehubError: reading, verifying, merging or writing failed.
     """
     started = time.perf_counter()
     upcoming = deque(_batches(plan.jobs, batch_bytes))
@@ -179,42 +245,73 @@ def execute(
     in_flight = bytes_read = done = 0
     total = len(plan.jobs)
     methods = {name: get_method(name) for name in {job.method for job in plan.jobs}}
-    with ThreadPoolExecutor(readers, thread_name_prefix="mergehub-read") as read_pool, ThreadPoolExecutor(
-        1, thread_name_prefix="mergehub-write"
-    ) as write_pool:
-        last_write: Future | None = None
-        try:
-            while upcoming or pending:
-                while upcoming and (not pending or in_flight + sum(j.read_bytes for j in upcoming[0]) <= prefetch_bytes):
-                    pending.append(_submit(upcoming.popleft(), sources, read_pool))
-                    in_flight += pending[-1].read_bytes
-                batch = pending.popleft()
-                tensors = {model: future.result() for model, future in batch.reads.items()}
-                last_use = {(i.model, i.name): k for k, job in enumerate(batch.jobs) for i in job.inputs}
-                for k, job in enumerate(batch.jobs):
-                    if should_stop is not None and should_stop():
-                        raise Cancelled("The merge was cancelled.", hint="Nothing was kept; start it again to finish.")
-                    inputs = [tensors[i.model][i.name] for i in job.inputs]
-                    for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
-                        if last_use.get((i.model, i.name)) == k:
-                            tensors[i.model].pop(i.name, None)
-                    output = merge_job(job, inputs, plan, method=methods[job.method], device=device, seed=seed)
-                    del inputs
-                    if last_write is not None:
-                        last_write.result()
-                    last_write = write_pool.submit(writer.write, job.name, output)
-                    del output
-                    bytes_read += job.read_bytes
-                    done += 1
-                    if on_progress is not None:
-                        on_progress(Progress(done, total, bytes_read, plan.read_bytes, job.name))
-                in_flight -= batch.read_bytes
-                del tensors, batch
-            if last_write is not None:
-                last_write.result()
-        except BaseException:
-            for batch in pending:
-                for future in batch.reads.values():
-                    future.cancel()
-            raise
-    return ExecutionStats(time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes())
+    found: dict[tuple[str | None, str], NonFinite] = {}
+
+    def record(item: NonFinite) -> None:
+        if strict:
+            raise _strict_error(item)
+        found.setdefault((item.model, item.tensor), item)
+
+    for entry in plan.input_files:
+        if entry.verified:
+            sources[entry.model].verify([entry.file])
+    read_pool, write_pool = DaemonPool(readers, "mergehub-read"), DaemonPool(1, "mergehub-write")
+    last_write: Future[int] | None = None
+    last_name = ""
+    try:
+        while upcoming or pending:
+            while upcoming and (not pending or in_flight + sum(j.read_bytes for j in upcoming[0]) <= prefetch_bytes):
+                pending.append(_submit(upcoming.popleft(), sources, read_pool))
+                in_flight += pending[-1].read_bytes
+            batch = pending.popleft()
+            tensors = {}
+            for model, future in batch.reads.items():
+                tensors[model], counts = future.result()
+                for name, count in counts.items():
+                    record(NonFinite(name, count, plan.models[model].ref))
+            last_use = {(i.model, i.name): k for k, job in enumerate(batch.jobs) for i in job.inputs}
+            for k, job in enumerate(batch.jobs):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("The merge was cancelled.", hint="Nothing was kept; start it again to finish.")
+                inputs = [tensors[i.model][i.name] for i in job.inputs]
+                for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
+                    if last_use.get((i.model, i.name)) == k:
+                        tensors[i.model].pop(i.name, None)
+                output = merge_job(job, inputs, plan, method=methods[job.method], device=device, seed=seed)
+                del inputs
+                if last_write is not None and (count := last_write.result()):
+                    record(NonFinite(last_name, count))
+                last_write, last_name = write_pool.submit(_write_counted, writer, job.name, output), job.name
+                del output
+                bytes_read += job.read_bytes
+                done += 1
+                if on_progress is not None:
+                    on_progress(Progress(done, total, bytes_read, plan.read_bytes, job.name))
+            in_flight -= batch.read_bytes
+            del tensors, batch
+        if last_write is not None and (count := last_write.result()):
+            record(NonFinite(last_name, count))
+        _check_verified(plan, sources)
+    except BaseException:
+        read_pool.shutdown(wait=False, cancel_futures=True)
+        for batch in pending:
+            for future in batch.reads.values():
+                future.cancel()
+        if last_write is not None:
+            wait([last_write], timeout=_WRITER_GRACE_SECONDS)  # a local write ends soon; then its file may be removed
+        write_pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    read_pool.shutdown()
+    write_pool.shutdown()
+    ordered = sorted(found.values(), key=lambda n: n.model is None)
+    return ExecutionStats(time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes(), tuple(ordered))
+
+
+def _check_verified(plan: Plan, sources: Sequence[TensorSource]) -> None:
+    """Every file the plan verifies was hashed whole (a mismatch has already raised in the reader)."""
+    for entry in plan.input_files:
+        if entry.verified and entry.file not in sources[entry.model].verified_files():
+            raise SourceError(
+                f"{plan.models[entry.model].ref}: {entry.file} could not be verified: not all of its bytes were read.",
+                hint="This is a bug in mergehub; please report it with the recipe.",
+            )

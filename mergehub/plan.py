@@ -15,7 +15,7 @@ from typing import Any
 
 from mergehub.architecture import LAYER_COUNT_KEYS, is_language_model_tensor, parse_layer_name, per_layer_keys, tensor_group, text_config
 from mergehub.architecture import num_layers as config_num_layers
-from mergehub.errors import PlanError, RecipeError
+from mergehub.errors import PlanError, RecipeError, excerpt
 from mergehub.methods import MethodSpec, get_method
 from mergehub.recipe import InputSlice, ModelRef, OutputSlice, Parameters, Recipe, evaluate_setting
 from mergehub.sources.base import DTYPES, TensorInfo, TensorSource
@@ -30,7 +30,7 @@ from mergehub.vocab import (
 )
 from mergehub.writer import ShardLayout, TensorSlot, layout_shards
 
-__all__ = ["InputTensor", "TensorJob", "ModelEntry", "Plan", "plan_merge", "output_vocabulary", "embedding_rows", "DEFAULT_SHARD_BYTES"]
+__all__ = ["InputTensor", "TensorJob", "ModelEntry", "InputFile", "Plan", "plan_merge", "output_vocabulary", "embedding_rows", "DEFAULT_SHARD_BYTES"]
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
@@ -74,6 +74,20 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class InputFile:
+    """A weight file a Hub model's tensors are read from, and whether its bytes are checked on arrival.
+
+    A file the merge reads whole is hashed as it streams and compared with the sha256 the Hub
+    lists (`verified`); otherwise `reason` says why it is not.
+    """
+
+    model: int
+    file: str
+    verified: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Plan:
     """Everything a merge will do, before any weight is read."""
 
@@ -88,6 +102,8 @@ class Plan:
     peak_memory_bytes: int
     vocab: VocabAlignment | None = None
     warnings: tuple[str, ...] = ()
+    input_files: tuple[InputFile, ...] = ()
+    """The Hub models' weight files the merge reads from, and which of them are verified in transit."""
 
     @property
     def read_bytes(self) -> int:
@@ -124,6 +140,7 @@ class Plan:
             for s in data["shards"]
         )
         data["warnings"] = tuple(data["warnings"])
+        data["input_files"] = tuple(InputFile(**f) for f in data.get("input_files", ()))
         if data["vocab"] is not None:
             vocab = data["vocab"]
             data["vocab"] = VocabAlignment(
@@ -145,6 +162,10 @@ class Plan:
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in job.params)
             lines.append(f"  {job.name} {job.dtype}{list(job.shape)} <- {job.method}({sources}){' ' + params if params else ''}")
         lines += [f"Warning: {w}" for w in self.warnings]
+        if self.input_files:
+            checked = sum(f.verified for f in self.input_files)
+            lines.append(f"Hub weight files checked against their sha256 as they stream: {checked} of {len(self.input_files)}")
+            lines += [f"  not checked: [{f.model}] {f.file} ({f.reason})" for f in self.input_files if not f.verified]
         return "\n".join(lines)
 
 
@@ -351,7 +372,7 @@ def _coerce(spec: Any, value: Any, where: str) -> Any:
         return value
     if spec.type in (float, int) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return spec.type(value)
-    raise RecipeError(f"Parameter {spec.name!r} for {where} must be a {spec.type.__name__}, got {value!r}.")
+    raise RecipeError(f"Parameter {spec.name!r} for {where} must be a {spec.type.__name__}, got {excerpt(value)}.")
 
 
 def _reference_index(out_slice: OutputSlice, base: ModelRef | None) -> int:
@@ -467,7 +488,32 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
         num_layers=out_layer,
         peak_memory_bytes=max(_job_memory(j) for j in jobs) + prefetch_bytes,
         warnings=(),
+        input_files=_input_files(jobs, refs, sources),
     )
+
+
+def _input_files(jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]) -> tuple[InputFile, ...]:
+    """Each Hub model's weight files the jobs read from: verified when read whole and the Hub lists a sha256."""
+    read: dict[int, set[str]] = {}
+    for job in jobs:
+        for item in job.inputs:
+            read.setdefault(item.model, set()).add(item.name)
+    files = []
+    for index, ref in enumerate(refs):
+        source = sources[ref]
+        if source.revision is None or index not in read:
+            continue
+        by_file: dict[str, list[str]] = {}
+        for info in source.tensors().values():
+            by_file.setdefault(info.file, []).append(info.name)
+        for file, names in sorted(by_file.items()):
+            used = sum(name in read[index] for name in names)
+            if not used:
+                continue
+            whole = used == len(names)
+            reason = "" if whole and file in source.checksums else "read in part" if not whole else "no sha256 in the repo listing, or checks are off"
+            files.append(InputFile(index, file, not reason, reason))
+    return tuple(files)
 
 
 def _job_memory(job: TensorJob) -> int:

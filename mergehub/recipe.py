@@ -11,7 +11,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator, model_validator
 
-from mergehub.errors import RecipeError
+from mergehub import safe_yaml
+from mergehub.errors import RecipeError, excerpt
 
 __all__ = [
     "ModelRef",
@@ -31,6 +32,14 @@ __all__ = [
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
 
 
+def _exists(path: str, *, directory: bool = False) -> bool:
+    """Whether `path` names an existing file or directory; a name the OS refuses (too long, NUL) does not."""
+    try:
+        return Path(path).is_dir() if directory else Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass(frozen=True, order=True)
 class ModelRef:
     """A model: a local directory or a Hub repo ID, with an optional revision (`org/name@rev`)."""
@@ -44,22 +53,22 @@ class ModelRef:
         text = text.strip()
         if not text:
             raise RecipeError("A model reference is empty.", hint="Give a local directory or a Hub ID like `org/name`.")
-        if "+" in text and not Path(text).exists():
+        if "+" in text and not _exists(text):
             raise RecipeError(
-                f"Model reference {text!r} applies a LoRA (`model+lora`), which mergehub does not support yet.",
+                f"Model reference {excerpt(text)} applies a LoRA (`model+lora`), which mergehub does not support yet.",
                 hint="Merge the LoRA into its base first (peft's `merge_and_unload`), then reference that model.",
             )
-        if "@" in text and not Path(text).exists():
+        if "@" in text and not _exists(text):
             path, _, revision = text.rpartition("@")
             if not path or not revision:
-                raise RecipeError(f"Model reference {text!r} is malformed.", hint="Use `org/name@revision`.")
+                raise RecipeError(f"Model reference {excerpt(text)} is malformed.", hint="Use `org/name@revision`.")
             return cls(path, revision)
         return cls(text)
 
     @property
     def is_local(self) -> bool:
         """Whether the reference names an existing local directory."""
-        return self.revision is None and Path(self.path).is_dir()
+        return self.revision is None and _exists(self.path, directory=True)
 
     @property
     def looks_like_hub_id(self) -> bool:
@@ -186,15 +195,20 @@ class Recipe(_WithModel):
         return {name for d in dicts if d for name in d}
 
 
+_MAX_LISTED = 20
+
+
 def _describe_validation_error(error: ValidationError) -> str:
     lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "recipe"
+    for item in error.errors(include_input=False):
+        where = ".".join(str(p) if len(str(p)) <= 40 else str(p)[:39] + "…" for p in item["loc"]) or "recipe"
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"  {where}: {message}")
-    return "\n".join(dict.fromkeys(lines))
+    unique = list(dict.fromkeys(lines))
+    more = len(unique) - _MAX_LISTED
+    return "\n".join(unique[:_MAX_LISTED] + ([f"  ... and {more} more"] if more > 0 else []))
 
 
 _KNOWN_KEYS = sorted(Recipe.model_fields)
@@ -207,7 +221,7 @@ def parse_recipe(text: str) -> Recipe:
         RecipeError: the YAML is malformed or does not follow mergekit's schema.
     """
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.") from e
     if not isinstance(data, dict):
@@ -224,12 +238,8 @@ def parse_recipe(text: str) -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe YAML file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise RecipeError(f"Cannot read recipe {str(path)!r}: {e.strerror}.", hint="Check the path.") from e
-    return parse_recipe(text)
+    """Read and validate a recipe YAML file (at most `MERGEHUB_MAX_RECIPE_BYTES`, no YAML aliases)."""
+    return parse_recipe(safe_yaml.read_text(path))
 
 
 def recipe_sha256(text: str) -> str:

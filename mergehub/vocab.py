@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from mergehub.errors import MergeMethodError, RecipeError, SourceError
+from mergehub.errors import MergeMethodError, RecipeError, SourceError, excerpt
 from mergehub.recipe import ModelRef
 
 __all__ = [
@@ -157,7 +157,7 @@ def _label(text: str, known: Mapping[str, Any], what: str) -> str:
     label = str(ModelRef.parse(text))
     if label not in known:
         hint = "Name one of: " + ", ".join(known) + "."
-        raise RecipeError(f"{what} names {text!r}, which is not one of the recipe's models.", hint=hint)
+        raise RecipeError(f"{what} names {excerpt(text)}, which is not one of the recipe's models.", hint=hint)
     return label
 
 
@@ -267,9 +267,9 @@ def token_overrides(
     """
     result, hint = [], "Write `{source: <model> | {kind: zero} | {kind: model_token, model, token}, force: bool}`."
     for token, entry in (tokens or {}).items():
-        where, entry = f"tokenizer.tokens[{token!r}]", dict(entry or {})
+        where, entry = f"tokenizer.tokens[{excerpt(token)}]", dict(entry or {})
         if set(entry) - {"source", "force"} or not isinstance(entry.get("force", False), bool):
-            raise RecipeError(f"{where} is malformed: {entry!r}.", hint=hint)
+            raise RecipeError(f"{where} is malformed: {excerpt(entry)}.", hint=hint)
         if token not in output.vocab:
             raise RecipeError(f"{where}: the output vocabulary lacks it.", hint="Pass the keys as `added_tokens`.")
         src, force, row = entry.get("source"), entry.get("force", False), output.vocab[token]
@@ -287,10 +287,10 @@ def token_overrides(
             model = _label(str(src.get("model")), output.inputs, where)
             wanted = int(src["token_id"]) if "token_id" in src else str(src["token"])
         else:
-            raise RecipeError(f"{where}: source {src!r} is not understood.", hint=hint)
+            raise RecipeError(f"{where}: source {excerpt(src)} is not understood.", hint=hint)
         source_row = wanted if isinstance(wanted, int) else output.inputs[model].get(wanted, -1)
         if not 0 <= source_row < model_rows.get(model, source_row + 1):
-            raise RecipeError(f"{where}: {model} has no token {wanted!r} in its rows.", hint="Choose a token it has.")
+            raise RecipeError(f"{where}: {model} has no token {excerpt(wanted)} in its rows.", hint="Choose a token it has.")
         result.append(TokenOverride(token, row, "row", model, source_row, force))
     return tuple(sorted(result, key=lambda o: o.row))
 
@@ -393,7 +393,7 @@ def resolve_chat_template(spec: str | None, model_files: Mapping[str, Files]) ->
         return (_TEMPLATE_DIR / f"{spec}.jinja").read_text()
     if len(spec) < 20 or "{" not in spec:
         raise RecipeError(
-            f"chat_template {spec!r} is neither a Jinja template nor a built-in name.",
+            f"chat_template {excerpt(spec)} is neither a Jinja template nor a built-in name.",
             hint="Use `auto`, one of " + ", ".join(BUILTIN_CHAT_TEMPLATES) + ", or the Jinja template itself.",
         )
     return spec

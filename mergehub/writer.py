@@ -7,9 +7,11 @@ buffered beyond the tensor being written, and each shard's sha256 is computed on
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -21,11 +23,35 @@ from mergehub.sources.base import DTYPES
 
 __all__ = [
     "TensorSlot", "ShardLayout", "ShardResult", "ShardSink", "TensorSink", "FanOutWriter", "layout_shards", "ShardedWriter",
-    "INDEX_NAME",
+    "INDEX_NAME", "writing",
 ]
 
 INDEX_NAME = "model.safetensors.index.json"
 _ALIGNMENT = 8
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn any OSError raised while writing `path` into an OutputError that says what to do.
+
+    The one place where a failed write (a full disk, a read-only or forbidden directory) becomes a domain error.
+    """
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as e:
+        if e.errno in _FULL:
+            hint = "The disk (or your quota) is full: free some space, or write the merge elsewhere."
+        elif e.errno in _DENIED:
+            hint = "The directory cannot be written: check its permissions, or choose another output directory."
+        else:
+            hint = "Check the output directory and the disk."
+        raise OutputError(f"Cannot write {path}: {e.strerror or e}.", hint=hint) from e
 
 
 def _itemsize(dtype: str) -> int:
@@ -158,9 +184,11 @@ class ShardedWriter:
 
     def _open(self, index: int) -> None:
         header = self.shards[index].header()
-        self._file = open(self.directory / self.shards[index].filename, "wb")
+        path = self.directory / self.shards[index].filename
         self._hash = hashlib.sha256()
-        self._emit(header)
+        with writing(path):
+            self._file = open(path, "wb")
+            self._emit(header)
 
     def _emit(self, data: bytes | memoryview) -> None:
         assert self._file is not None
@@ -170,9 +198,10 @@ class ShardedWriter:
 
     def _finish_shard(self, index: int) -> None:
         assert self._file is not None
-        size = self._file.tell()
-        self._file.close()
-        self._file = None
+        file, self._file = self._file, None
+        with writing(self.directory / self.shards[index].filename):
+            size = file.tell()
+            file.close()  # flushes: a full disk may only show here
         self.results.append(ShardResult(self.shards[index].filename, size, self._hash.hexdigest()))
         if self.sink is not None:
             self.sink.shard_done(self.directory / self.shards[index].filename, self.results[-1])
@@ -192,10 +221,8 @@ class ShardedWriter:
             )
         if self._file is None:
             self._open(shard_index)
-        try:
+        with writing(self.directory / self.shards[shard_index].filename):
             self._emit(tensor_bytes(tensor.cpu()))
-        except OSError as e:
-            raise OutputError(f"Cannot write {self.shards[shard_index].filename}: {e.strerror}.", hint="Check free disk space.") from e
         self._next += 1
         if slot is self.shards[shard_index].slots[-1]:
             self._finish_shard(shard_index)
@@ -211,10 +238,14 @@ class ShardedWriter:
             "metadata": {"total_size": sum(shard.data_bytes for shard in self.shards)},
             "weight_map": {slot.name: shard.filename for shard in self.shards for slot in shard.slots},
         }
-        (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        with writing(self.directory / INDEX_NAME):
+            (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
 
     def close(self) -> None:
         """Close a shard left open by a failed merge."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass  # the merge failed already; its staging directory is removed

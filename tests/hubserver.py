@@ -5,6 +5,8 @@ listings, commit history, file resolve (HEAD/GET, byte ranges) and the upload fl
 (preupload, LFS batch, PUT, verify, ndjson commit, pull requests), plus validate-yaml.
 Each repo keeps its history; a revision is a branch, `refs/pr/N` or a (short) commit sha.
 Tests can count served bytes, read the request log, inject failures and throttle bandwidth.
+Failures are switched on per test with `fail_next`: errors (500, 429 with any Retry-After),
+dropped or stalled bodies, requests never answered, Range ignored or misreported, flipped bytes.
 
 Pointing huggingface_hub at it: the client reads HF_ENDPOINT, HF_HOME and HF_HUB_DISABLE_XET
 once, when `huggingface_hub` is first imported, and `upload_file`, `model_info`, ... are bound
@@ -49,7 +51,7 @@ import yaml  # PyYAML ships with huggingface_hub; used only to read model card m
 
 __all__ = ["Blob", "FailKind", "HubServer", "RequestRecord", "hub_client_env", "start_hub_server"]
 
-FailKind = Literal["500", "429", "drop", "ignore_range", "bad_content_range"]
+FailKind = Literal["500", "429", "drop", "ignore_range", "bad_content_range", "hang", "stall", "flip"]
 Gated = Literal[False, "auto", "manual"]
 LFS_THRESHOLD = 10 * 1024 * 1024
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.h5", "*.onnx", "*.npy", "*.model")
@@ -178,6 +180,8 @@ class _Reply:
     start: int = 0
     length: int = 0
     drop: bool = False
+    stall: bool = False
+    flip: bool = False
     key: tuple[str, str] = ("", "")
 
 
@@ -229,6 +233,9 @@ class HubServer:
         self._repos: dict[str, _Repo] = {}
         self._lfs: dict[str, Blob] = {}
         self._faults: list[list[Any]] = []
+        self._closing = threading.Event()
+        self.held = 0
+        """Requests being held by "hang" or "stall" right now."""
         self._lock = threading.RLock()
         self._stats_lock = threading.Lock()
         self._next_send = 0.0
@@ -254,6 +261,7 @@ class HubServer:
         """Stop serving and cut open keep-alive connections."""
         if self._httpd is None:
             return
+        self._closing.set()  # releases requests held by "hang" and "stall"
         self._httpd.shutdown()
         self._httpd.server_close()
         for conn in list(self._conns):
@@ -306,15 +314,18 @@ class HubServer:
         with self._lock:
             return self._repos[repo_id].commit(revision).sha
 
-    def fail_next(self, path_substring: str, kind: FailKind, *, times: int = 1) -> None:
+    def fail_next(self, path_substring: str, kind: FailKind, *, times: int = 1, retry_after: int | str = 0, after: int = 0) -> None:
         """Make the next `times` matching requests fail.
 
-        "500"/"429" answer any request whose path contains `path_substring`; "drop" (headers, half the
-        body, then close), "ignore_range" (200 + full body) and "bad_content_range" (206 whose
-        Content-Range start is off by one) apply to file GETs, the last two only to ranged ones.
+        Any request whose path contains `path_substring`: "500" and "429" (with `Retry-After: retry_after`)
+        answer an error; "hang" accepts the request and never answers. File GETs: "drop" (headers, half
+        the body, then close), "stall" (headers, half the body, then silence), "flip" (status and headers
+        right, one body byte inverted); ranged file GETs only: "ignore_range" (200 + full body) and
+        "bad_content_range" (206 whose Content-Range start is off by one). "hang" and "stall" hold
+        their connection until the server closes. The first `after` matching requests are served normally.
         """
         with self._stats_lock:
-            self._faults.append([path_substring, kind, times])
+            self._faults.append([path_substring, kind, times, retry_after, after])
 
     def reset_stats(self) -> None:
         """Clear byte counters, the request log and pending faults."""
@@ -389,8 +400,12 @@ class HubServer:
             with self._stats_lock:
                 self.bytes_received += len(body) if h.command == "PUT" else 0
             req = _Request(h.command, path, parse_qs(url.query), h.headers, body, self._user(h.headers))
-            if fault := self._take_fault(path, ("500", "429")):
-                raise _HubError(int(fault), None, "Injected failure", {"Retry-After": "0"})
+            if fault := self._take_fault(path, ("500", "429", "hang")):
+                if fault[0] == "hang":
+                    self._hold()
+                    h.close_connection = True
+                    return
+                raise _HubError(int(fault[0]), None, "Injected failure", {"Retry-After": str(fault[1])})
             for methods, pattern, name in _COMPILED:
                 if h.command in methods and (match := pattern.fullmatch(url.path)):
                     args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
@@ -422,13 +437,19 @@ class HubServer:
         if reply.blob is None:
             h.wfile.write(reply.body)
             return
-        for chunk in reply.blob.chunks(reply.start, reply.length // 2 if reply.drop else reply.length):
+        sent, flip_at = 0, reply.length // 2
+        for chunk in reply.blob.chunks(reply.start, reply.length // 2 if reply.drop or reply.stall else reply.length):
             self._pace(len(chunk))
+            if reply.flip and sent <= flip_at < sent + len(chunk):
+                chunk = chunk[: flip_at - sent] + bytes([chunk[flip_at - sent] ^ 0xFF]) + chunk[flip_at - sent + 1 :]
             h.wfile.write(chunk)
+            sent += len(chunk)
             with self._stats_lock:
                 self.bytes_served[reply.key] += len(chunk)
-        if reply.drop:
+        if reply.drop or reply.stall:
             h.wfile.flush()
+            if reply.stall:
+                self._hold()
             h.close_connection = True
 
     def _pace(self, n: int) -> None:
@@ -439,14 +460,28 @@ class HubServer:
             self._next_send = done
         time.sleep(max(0.0, done - time.monotonic()))
 
-    def _take_fault(self, path: str, kinds: Iterable[str]) -> str | None:
+    def _hold(self) -> None:
+        """Keep the request open, answering nothing, until the server closes."""
+        with self._stats_lock:
+            self.held += 1
+        try:
+            self._closing.wait()
+        finally:
+            with self._stats_lock:
+                self.held -= 1
+
+    def _take_fault(self, path: str, kinds: Iterable[str]) -> tuple[str, int | str] | None:
+        """The kind and Retry-After of the first pending fault of one of `kinds` matching `path`, used up by one."""
         with self._stats_lock:
             for fault in self._faults:
                 if fault[1] in kinds and fault[0] in path:
+                    if fault[4] > 0:
+                        fault[4] -= 1
+                        return None
                     fault[2] -= 1
                     if fault[2] <= 0:
                         self._faults.remove(fault)
-                    return fault[1]
+                    return fault[1], fault[3]
         return None
 
     def _user(self, headers: Mapping[str, str]) -> str | None:
@@ -681,8 +716,9 @@ class HubServer:
         span = _parse_range(req.headers.get("Range"), blob.size, headers)
         fault = None
         if req.method == "GET":
-            fault = self._take_fault(req.path, ("drop", "ignore_range", "bad_content_range") if span else ("drop",))
-        reply = _Reply(200, headers=headers, blob=blob, length=blob.size, drop=fault == "drop", key=(repo, path))
+            taken = self._take_fault(req.path, ("drop", "stall", "flip", "ignore_range", "bad_content_range") if span else ("drop", "stall", "flip"))
+            fault = taken[0] if taken else None
+        reply = _Reply(200, headers=headers, blob=blob, length=blob.size, drop=fault == "drop", stall=fault == "stall", flip=fault == "flip", key=(repo, path))
         if span and fault != "ignore_range":
             start, end = span
             shown = start + 1 if fault == "bad_content_range" else start

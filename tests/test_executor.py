@@ -53,8 +53,13 @@ def test_existing_output_is_not_overwritten_without_asking(family, write_recipe,
     with pytest.raises(OutputError, match="not empty"):
         run_merge(write_recipe(_recipe(family[:2])), tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    run_merge(write_recipe(_recipe(family[:2])), tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists()
+    with pytest.raises(OutputError, match="does not hold a previous output"):  # --overwrite replaces only a merge
+        run_merge(write_recipe(_recipe(family[:2])), tmp_path / "out", overwrite=True)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    run_merge(write_recipe(_recipe(family[:2])), tmp_path / "merged")
+    (tmp_path / "merged" / "extra.txt").write_text("old")
+    run_merge(write_recipe(_recipe(family[:2])), tmp_path / "merged", overwrite=True)
+    assert not (tmp_path / "merged" / "extra.txt").exists() and (tmp_path / "merged" / "mergekit_config.yml").is_file()
 
 
 def test_progress_reports_every_tensor(family, write_recipe, tmp_path):

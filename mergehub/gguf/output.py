@@ -4,7 +4,6 @@ and its push to a Hub repo of its own."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,10 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 
-from mergehub.errors import OutputError, PublishError
+from mergehub.errors import PublishError
 from mergehub.gguf.export import GGUFFile, GGUFPlan, GGUFSink
+from mergehub.output import create_staging, move_into_place, resolve_target
+from mergehub.writer import writing
 
 __all__ = ["GGUFResult", "GGUFOutput", "push_gguf"]
 
@@ -39,23 +40,17 @@ class GGUFOutput:
     """Writes a `GGUFPlan` into a staging directory beside `target`; `finish` adds the card and moves it into place."""
 
     def __init__(self, plan: GGUFPlan, target: Path, *, overwrite: bool) -> None:
-        if target.exists() and not target.is_dir():
-            raise OutputError(f"GGUF output path {target} exists and is not a directory.", hint="Choose another path.")
-        if target.is_dir() and any(target.iterdir()) and not overwrite:
-            raise OutputError(f"GGUF output directory {target} is not empty.", hint="Choose another directory, or pass --overwrite.")
-        target.parent.mkdir(parents=True, exist_ok=True)
         self.plan = plan
-        self.target = target
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        self.target = resolve_target(target, overwrite=overwrite, markers=("*.gguf",))
+        self.staging = create_staging(self.target)
         self.sink = GGUFSink(plan, self.staging)
 
     def finish(self, repo_id: str, card: Callable[[tuple[GGUFFile, ...]], ModelCard]) -> GGUFResult:
         """Close the files, write their `card` as README.md, and move the directory to its target."""
         files = self.sink.finish()
-        (self.staging / "README.md").write_text(str(card(files)), encoding="utf-8")
-        if self.target.exists():
-            shutil.rmtree(self.target)
-        self.staging.rename(self.target)
+        with writing(self.staging / "README.md"):
+            (self.staging / "README.md").write_text(str(card(files)), encoding="utf-8")
+        move_into_place(self.staging, self.target)
         return GGUFResult(self.target, repo_id, files, self.plan.warnings)
 
     def close(self) -> None:

@@ -43,8 +43,9 @@ import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-from mergehub import api
+from mergehub import api, safe_yaml
 from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
+from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.recipe import Recipe, recipe_sha256
 
 __all__ = [
@@ -330,8 +331,8 @@ def _front_matter(card: str) -> dict[str, Any]:
     if not match:
         return {}
     try:
-        data = yaml.safe_load(match[1])
-    except yaml.YAMLError:
+        data = safe_yaml.load(match[1], what="The card's metadata")
+    except (RecipeError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -427,13 +428,6 @@ def annotation(
     return f"::{kind}{' ' + props if props else ''}::{_escape_data(message)}"
 
 
-def _compose(text: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-
-
 def _nodes(node: yaml.Node | None) -> Iterable[tuple[yaml.Node, bool]]:
     """Every scalar node in document order, with whether it is a mapping key."""
     if isinstance(node, yaml.MappingNode):
@@ -506,7 +500,7 @@ def problem_lines(error: BaseException, text: str) -> list[tuple[int, str]]:
     cause = error.__cause__
     if isinstance(cause, yaml.MarkedYAMLError) and cause.problem_mark is not None:
         return [(cause.problem_mark.line + 1, str(error))]
-    root = _compose(text)
+    root = safe_yaml.compose(text)
     hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
     head, *items = message.split("\n")
     entries = [item.strip() for item in items if re.match(r"\s+\S", item)] if head.endswith(":") else []
@@ -661,7 +655,7 @@ class _Runner:
             self._targets = {}
             for other in all_recipes(self.inputs.workspace, self.inputs.recipes):
                 try:
-                    repo = target_repo(other, (self.inputs.workspace / other).read_text(encoding="utf-8"), namespace)
+                    repo = target_repo(other, safe_yaml.read_text(self.inputs.workspace / other), namespace)
                 except (OSError, UnicodeDecodeError, MergehubError):
                     continue
                 self._targets.setdefault(repo, []).append(other)
@@ -684,7 +678,7 @@ class _Runner:
         """Parse and dry-run a recipe (configs and headers only); no repo is touched."""
         started, text = time.monotonic(), ""
         try:
-            text = (self.inputs.workspace / path).read_text(encoding="utf-8")
+            text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, lambda: self.inputs.namespace or "<your user>")
             plan = api.plan_merge(api.parse_recipe(text), token=self.inputs.token)
         except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
@@ -699,7 +693,7 @@ class _Runner:
         """Merge and push a recipe, unless its repo is up to date (and `force` is off)."""
         started, text, repo_id = time.monotonic(), "", None
         try:
-            text = (self.inputs.workspace / path).read_text(encoding="utf-8")
+            text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, self.namespace)
             recipe = api.parse_recipe(text)
             reason = "force" if self.inputs.force else merge_reason(
@@ -720,6 +714,8 @@ class _Runner:
         except Exception as e:  # noqa: BLE001 - one recipe's failure does not stop the others
             return self.fail(path, text, e, started, repo_id)
         self.log(result.summary().splitlines()[0].split(" -> ")[0])
+        for warning in result.stats.warnings():
+            self.log(annotation("warning", warning, file=path))
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
         scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if options else {}
         return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, scores, pushed.commit_url)
@@ -803,10 +799,18 @@ def main(env: Mapping[str, str] | None = None, *, space_client: Callable[[str, s
         log(f"{inputs.event_name}: {len(recipes)} recipe(s) to {verb}: {', '.join(recipes) or 'none'}.")
     runner = _Runner(inputs, log, space_client)
     outcomes = []
-    for path in recipes:
-        log(f"::group::{path}")
-        outcomes.append(runner.validate(path) if mode == "validate" else runner.merge(path))
+    path = ""
+    try:
+        with stop_on_signals():  # a cancelled workflow gets SIGINT, then SIGTERM: clean up either way
+            for path in recipes:
+                log(f"::group::{path}")
+                outcomes.append(runner.validate(path) if mode == "validate" else runner.merge(path))
+                log("::endgroup::")
+    except KeyboardInterrupt as e:
         log("::endgroup::")
+        log(annotation("error", f"The run was stopped ({'SIGTERM' if isinstance(e, Terminated) else 'SIGINT'}) during {path or 'setup'}; "
+                                "its partial output and any repo it had just created were removed."))
+        return exit_code(e)
     for o in outcomes:
         log(f"{o.status:>9}  {o.recipe}  {o.repo_id or ''}  {o.detail}")
     if inputs.summary_path is not None:

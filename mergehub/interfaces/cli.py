@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from mergehub import api
 from mergehub.errors import MergehubError
+from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.methods import all_methods
 
 __all__ = ["main", "parse_size"]
@@ -48,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
     merge.add_argument("--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)")
     merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
+    merge.add_argument("--strict", action="store_true", help="warnings become errors (e.g. NaN or Inf in an input or the output)")
     merge.add_argument("--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)")
     merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
     merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
@@ -122,7 +124,7 @@ def _merge(args: argparse.Namespace) -> int:
         raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, add --push REPO, or --dry-run.")
     bar = None if args.no_progress else _ProgressBar()
     options = dict(device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size, overwrite=args.overwrite,
-                   cache_dir=args.cache_dir, on_progress=bar)
+                   cache_dir=args.cache_dir, on_progress=bar, strict=args.strict)
     if args.gguf:
         options.update(gguf_types=api.gguf_types(args.gguf), gguf_dir=args.gguf_dir)
     tasks = _tasks(args.eval)
@@ -215,11 +217,12 @@ def _lineage(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (1 for a mergehub error, 130 when interrupted)."""
+    """Run the CLI; returns the process exit code (1 for a mergehub error, 130 on Ctrl-C, 143 on SIGTERM)."""
     args = _parser().parse_args(argv)
     try:
-        commands = {"merge": _merge, "gguf": _gguf, "eval": _eval, "card": _card, "lineage": _lineage}
-        return commands[args.command](args) if args.command in commands else _methods()
+        with stop_on_signals():
+            commands = {"merge": _merge, "gguf": _gguf, "eval": _eval, "card": _card, "lineage": _lineage}
+            return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
         if args.debug:
             raise
@@ -227,9 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: no output was left behind.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: stopped and cleaned up; no output was left behind.",
+              file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from mergehub.errors import UnknownMethodError
+from mergehub.errors import UnknownMethodError, excerpt
 from mergehub.methods import (
     arcee_fusion,
     karcher,
@@ -64,5 +64,5 @@ def get_method(name: str) -> MethodSpec:
     """
     spec = _METHODS.get(name)
     if spec is None:
-        raise UnknownMethodError(f"Unknown merge_method {name!r}.", hint=f"Use one of: {', '.join(_NAMES)}.")
+        raise UnknownMethodError(f"Unknown merge_method {excerpt(name)}.", hint=f"Use one of: {', '.join(_NAMES)}.")
     return spec

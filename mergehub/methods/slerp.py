@@ -24,7 +24,8 @@ def slerp(
     """Interpolate from the base (t=0) to the other model (t=1) along the great circle.
 
     The angle comes from the whole tensors' normalised dot product; nearly colinear
-    pairs (|dot| > 0.9995) fall back to linear interpolation.
+    pairs (|dot| > 0.9995) fall back to linear interpolation, and so do tensors whose angle
+    cannot be computed (NaN or Inf values): those values stay where they are, for the merge to report.
     """
     check_same_shape(tensors)
     v0, v1 = base_and_other(tensors, base_index, "slerp")
@@ -32,7 +33,7 @@ def slerp(
     d0 = n0 if n0 > EPS else 1.0
     d1 = n1 if n1 > EPS else 1.0
     dot = torch.dot(v0.reshape(-1), v1.reshape(-1)).item() / (d0 * d1)  # no normalised copies: memory stays flat
-    if abs(dot) > DOT_THRESHOLD:
+    if not math.isfinite(dot) or abs(dot) > DOT_THRESHOLD:
         s0, s1 = 1 - t, t
     else:
         theta = math.acos(max(-1.0, min(1.0, dot)))

@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from mergehub import safe_yaml
 from mergehub.methods import get_method
 from mergehub.plan import Plan
 from mergehub.recipe import parse_recipe, recipe_sha256
@@ -74,6 +75,10 @@ class MergeCard:
     command: str
     lineage_mermaid: str | None = None
     eval_results: tuple[EvalScore, ...] = ()
+    non_finite: tuple[str, ...] = ()
+    """Tensors found holding NaN or Inf values (`model: tensor (N NaN/Inf)` for an input)."""
+    checked: tuple[tuple[str, bool, str], ...] = ()
+    """Each Hub weight file read (`model/file`), whether its sha256 was verified in transit, and why not."""
 
     def __post_init__(self) -> None:
         unique: dict[str, ParentCard] = {}
@@ -86,9 +91,12 @@ def parse_card_data(readme: bytes | str | None) -> ModelCardData | None:
     """The metadata of a README.md; None when it is absent or cannot be parsed."""
     if readme is None:
         return None
-    text = readme.decode("utf-8", errors="replace") if isinstance(readme, bytes) else readme
+    text = (readme.decode("utf-8", errors="replace") if isinstance(readme, bytes) else readme).lstrip("\ufeff")
+    front = re.match(r"---\s*\n(.*?)\n---", text, re.S)
     try:
-        return ModelCard(text.lstrip("\ufeff"), ignore_metadata_errors=True).data
+        if front:  # a parent's card is someone else's YAML: no aliases, bounded size
+            safe_yaml.load(front[1], what="The card's metadata")
+        return ModelCard(text, ignore_metadata_errors=True).data
     except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
         return None
 
@@ -159,6 +167,7 @@ def _version(package: str) -> str:
 def merge_card(
     repo_id: str, plan: Plan, shards: Iterable[ShardResult], *, recipe_yaml: str, seed: int, command: str,
     parents: Iterable[ParentCard], lineage_mermaid: str | None = None, eval_results: Sequence[EvalScore] = (),
+    non_finite: Sequence[str] = (),
 ) -> MergeCard:
     """The card data of a finished merge; parents follow the plan's models (base first, then recipe order)."""
     order = {(m.ref.split("@")[0] if m.revision else m.ref): i for i, m in enumerate(plan.models)}
@@ -176,6 +185,8 @@ def merge_card(
         command=command,
         lineage_mermaid=lineage_mermaid,
         eval_results=tuple(eval_results),
+        non_finite=tuple(non_finite),
+        checked=tuple((f"{plan.models[f.model].ref.split('@')[0]}/{f.file}", f.verified, f.reason) for f in plan.input_files),
     )
 
 
@@ -237,6 +248,7 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     lines += ["", "## Recipe", "", _fence(card.recipe_yaml, "yaml"), "", "## Reproducibility", ""]
     lines.append("Versions: " + ", ".join(f"{package} {v}" for package, v in card.versions) + f"; seed: {card.seed}.")
     lines += ["", "| Shard | sha256 |", "|---|---|"] + [f"| {f} | `{sha}` |" for f, sha in card.shards]
+    lines += _integrity_lines(card)
     lines += ["", "Rerun:", "", _fence(card.command, "bash")]
     if card.lineage_mermaid:
         lines += ["", "## Lineage", "", _fence(card.lineage_mermaid, "mermaid")]
@@ -249,18 +261,36 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _integrity_lines(card: MergeCard) -> list[str]:
+    """What the merge checked of its inputs in transit, and the tensors it found holding NaN or Inf."""
+    lines = []
+    if card.checked:
+        verified = [name for name, ok, _ in card.checked if ok]
+        lines += ["", f"Hub weight files verified against their sha256 as they streamed: {len(verified)} of {len(card.checked)}."]
+        lines += [f"- not verified: `{name}` ({reason})" for name, ok, reason in card.checked if not ok]
+    if card.non_finite:
+        lines += ["", "> [!WARNING]", "> These tensors hold NaN or Inf values:"] + [f"> - {_cell(n)}" for n in card.non_finite]
+    return lines
+
+
 def provenance(card: MergeCard) -> dict:
     """The card's machine-readable record (front matter key `mergehub`): recipe hash, pinned parents, seed.
 
     Reruns compare it to decide whether a merge is already up to date.
     """
-    return {
+    record = {
         "recipe_sha256": recipe_sha256(card.recipe_yaml),
         "parents": {p.ref: p.revision for p in card.parents},
         "seed": card.seed,
         "method": card.method,
         "version": dict(card.versions).get("mergehub"),
     }
+    if card.checked:
+        record["verified_inputs"] = [name for name, ok, _ in card.checked if ok]
+        record["unverified_inputs"] = {name: reason for name, ok, reason in card.checked if not ok}
+    if card.non_finite:
+        record["non_finite"] = list(card.non_finite)
+    return record
 
 
 def render_card(card: MergeCard) -> ModelCard:

@@ -13,6 +13,7 @@ import yaml
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
+from mergehub import safe_yaml
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub.errors import RecipeError
 from mergehub.publish.card import card_license, parse_card_data
@@ -164,8 +165,8 @@ def _recipe_models(data: dict) -> list[str]:
 def _parse_recipe(text: str | None) -> tuple[str | None, list[str]]:
     """A recipe's merge method and parent repos; nothing when it is absent or not a YAML mapping."""
     try:
-        data = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
+        data = safe_yaml.load(text, what="A parent's recipe") if text else None
+    except (RecipeError, yaml.YAMLError):
         return None, []
     if not isinstance(data, dict):
         return None, []

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import shutil
 import tempfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 
 from mergehub.errors import PublishError
-from mergehub.writer import ShardResult
+from mergehub.workers import DaemonPool
+from mergehub.writer import INDEX_NAME, ShardResult
 
-__all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "MERGEHUB_TAG"]
+__all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "staging_directory", "MERGEHUB_TAG"]
 
 MERGEHUB_TAG = "mergehub"
+_SCRATCH_PREFIX = "mergehub-push-"
+_STALE_SCRATCH_SECONDS = 24 * 3600
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class ShardUploader:
         self.repo_id = repo_id
         self.keep_local = keep_local
         self._slots = threading.Semaphore(max_pending)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mergehub-upload")
+        self._pool = DaemonPool(1, "mergehub-upload")
         self._uploads: list[Future[CommitOperationAdd]] = []
 
     def shard_done(self, path: Path, result: ShardResult) -> None:
@@ -77,8 +85,8 @@ class ShardUploader:
         return [upload.result() for upload in self._uploads]
 
     def close(self) -> None:
-        """Stop uploading (after a failure)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop uploading (after a failure): queued uploads are dropped, one in flight is not waited for."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _username(api: HfApi) -> str:
@@ -99,10 +107,11 @@ def full_repo_id(api: HfApi, repo_id: str) -> str:
     return repo_id if "/" in repo_id else f"{_username(api)}/{repo_id}"
 
 
-def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tuple[str, bool]:
+def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tuple[str, bool, bool]:
     """Resolve `name` to `user/name`, then create the repo, or check that mergehub made the existing one.
 
-    Returns the full repo ID and whether this call created the repo.
+    Returns the full repo ID, whether this call created the repo, and whether mergehub made it (then a
+    new merge replaces its weight files).
 
     Raises:
         PublishError: no token, or the repo exists, was not made by mergehub, and `force` is off.
@@ -116,34 +125,79 @@ def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tup
             api.create_repo(repo_id, private=private, repo_type="model")
         except HfHubHTTPError as e:
             raise PublishError(f"Cannot create {repo_id}: {e}.", hint="Check the namespace: your token must be allowed to write there.") from e
-        return repo_id, True
+        return repo_id, True, True
     tags = (info.card_data.tags if info.card_data else None) or []
     files = {s.rfilename for s in info.siblings or []} - {".gitattributes"}
-    if files and MERGEHUB_TAG not in tags and not force:
+    ours = not files or MERGEHUB_TAG in tags
+    if not ours and not force:
         raise PublishError(
             f"{repo_id} already exists and was not made by mergehub.",
             hint="Choose another name, or pass --force to add this merge to it anyway.",
         )
-    return repo_id, False
+    return repo_id, False, ours
 
 
-def commit_merge(api: HfApi, repo_id: str, directory: Path, shard_operations: list[CommitOperationAdd], method: str) -> Any:
-    """One commit adding the pre-uploaded shards and every other file of the merged model."""
+def _is_weight_file(path: str) -> bool:
+    """A top-level weight file a merge writes: `*.safetensors` or the index."""
+    return "/" not in path and (path.endswith(".safetensors") or path == INDEX_NAME)
+
+
+def commit_merge(
+    api: HfApi, repo_id: str, directory: Path, shard_operations: list[CommitOperationAdd], method: str, *, replace_weights: bool = True
+) -> Any:
+    """One commit adding the pre-uploaded shards and every other file of the merged model.
+
+    With `replace_weights` (a repo mergehub made), the same commit deletes the weight files of an
+    earlier merge that this one does not have (`*.safetensors`, the index); otherwise they are
+    kept, and a warning names them.
+    """
     shards = {op.path_in_repo for op in shard_operations}
     others = [
         CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
         for p in sorted(directory.iterdir())
         if p.is_file() and p.name not in shards
     ]
+    written = shards | {op.path_in_repo for op in others}
     try:
-        return api.create_commit(repo_id, shard_operations + others, commit_message=f"Add {method} merge made with mergehub")
+        stale = sorted(f for f in api.list_repo_files(repo_id) if _is_weight_file(f) and f not in written)
+        deletes = [CommitOperationDelete(path_in_repo=f) for f in stale] if replace_weights else []
+        if stale and not replace_weights:
+            logger.warning("%s keeps weight files this merge does not have (the repo was not made by mergehub): %s", repo_id, ", ".join(stale))
+        return api.create_commit(repo_id, shard_operations + others + deletes, commit_message=f"Add {method} merge made with mergehub")
     except HfHubHTTPError as e:
         raise PublishError(f"The commit to {repo_id} failed: {e}.", hint="Nothing was committed; rerun to try again.") from e
 
 
 def staging_directory(out_dir: str | os.PathLike | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
-    """Where a pushed merge is assembled: `out_dir` when the user keeps a copy, else a temporary directory."""
+    """Where a pushed merge is assembled: `out_dir` when the user keeps a copy, else a temporary directory.
+
+    The temporary directory's name carries the process id, so that one left by a killed run is removed
+    by the next push (when that process is gone, or the directory is over a day old).
+    """
     if out_dir is not None:
         return Path(out_dir), None
-    scratch = tempfile.TemporaryDirectory(prefix="mergehub-push-")
+    _remove_stale_scratch(Path(tempfile.gettempdir()))
+    scratch = tempfile.TemporaryDirectory(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
     return Path(scratch.name) / "model", scratch
+
+
+def _remove_stale_scratch(parent: Path) -> None:
+    pattern = re.compile(rf"{_SCRATCH_PREFIX}(\d+)-\w+")
+    removed = []
+    for path in parent.glob(f"{_SCRATCH_PREFIX}*"):
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_dir() or int(match[1]) == os.getpid():
+            continue
+        try:
+            old = time.time() - path.stat().st_mtime > _STALE_SCRATCH_SECONDS
+            os.kill(int(match[1]), 0)
+            gone = False
+        except ProcessLookupError:
+            gone = True
+        except OSError:
+            continue
+        if gone or old:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if removed:
+        logger.warning("Removed %d push directories left by earlier runs that were stopped: %s", len(removed), ", ".join(removed))

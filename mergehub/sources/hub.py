@@ -5,19 +5,32 @@ come from ranged reads of each shard's first bytes; tensors come from ranged rea
 exactly their bytes, adjacent tensors coalesced into one request. Every response is
 checked (206, matching Content-Range, full length): a server that ignores the Range
 header or answers for other bytes produces an error, never wrong weights.
+
+Every request has a connect timeout (`HF_HUB_ETAG_TIMEOUT`) and a read timeout
+(`HF_HUB_DOWNLOAD_TIMEOUT`: the longest silence while waiting for bytes), huggingface_hub's
+own variables and defaults (10 s each). Failed and stalled requests are retried a few times
+with backoff; a `Retry-After` longer than `MERGEHUB_MAX_RETRY_AFTER` (default 300 s) is an
+error at once rather than a long sleep. Every file name the server gives is checked to be a
+plain path inside the repo, and small files (config, tokenizer) are checked against the git
+or LFS id the repo listing gives. A weight file read whole is hashed as its bytes arrive
+and compared with the LFS sha256 of the listing (`verify`).
 """
 
 from __future__ import annotations
 
-import json
+import email.utils
+import hashlib
+import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url
+from huggingface_hub import HfApi, constants, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -25,20 +38,26 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from mergehub.errors import MissingTensorError, SourceError
 from mergehub.recipe import ModelRef
-from mergehub.sources.base import TensorInfo, header_length, parse_safetensors_header, weight_files
+from mergehub.sources.base import TensorInfo, check_repo_file, header_length, parse_json, parse_safetensors_header, weight_files
 from mergehub.sources.local import INDEX_NAME
+from mergehub.sources.stream_hash import OrderedHash
 
-__all__ = ["HubSource", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES"]
+__all__ = ["HubSource", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES", "DEFAULT_MAX_RETRY_AFTER", "hub_timeout", "max_retry_after"]
 
 HEADER_PROBE_BYTES = 100_000
 MAX_COALESCED_BYTES = 64 * 1024**2
+DEFAULT_MAX_RETRY_AFTER = 300.0
+"""The longest `Retry-After` mergehub waits, in seconds (the Hub's rate-limit window is 5 minutes)."""
 _COALESCE_GAP_BYTES = 64 * 1024
-_RANGE_ATTEMPTS = 4
+_ATTEMPTS = 5
+_BACKOFF_SECONDS = 0.25
+_MAX_BACKOFF_SECONDS = 8.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 try:  # huggingface_hub's HTTP client: httpx2 in 2.x, httpx before
     import httpx2 as _httpx
@@ -50,6 +69,43 @@ _TRANSIENT = (_httpx.TimeoutException, _httpx.NetworkError, _httpx.RemoteProtoco
 
 def _endpoint(endpoint: str | None) -> str:
     return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def hub_timeout() -> _httpx.Timeout:
+    """Connect within `HF_HUB_ETAG_TIMEOUT` seconds; wait at most `HF_HUB_DOWNLOAD_TIMEOUT` for each read (as huggingface_hub)."""
+    return _httpx.Timeout(float(constants.HF_HUB_DOWNLOAD_TIMEOUT), connect=float(constants.HF_HUB_ETAG_TIMEOUT))
+
+
+def max_retry_after() -> float:
+    """The longest `Retry-After` honoured, in seconds: `MERGEHUB_MAX_RETRY_AFTER`, else 300.
+
+    Raises:
+        SourceError: the variable is set but is not a number of seconds.
+    """
+    value = os.environ.get("MERGEHUB_MAX_RETRY_AFTER", "").strip()
+    try:
+        return float(value) if value else DEFAULT_MAX_RETRY_AFTER
+    except ValueError:
+        raise SourceError(f"MERGEHUB_MAX_RETRY_AFTER={value[:20]!r} is not a number of seconds.", hint="Unset it, or give seconds, e.g. 60.") from None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (delay-seconds or an HTTP date), or None."""
+    value = (headers.get("Retry-After") or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds()) if when.tzinfo else None
+
+
+def _verification_enabled() -> bool:
+    """Whether streamed weight files are hashed (`MERGEHUB_VERIFY=0` turns it off, for benchmarks)."""
+    return os.environ.get("MERGEHUB_VERIFY", "1").strip() != "0"
 
 
 class HubSource:
@@ -69,12 +125,29 @@ class HubSource:
         self.endpoint = _endpoint(endpoint)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         info = self._call(
-            lambda: HfApi(endpoint=self.endpoint, token=token).model_info(ref.path, revision=ref.revision, files_metadata=True)
+            lambda: HfApi(endpoint=self.endpoint, token=token).model_info(
+                ref.path, revision=ref.revision, files_metadata=True, timeout=hub_timeout()
+            )
         )
+        if not isinstance(info.sha, str) or not _COMMIT_SHA.fullmatch(info.sha):
+            raise SourceError(
+                f"{self.label}: the server gave {str(info.sha)[:50]!r} as the commit, which is not a commit sha.",
+                hint="The server is not a Hugging Face Hub, or is broken: check HF_ENDPOINT.",
+            )
         self.revision: str = info.sha
         self.gated = bool(info.gated)
-        self.file_sizes = {s.rfilename: s.size for s in info.siblings or []}
+        siblings = info.siblings or []
+        self.file_sizes = {s.rfilename: s.size for s in siblings}
+        self._lfs_sha256 = {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs and s.lfs.sha256}
+        self._blob_ids = {s.rfilename: s.blob_id for s in siblings if s.blob_id and not s.lfs}
+        self.verify_enabled = _verification_enabled()
+        self.checksums: dict[str, str] = {
+            f: sha for f, sha in self._lfs_sha256.items() if f.endswith(".safetensors") and self.file_sizes.get(f) is not None
+        } if self.verify_enabled else {}
+        """The LFS sha256 of each weight file whose size is listed too: those can be verified as they stream."""
         self._tensors: dict[str, TensorInfo] | None = None
+        self._headers: dict[str, bytes] = {}
+        self._hashes: dict[str, OrderedHash] = {}
         self._lock = threading.Lock()
         self.bytes_fetched = 0
 
@@ -107,29 +180,31 @@ class HubSource:
             ) from e
 
     def _weight_files(self) -> list[str]:
-        index = json.loads(self.read_file(INDEX_NAME) or b"null") if INDEX_NAME in self.file_sizes else None
-        return weight_files(list(self.file_sizes), index, self.label)
+        raw = self.read_file(INDEX_NAME)
+        return weight_files(list(self.file_sizes), parse_json(raw, INDEX_NAME, self.label) if raw is not None else None, self.label)
 
     def tensors(self) -> Mapping[str, TensorInfo]:
-        """Every tensor of the model, from ranged reads of each shard's header."""
+        """Every tensor of the model, from ranged reads of each shard's header, checked against the listed sizes."""
         if self._tensors is None:
             tensors: dict[str, TensorInfo] = {}
             for file in self._weight_files():
-                tensors.update(parse_safetensors_header(self._header(file), file))
+                header = self._header(file)
+                tensors.update(parse_safetensors_header(header, file, self.file_sizes.get(file), label=self.label))
+                self._headers[file] = header
             self._tensors = tensors
         return self._tensors
 
     def _header(self, file: str) -> bytes:
         """A shard's JSON header: a ranged read of its first bytes, a second one if the header is longer."""
-        cached = self._cache_root() / f"{file}.header" if self.cache_dir else None
+        cached = self._cache_file(f"{file}.header")
         if cached is not None and cached.is_file():
             return cached.read_bytes()
         size = self.file_sizes.get(file) or HEADER_PROBE_BYTES
-        probe = self._range(file, 0, min(HEADER_PROBE_BYTES, size))
-        length = header_length(probe, f"{self.label}/{file}")
+        probe = self._fetch(file, 0, min(HEADER_PROBE_BYTES, size))
+        length = header_length(probe, f"{self.label}/{file}", self.file_sizes.get(file))
         header = probe[8 : 8 + length]
         if len(header) < length:
-            header += self._range(file, len(probe), 8 + length)
+            header += self._fetch(file, len(probe), 8 + length)
         if cached is not None:
             _write_atomically(cached, header)
         return header
@@ -139,16 +214,63 @@ class HubSource:
         raw = self.read_file("config.json")
         if raw is None:
             raise SourceError(f"{self.label} has no config.json.", hint="mergehub merges transformers models with a config.json.")
-        return json.loads(raw)
+        config = parse_json(raw, "config.json", self.label)
+        if not isinstance(config, dict):
+            raise SourceError(f"{self.label}: config.json is not a JSON object.", hint="Check the model's config.json.")
+        return config
 
     def read_file(self, filename: str) -> bytes | None:
-        """A small file of the repo at the pinned commit (through the Hub cache), or None when absent."""
+        """A small file of the repo at the pinned commit, or None when absent; checked against the listing's id.
+
+        Raises:
+            SourceError: it cannot be read, or its bytes differ from what the repo lists (git blob id or LFS sha256).
+        """
         if filename not in self.file_sizes:
             return None
-        path = self._call(
-            lambda: hf_hub_download(self.repo_id, filename, revision=self.revision, endpoint=self.endpoint, token=self.token)
-        )
-        return Path(path).read_bytes()
+        data = self._fetch(filename)
+        if filename in self._lfs_sha256:
+            actual, expected = hashlib.sha256(data).hexdigest(), self._lfs_sha256[filename]
+        elif filename in self._blob_ids:
+            actual, expected = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), self._blob_ids[filename]
+        else:
+            return data
+        if actual != expected:
+            raise SourceError(
+                f"{self.label}: {filename} arrived with content {actual[:12]}…, but the repo lists {expected[:12]}…: it was changed in transit.",
+                hint="Try again; if it persists, a proxy or the network corrupts downloads.",
+            )
+        return data
+
+    def verify(self, files: Iterable[str]) -> None:
+        """Hash these weight files as their bytes arrive, and compare each with the listing's sha256 once complete.
+
+        Call it after `tensors()` and before the reads; only for files the merge reads whole (else a gap stays open).
+        """
+        for file in files:
+            if file not in self.checksums:
+                continue
+            hasher = OrderedHash(self.file_sizes[file], spill_dir=str(self.cache_dir) if self.cache_dir else None)
+            self._hashes[file] = hasher
+            header = self._headers[file]
+            self._feed(file, 0, struct.pack("<Q", len(header)) + header)
+
+    def verified_files(self) -> list[str]:
+        """The files verified so far (hashed whole, sha256 equal to the listing's)."""
+        return sorted(file for file, hasher in self._hashes.items() if hasher.done)
+
+    def _feed(self, file: str, start: int, data: bytes) -> None:
+        hasher = self._hashes.get(file)
+        if hasher is None or not hasher.add(start, data):
+            return
+        expected = self.checksums[file]
+        if hasher.hexdigest() != expected:
+            self._forget_cache(file)
+            raise SourceError(
+                f"{self.label}: {file} was changed in transit: its bytes hash to {hasher.hexdigest()}, "
+                f"but the repo lists sha256 {expected}.",
+                hint="Nothing was written. Try again; if it persists, a proxy or the network corrupts downloads.",
+            )
+        hasher.close()
 
     def read(self, name: str) -> torch.Tensor:
         """One tensor, by a ranged read of its bytes."""
@@ -165,19 +287,29 @@ class HubSource:
         result: dict[str, torch.Tensor] = {}
         for group in _coalesce(infos):
             first = group[0]
-            data = self._cached(group) or self._range(first.file, first.start, max(i.end for i in group))
+            data = self._cached(group) or self._fetch(first.file, first.start, max(i.end for i in group))
+            self._feed(first.file, first.start, data)
             for info in group:
                 chunk = data[info.start - first.start : info.end - first.start]
                 self._store(info, chunk)
                 result[info.name] = _to_tensor(chunk, info)
         return result
 
-    def _cache_root(self) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir / self.repo_id.replace("/", "--") / self.revision
+    def _cache_file(self, name: str) -> Path | None:
+        """A path in this revision's cache folder (None without a cache); `name` starts with a checked repo path."""
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / self.repo_id.replace("/", "--") / self.revision / check_repo_file(name, self.label)
 
     def _cache_path(self, info: TensorInfo) -> Path | None:
-        return self._cache_root() / f"{info.file}.{info.start}-{info.end}" if self.cache_dir else None
+        return self._cache_file(f"{info.file}.{info.start}-{info.end}")
+
+    def _forget_cache(self, file: str) -> None:
+        """Delete a file's cached header and tensors (after its bytes failed verification)."""
+        folder = self._cache_file(file)
+        if folder is not None and folder.parent.is_dir():
+            for path in folder.parent.glob(f"{folder.name}.*"):
+                path.unlink(missing_ok=True)
 
     def _cached(self, group: list[TensorInfo]) -> bytes | None:
         paths = [self._cache_path(info) for info in group]
@@ -192,29 +324,66 @@ class HubSource:
         if path is not None and not path.exists():
             _write_atomically(path, chunk)
 
-    def _range(self, file: str, start: int, end: int) -> bytes:
-        """Bytes `[start, end)` of a repo file, retried on transient failures and checked."""
-        if end <= start:
+    def _fetch(self, file: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes `[start, end)` of a repo file (the whole file without a range), with timeouts, retries and checks.
+
+        Raises:
+            SourceError: the server refused, kept failing or stalling, asked to wait too long, or sent other bytes.
+        """
+        ranged = start is not None and end is not None
+        if ranged and end <= start:
             return b""
-        url = hf_hub_url(self.repo_id, file, revision=self.revision, endpoint=self.endpoint)
-        headers = build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{end - 1}"})
-        problem = ""
-        for attempt in range(_RANGE_ATTEMPTS):
-            response = self._call(lambda: http_backoff("GET", url, headers=headers, follow_redirects=True, base_wait_time=0.25, max_retries=4))
-            self._call(lambda: hf_raise_for_status(response))
-            problem = _range_problem(response.status_code, response.headers.get("Content-Range"), len(response.content), start, end)
-            if not problem:
-                with self._lock:
-                    self.bytes_fetched += len(response.content)
-                return response.content
-            time.sleep(0.1 * 2**attempt)
-        raise SourceError(
-            f"{self.label}: reading bytes {start}-{end - 1} of {file} failed {_RANGE_ATTEMPTS} times: {problem}.",
-            hint="The server or a proxy does not honour HTTP Range requests; mergehub refuses to guess the weights.",
-        )
+        url = hf_hub_url(self.repo_id, check_repo_file(file, self.label), revision=self.revision, endpoint=self.endpoint)
+        headers = build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{end - 1}"} if ranged else None)
+        what = f"bytes {start}-{end - 1} of {file}" if ranged else file
+        problem, hint = "", ""
+        for attempt in range(_ATTEMPTS):
+            wait = min(_MAX_BACKOFF_SECONDS, _BACKOFF_SECONDS * 2**attempt)
+            timeout = hub_timeout()
+            try:
+                response = get_session().get(url, headers=headers, timeout=timeout, follow_redirects=True)
+            except _httpx.TimeoutException as e:
+                kind = "connecting" if isinstance(e, _httpx.ConnectTimeout) else "waiting for data"
+                problem = f"no progress for {timeout.connect if kind == 'connecting' else timeout.read:.0f} s while {kind}"
+                hint = "The server stopped answering. Try again later; on a slow link raise HF_HUB_DOWNLOAD_TIMEOUT (seconds)."
+            except (_httpx.NetworkError, _httpx.RemoteProtocolError) as e:
+                problem, hint = f"the connection failed ({e or type(e).__name__})", "Check the network connection, then try again."
+            else:
+                if response.status_code == 429 or response.status_code >= 500:
+                    problem, hint = f"the server answered {response.status_code}", "Try again later."
+                    asked = _retry_after(response.headers)
+                    if asked is not None and asked > max_retry_after():
+                        raise SourceError(
+                            f"{self.label}: reading {what}: the server answered {response.status_code} and asks to wait "
+                            f"{asked:.0f} s (Retry-After), more than mergehub waits ({max_retry_after():.0f} s).",
+                            hint="Try again later, or raise MERGEHUB_MAX_RETRY_AFTER (seconds).",
+                        )
+                    wait = wait if asked is None else asked
+                elif response.status_code >= 400:
+                    self._call(lambda: hf_raise_for_status(response))
+                    problem = f"the server answered {response.status_code}"
+                else:
+                    content = response.content
+                    if ranged:
+                        problem = _range_problem(response.status_code, response.headers.get("Content-Range"), len(content), start, end)
+                        hint = "The server or a proxy does not honour HTTP Range requests; mergehub refuses to guess the weights."
+                    elif self.file_sizes.get(file) not in (None, len(content)):
+                        problem = f"the body has {len(content)} bytes, but the repo lists {self.file_sizes[file]}"
+                        hint = "The download was cut short or altered; try again."
+                    else:
+                        problem = ""
+                    if not problem:
+                        with self._lock:
+                            self.bytes_fetched += len(content)
+                        return content
+            if attempt + 1 < _ATTEMPTS:
+                time.sleep(wait)
+        raise SourceError(f"{self.label}: reading {what} failed {_ATTEMPTS} times; last: {problem}.", hint=hint)
 
     def close(self) -> None:
-        """Nothing to release: huggingface_hub owns the HTTP client."""
+        """Release the verification buffers; huggingface_hub owns the HTTP client."""
+        for hasher in self._hashes.values():
+            hasher.close()
 
 
 def _range_problem(status: int, content_range: str | None, length: int, start: int, end: int) -> str:

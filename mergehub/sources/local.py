@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterable, Mapping
@@ -11,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mergehub.errors import MissingTensorError, SourceError
-from mergehub.sources.base import TensorInfo, header_length, parse_safetensors_header, weight_files
+from mergehub.sources.base import TensorInfo, header_length, parse_json, parse_safetensors_header, weight_files
 
 __all__ = ["LocalSource"]
 
@@ -29,25 +28,29 @@ class LocalSource:
         self._tensors: dict[str, TensorInfo] | None = None
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.checksums: dict[str, str] = {}  # nothing travels: no transfer to verify
 
     def _files(self) -> list[str]:
+        label = f"{self.label} ({self.directory})"
         names = [p.name for p in self.directory.iterdir() if p.is_file()]
-        index_path = self.directory / INDEX_NAME
-        index = json.loads(index_path.read_text()) if index_path.exists() else None
-        return weight_files(names, index, f"{self.label} ({self.directory})")
+        index = self.read_file(INDEX_NAME)
+        return weight_files(names, parse_json(index, INDEX_NAME, label) if index is not None else None, label)
 
     def tensors(self) -> Mapping[str, TensorInfo]:
-        """Every tensor of the model, parsed from the shard headers."""
+        """Every tensor of the model, parsed from the shard headers and checked against the files' sizes."""
         if self._tensors is None:
             tensors: dict[str, TensorInfo] = {}
             for file in self._files():
                 path = self.directory / file
                 try:
                     with open(path, "rb") as f:
-                        length = header_length(f.read(8), str(path))
-                        tensors.update(parse_safetensors_header(f.read(length), file))
+                        size = os.fstat(f.fileno()).st_size
+                        length = header_length(f.read(8), str(path), size)
+                        tensors.update(parse_safetensors_header(f.read(length), file, size, label=self.label))
+                except SourceError:
+                    raise
                 except OSError as e:
-                    raise SourceError(f"{self.label}: cannot read {path}: {e.strerror}.") from e
+                    raise SourceError(f"{self.label}: cannot read {path}: {e.strerror or e}.", hint="Check the model directory.") from e
             self._tensors = tensors
         return self._tensors
 
@@ -56,7 +59,10 @@ class LocalSource:
         raw = self.read_file("config.json")
         if raw is None:
             raise SourceError(f"{self.label} has no config.json.", hint="A model directory needs its config.json.")
-        return json.loads(raw)
+        config = parse_json(raw, "config.json", self.label)
+        if not isinstance(config, dict):
+            raise SourceError(f"{self.label}: config.json is not a JSON object.", hint="Check the model's config.json.")
+        return config
 
     def read_file(self, filename: str) -> bytes | None:
         """A small file from the model directory, or None when absent."""
@@ -87,6 +93,13 @@ class LocalSource:
     def read_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Several tensors, each with its own positioned read."""
         return {name: self.read(name) for name in names}
+
+    def verify(self, files: Iterable[str]) -> None:
+        """Nothing to verify: local files do not travel (`checksums` is empty)."""
+
+    def verified_files(self) -> list[str]:
+        """None: local files are read as they are."""
+        return []
 
     def close(self) -> None:
         """Close the open shard files."""

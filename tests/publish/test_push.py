@@ -133,3 +133,21 @@ def test_lineage_command(hub, family, capsys):
     assert main(["lineage", "org/b", "--format", "json"]) == 0
     out = capsys.readouterr().out
     assert '"org/a"' in out and '"finetune"' in out
+
+
+def test_a_repush_with_fewer_shards_deletes_the_old_ones_in_the_same_commit(hub, family, write_recipe):
+    recipe = write_recipe(_recipe(family))
+    first, _ = push_merge(recipe, "alice/reshard", out_shard_bytes=100_000)
+    second, pushed = push_merge(recipe, "alice/reshard")  # one 5 GB shard holds it all now
+    assert len(first.shards) > 1 and [s.filename for s in second.shards] == ["model-00001-of-00001.safetensors"]
+    files = set(HfApi().list_repo_files("alice/reshard"))
+    assert {f for f in files if f.endswith(".safetensors")} == {"model-00001-of-00001.safetensors"}
+    commits = HfApi().list_repo_commits("alice/reshard")
+    assert len(commits) == 3 and commits[0].commit_id == pushed.commit_sha  # creation, first merge, second merge
+
+
+def test_a_forced_push_into_a_foreign_repo_keeps_its_weights_and_says_so(hub, family, write_recipe, caplog):
+    hub.add_repo("alice/theirs", {"README.md": b"# not a merge\n", "model.safetensors": (family[0] / "model.safetensors").read_bytes()})
+    push_merge(write_recipe(_recipe(family[:2])), "alice/theirs", force=True, out_shard_bytes=100_000)
+    assert "model.safetensors" in HfApi().list_repo_files("alice/theirs")
+    assert "keeps weight files this merge does not have" in caplog.text and "model.safetensors" in caplog.text

@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from mergehub import api
-from mergehub.errors import MergehubError
+from mergehub import safe_yaml
+from mergehub.errors import MergehubError, RecipeError
 from mergehub.interfaces.space.safety import check_hub_reference, check_recipe_text, refuse_local_shadows, user_message
 from mergehub.interfaces.space.units import format_count, format_size
 
@@ -54,8 +55,8 @@ def _card_license(readme: bytes | None) -> str:
     if not match:
         return "?"
     try:
-        meta = yaml.safe_load(match[1])
-    except yaml.YAMLError:
+        meta = safe_yaml.load(match[1], what="The card's metadata")
+    except (RecipeError, yaml.YAMLError):
         return "?"
     if not isinstance(meta, dict) or not meta.get("license"):
         return "?"

@@ -10,7 +10,9 @@ from typing import Any
 
 import yaml
 
-from mergehub.interfaces.space.safety import MAX_MODELS, MAX_RECIPE_BYTES, check_recipe_text, has_aliases
+from mergehub import safe_yaml
+from mergehub.errors import RecipeError
+from mergehub.interfaces.space.safety import MAX_MODELS, MAX_RECIPE_BYTES, check_recipe_text
 from mergehub.methods import MethodSpec, ParamSpec, get_method
 from mergehub.recipe import ConditionalValue, Recipe
 
@@ -262,11 +264,11 @@ def _dump(data: Mapping[str, Any]) -> str:
 
 def recipe_extras(text: str) -> tuple[dict[str, Any], int | None]:
     """The top-level keys of a recipe text that the form does not show, and where its base sits in `models:`."""
-    if not text.strip() or len(text.encode("utf-8")) > MAX_RECIPE_BYTES or has_aliases(text):
+    if not text.strip():
         return {}, None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        data = safe_yaml.load(text, max_bytes=MAX_RECIPE_BYTES)
+    except (RecipeError, yaml.YAMLError):
         return {}, None
     if not isinstance(data, dict):
         return {}, None

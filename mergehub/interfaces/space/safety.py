@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
 from mergehub.recipe import Recipe, parse_recipe
 
@@ -92,19 +90,11 @@ def _tokenizer_references(recipe: Recipe) -> list[str]:
     return found
 
 
-def has_aliases(text: str) -> bool:
-    """Whether the YAML uses anchors or aliases (refused: they let a small text expand enormously)."""
-    try:
-        return any(isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) for event in yaml.parse(text))
-    except yaml.YAMLError:
-        return False  # parse_recipe reports the syntax error
-
-
 def check_recipe_text(text: str) -> Recipe:
     """Parse a visitor's recipe and enforce the Space's limits: size, model count, Hub references only.
 
     Raises:
-        RecipeError: too large, too many models or slices, YAML aliases, or an invalid recipe.
+        RecipeError: too large, too many models or slices, YAML aliases (refused by `parse_recipe`), or an invalid recipe.
         ModelReferenceError: a model reference is not a Hub ID.
     """
     size = len(text.encode("utf-8"))
@@ -113,9 +103,7 @@ def check_recipe_text(text: str) -> Recipe:
             f"The recipe is {size:,} bytes; this Space accepts at most {MAX_RECIPE_BYTES:,}.",
             hint="Shorten it, or run `mergehub merge` on your own machine for larger recipes.",
         )
-    if has_aliases(text):
-        raise RecipeError("The recipe uses YAML anchors or aliases (`&`, `*`).", hint="Write the values out in full.")
-    recipe = parse_recipe(text)
+    recipe = parse_recipe(text)  # refuses YAML aliases
     refs = recipe.referenced_models()
     if len(refs) > MAX_MODELS:
         raise RecipeError(
