@@ -47,7 +47,8 @@ class GGUFOutput:
 
     def finish(self, repo_id: str, card: Callable[[tuple[GGUFFile, ...]], ModelCard]) -> GGUFResult:
         """Close the files, write their `card` as README.md, and move the directory to its target."""
-        files = self.sink.finish()
+        with writing(self.staging):
+            files = self.sink.finish()
         with writing(self.staging / "README.md"):
             (self.staging / "README.md").write_text(str(card(files)), encoding="utf-8")
         move_into_place(self.staging, self.target)

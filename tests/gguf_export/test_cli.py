@@ -66,3 +66,17 @@ def test_without_the_gguf_package_the_command_says_how_to_install(tmp_path):
     code = "import sys; sys.modules['gguf'] = None; from mergehub.interfaces.cli import main; sys.exit(main(['gguf', 'x', 'y', '--types', 'f16']))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1 and "pip install 'mergehub[gguf]'" in run.stderr
+
+
+def test_overwrite_replaces_a_previous_export_but_never_the_current_directory(tmp_path, capsys, monkeypatch):
+    model = make_family_model("llama", tmp_path / "tiny", seed=0, tokenizer=tokenizer_for("llama"))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("precious")
+    monkeypatch.chdir(work)
+    assert main(["gguf", str(model), ".", "--types", "f16", "--overwrite", "--no-progress"]) == 1
+    assert "current directory" in capsys.readouterr().err and (work / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in work.iterdir()) == ["notes.txt"]
+    assert main(["gguf", str(model), str(tmp_path / "out"), "--types", "f16", "--no-progress"]) == 0
+    assert main(["gguf", str(model), str(tmp_path / "out"), "--types", "q8_0", "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".gguf", ".md"]
