@@ -24,7 +24,7 @@ from mergehub.artifacts import RECIPE_FILENAME
 from mergehub.errors import OutputError
 from mergehub.writer import writing
 
-__all__ = ["STALE_SECONDS", "MERGE_MARKERS", "resolve_target", "create_staging", "remove_stale", "move_into_place"]
+__all__ = ["STALE_SECONDS", "MERGE_MARKERS", "resolve_target", "create_staging", "remove_stale", "remove_stale_directories", "move_into_place"]
 
 STALE_SECONDS = 24 * 3600
 """A staging directory this old is removed even if its process seems alive (its pid may have been reused)."""
@@ -82,12 +82,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale(target: Path) -> list[Path]:
-    """Delete the staging directories of `target` whose run is gone (its pid is dead) or that are over a day old."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.partial-(?:(\d+)-)?[^/]*")
+def remove_stale_directories(parent: Path, prefix: str, what: str) -> list[Path]:
+    """Delete the directories `{prefix}<pid>-*` in `parent` whose process is gone, or that are over a day old.
+
+    Directories `{prefix}*` without a pid (from older versions) go by age alone; logs what it removed.
+    """
+    pattern = re.compile(rf"{re.escape(prefix)}(?:(\d+)-)?.*", re.S)
     removed = []
     try:
-        candidates = [p for p in target.parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
+        candidates = [p for p in parent.iterdir() if pattern.fullmatch(p.name) and p.is_dir()]
     except OSError:
         return []
     for path in candidates:
@@ -100,9 +103,13 @@ def remove_stale(target: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        logger.warning("Removed %d staging director%s left by earlier runs that were stopped: %s",
-                       len(removed), "y" if len(removed) == 1 else "ies", ", ".join(p.name for p in removed))
+        logger.warning("Removed %d %s left by earlier runs that were stopped: %s", len(removed), what, ", ".join(p.name for p in removed))
     return removed
+
+
+def remove_stale(target: Path) -> list[Path]:
+    """Delete the staging directories of `target` whose run is gone (its pid is dead) or that are over a day old."""
+    return remove_stale_directories(target.parent, f".{target.name}.partial-", "staging directories")
 
 
 def create_staging(target: Path) -> Path:

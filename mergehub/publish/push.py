@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 import tempfile
 import threading
-import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +15,7 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
 
 from mergehub.errors import PublishError
+from mergehub.output import remove_stale_directories
 from mergehub.workers import DaemonPool
 from mergehub.writer import INDEX_NAME, ShardResult
 
@@ -25,7 +23,6 @@ __all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commi
 
 MERGEHUB_TAG = "mergehub"
 _SCRATCH_PREFIX = "mergehub-push-"
-_STALE_SCRATCH_SECONDS = 24 * 3600
 logger = logging.getLogger(__name__)
 
 
@@ -176,28 +173,6 @@ def staging_directory(out_dir: str | os.PathLike | None) -> tuple[Path, tempfile
     """
     if out_dir is not None:
         return Path(out_dir), None
-    _remove_stale_scratch(Path(tempfile.gettempdir()))
+    remove_stale_directories(Path(tempfile.gettempdir()), _SCRATCH_PREFIX, "push directories")
     scratch = tempfile.TemporaryDirectory(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
     return Path(scratch.name) / "model", scratch
-
-
-def _remove_stale_scratch(parent: Path) -> None:
-    pattern = re.compile(rf"{_SCRATCH_PREFIX}(\d+)-\w+")
-    removed = []
-    for path in parent.glob(f"{_SCRATCH_PREFIX}*"):
-        match = pattern.fullmatch(path.name)
-        if not match or not path.is_dir() or int(match[1]) == os.getpid():
-            continue
-        try:
-            old = time.time() - path.stat().st_mtime > _STALE_SCRATCH_SECONDS
-            os.kill(int(match[1]), 0)
-            gone = False
-        except ProcessLookupError:
-            gone = True
-        except OSError:
-            continue
-        if gone or old:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path.name)
-    if removed:
-        logger.warning("Removed %d push directories left by earlier runs that were stopped: %s", len(removed), ", ".join(removed))
