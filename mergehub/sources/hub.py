@@ -249,7 +249,8 @@ class HubSource:
         for file in files:
             if file not in self.checksums:
                 continue
-            hasher = OrderedHash(self.file_sizes[file], spill_dir=str(self.cache_dir) if self.cache_dir else None)
+            spill = str(self.cache_dir) if self.cache_dir is not None and self.cache_dir.is_dir() else None
+            hasher = OrderedHash(self.file_sizes[file], spill_dir=spill)
             self._hashes[file] = hasher
             header = self._headers[file]
             self._feed(file, 0, struct.pack("<Q", len(header)) + header)
@@ -260,8 +261,14 @@ class HubSource:
 
     def _feed(self, file: str, start: int, data: bytes) -> None:
         hasher = self._hashes.get(file)
-        if hasher is None or not hasher.add(start, data):
-            return
+        try:
+            if hasher is None or not hasher.add(start, data):
+                return
+        except OSError as e:  # the temporary file that holds early ranges
+            raise SourceError(
+                f"{self.label}: cannot hold the early parts of {file} while verifying it: {e.strerror or e}.",
+                hint="Free space in the temporary directory (TMPDIR), or set MERGEHUB_VERIFY=0 to skip the check.",
+            ) from e
         expected = self.checksums[file]
         if hasher.hexdigest() != expected:
             self._forget_cache(file)

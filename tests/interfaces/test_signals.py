@@ -85,3 +85,25 @@ def test_the_next_push_removes_what_a_killed_one_left_in_the_temporary_directory
         assert "Removed 1 push directories left by earlier runs" in caplog.text
     finally:
         scratch.cleanup()
+
+
+def test_the_action_stops_on_sigterm_with_an_annotation_and_code_143(tmp_path, monkeypatch, capsys):
+    import json
+
+    from mergehub.interfaces import action
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "a.yml").write_text("merge_method: linear\nmodels:\n  - model: org/a\n")
+    (tmp_path / "event.json").write_text(json.dumps({}))
+
+    def merge(self, path):
+        os.kill(os.getpid(), signal.SIGTERM)  # what a runner does to a cancelled job
+        time.sleep(5)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(action._Runner, "merge", merge)
+    env = {"GITHUB_WORKSPACE": str(tmp_path), "GITHUB_EVENT_NAME": "workflow_dispatch", "GITHUB_EVENT_PATH": str(tmp_path / "event.json"),
+           "INPUT_NAMESPACE": "team"}
+    assert action.main(env) == 143
+    assert "::error::The run was stopped (SIGTERM) during recipes/a.yml" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
