@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub import safe_yaml
 from mergehub.artifacts import artifact_files
-from mergehub.errors import MergehubError, OutputError
+from mergehub.errors import MergehubError, OutputError, PublishError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
