@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub import safe_yaml
 from mergehub.artifacts import artifact_files
-from mergehub.errors import MergehubError, OutputError, PublishError
+from mergehub.errors import MergehubError, OutputError, PublishError, RecipeError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
@@ -118,22 +118,31 @@ class _Prepared:
     chat_template: str | None
 
 
-def _prepare(recipe: Recipe, sources: dict[ModelRef, TensorSource], out_shard_bytes: int = DEFAULT_SHARD_BYTES) -> _Prepared:
-    """Everything checked before any weight is read: vocabulary, chat template and the plan."""
+def _prepare(recipe: Recipe, sources: dict[ModelRef, TensorSource], out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+             strict: bool = False) -> _Prepared:
+    """Everything checked before any weight is read: vocabulary, chat template and the plan (and, if strict, no warnings)."""
     vocabulary = output_vocabulary(recipe, sources)
     chat_template = resolve_chat_template(recipe.chat_template, {str(ref): tokenizer_files(s) for ref, s in sources.items()})
     plan = _plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES, vocabulary=vocabulary)
+    if strict and plan.warnings:
+        raise RecipeError(
+            f"The recipe sets {len(plan.warnings)} thing(s) that would be ignored (strict mode):\n"
+            + "\n".join(f"  {w}" for w in plan.warnings),
+            hint="Remove or fix them, or merge without strict mode to ignore them as mergekit does.",
+            warnings=plan.warnings,
+        )
     return _Prepared(plan, vocabulary[0] if vocabulary else None, chat_template)
 
 
 def plan_merge(
-    recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | bool | None = None
+    recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | bool | None = None,
+    strict: bool = False,
 ) -> Plan:
-    """Plan a merge from configs and headers only: the `--dry-run`."""
+    """Plan a merge from configs and headers only: the `--dry-run`. `strict`: a warning is an error."""
     parsed, _ = _recipe_and_text(recipe)
     sources = open_sources(parsed, token=token)
     try:
-        return _prepare(parsed, sources, out_shard_bytes).plan
+        return _prepare(parsed, sources, out_shard_bytes, strict).plan
     finally:
         for source in sources.values():
             source.close()
@@ -227,7 +236,8 @@ def run_merge(
     `shard_sink` receives each shard as soon as it is written (the Hub push uploads it then).
     The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
     NaN or Inf values in inputs or outputs are warnings in the summary and recorded in the card; `strict`
-    makes them an error. `overwrite` replaces only a previous merge's directory (see `mergehub.output`).
+    makes them an error, and refuses a recipe with
+    warnings (keys or parameters that would be ignored). `overwrite` replaces only a previous merge's directory (see `mergehub.output`).
     With `gguf_types` (`"f16,q8_0"` or a list), the same pass also writes one GGUF file per type into `gguf_dir`
     (default: `{out_dir}-GGUF`), with a card naming `gguf_repo_id` (default: `{repo_id}-GGUF`).
 
@@ -241,7 +251,7 @@ def run_merge(
         sources = open_sources(parsed, token=token, cache_dir=cache_dir)
         for source in sources.values():
             stack.callback(source.close)
-        prepared = _prepare(parsed, sources, out_shard_bytes)
+        prepared = _prepare(parsed, sources, out_shard_bytes, strict)
         plan = prepared.plan
         ordered = list(sources.values())
         staging = create_staging(target)

@@ -1,4 +1,9 @@
-"""Model structure read from tensor names and configs: layer indices, tensor groups, layer counts."""
+"""Model structure read from tensor names and configs: modules, layer indices, tensor groups, layer counts.
+
+Modules are mergekit's: a text-only model is one module, `default`; a multimodal one has a
+`text_decoder`, a `multi_modal_projector` and its tower(s), named after the tensors' prefix
+(`vision_tower`, `vision_model`, `audio_tower`; Qwen-VL's `visual` is mergekit's `vision_tower`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from typing import Literal
 __all__ = [
     "LayerName",
     "parse_layer_name",
+    "split_layer_name",
+    "module_of",
+    "module_group",
+    "DEFAULT_MODULE",
+    "TEXT_MODULE",
     "tensor_group",
     "is_language_model_tensor",
     "num_layers",
@@ -27,6 +37,15 @@ _HEAD = re.compile(r"(?:^|\.)(?:lm_head|embed_out|output|output_layer)\.")
 _NON_TEXT = re.compile(
     r"(?:^|\.)(?:[a-z_]*(?:vision|visual|audio|speech)[a-z_]*|multi_modal_projector|mm_projector|image_newline)(?:\.|$)"
 )
+
+# The first component naming a tower (vision or audio), and the projectors between a tower and the language model.
+_TOWER = re.compile(r"(?:^|\.)([a-z_]*(?:vision|visual|audio|speech)[a-z_]*)(?:\.|$)")
+_PROJECTOR = re.compile(r"(?:^|\.)(?:multi_modal_projector|mm_projector|image_newline|merger|deepstack_merger_list)(?:\.|$)")
+_TOWER_NAMES = {"visual": "vision_tower"}
+# Tower tensors after the layers (SigLIP's `post_layernorm`, Llama 4's `layernorm_post` and `vision_adapter`).
+_TOWER_POST = re.compile(r"post|adapter")
+DEFAULT_MODULE = "default"
+TEXT_MODULE = "text_decoder"
 
 # Lists that can happen to be as long as the layer stack without being per-layer.
 _NOT_PER_LAYER = ("architectures", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "forced_decoder_ids")
@@ -52,14 +71,39 @@ def is_language_model_tensor(name: str) -> bool:
     return _NON_TEXT.search(name) is None
 
 
-def parse_layer_name(name: str) -> LayerName | None:
-    """Split a tensor name at its layer index, or None for tensors outside the language model's layer stack."""
-    if not is_language_model_tensor(name):
-        return None
+def split_layer_name(name: str) -> LayerName | None:
+    """Split a tensor name at its layer index in any module (a vision tower's too), or None outside a layer stack."""
     match = _LAYER.match(name)
-    if match is None:
+    if match is None or _PROJECTOR.search(name):
         return None
     return LayerName(match["prefix"], int(match["index"]), match["suffix"])
+
+
+def parse_layer_name(name: str) -> LayerName | None:
+    """Split a tensor name at its layer index, or None for tensors outside the language model's layer stack."""
+    return split_layer_name(name) if is_language_model_tensor(name) else None
+
+
+def module_of(name: str) -> str:
+    """mergekit's name for the module of a multimodal model that a tensor belongs to.
+
+    `text_decoder` for the language model (a text-only model's single module is `default`).
+    """
+    if is_language_model_tensor(name):
+        return TEXT_MODULE
+    if _PROJECTOR.search(name):
+        return "multi_modal_projector"
+    tower = _TOWER.search(name)
+    return _TOWER_NAMES.get(tower[1], tower[1]) if tower else "multi_modal_projector"
+
+
+def module_group(name: str) -> Group:
+    """Like `tensor_group`, within the tensor's own module: a tower's patch embedding is "pre", its final norm "post"."""
+    if is_language_model_tensor(name):
+        return tensor_group(name)
+    if split_layer_name(name) is not None:
+        return "layer"
+    return "post" if _TOWER_POST.search(name) else "pre"
 
 
 def tensor_group(name: str) -> Group:

@@ -3,7 +3,7 @@
 The tree::
 
     MergehubError
-    ├── RecipeError (ValueError)          the YAML recipe is malformed or inconsistent
+    ├── RecipeError (ValueError)          the YAML recipe is malformed or inconsistent (or, with strict, has warnings)
     │   └── UnknownMethodError            merge_method names no registered method
     ├── ModelReferenceError (ValueError)  a model reference cannot be resolved
     ├── SourceError (OSError)             a model's files cannot be read
@@ -21,12 +21,18 @@ Every error that is also an `OSError` carries its message in `strerror` too, so 
 formats `e.strerror` (as one does for an `OSError`) shows it instead of `None`.
 `excerpt` is how an error quotes a user's value: never whole, at most a line's worth.
 
+`RecipeWarning` is not an exception: it records something a recipe sets that mergehub (like
+mergekit) accepts but ignores, and where; `--strict` turns warnings into a `RecipeError` carrying them.
+
 Nothing in mergehub is imported here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
+    "RecipeWarning",
     "MergehubError",
     "RecipeError",
     "UnknownMethodError",
@@ -93,8 +99,39 @@ class MergehubError(Exception):
         return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
 
 
+@dataclass(frozen=True)
+class RecipeWarning:
+    """Something a recipe sets that is accepted but ignored, and where it is.
+
+    `location` is a document path such as `models[1].parameters.embed_slerp` ("" for the whole
+    recipe); `line` is its 1-based line in the recipe text, when the recipe came from text.
+    Interfaces render these fields; the wording of `message` is for people only.
+    """
+
+    location: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.location + (f" (line {self.line})" if self.line else "")
+        return f"{where}: {self.message}" if where else self.message
+
+
 class RecipeError(MergehubError, ValueError):
-    """The recipe YAML is malformed, has unknown keys, or has invalid values."""
+    """The recipe YAML is malformed, has unknown keys, or has invalid values.
+
+    `location` and `line` say where the problem is when it is one value; `warnings` holds the
+    warnings that `--strict` turned into this error.
+    """
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, location: str | None = None, line: int | None = None,
+        warnings: tuple[RecipeWarning, ...] = (),
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.location = location
+        self.line = line
+        self.warnings = warnings
 
 
 class UnknownMethodError(RecipeError):

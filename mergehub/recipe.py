@@ -1,18 +1,36 @@
-"""mergekit's YAML recipe as frozen, validated models, and the evaluation of parameter settings."""
+"""mergekit's YAML recipe as frozen, validated models, and the evaluation of parameter settings.
+
+Like mergekit's pydantic models, the schema ignores keys it does not know and reads numbers
+written as text (`1e-5`, which YAML 1.1 loads as a string) as numbers; unlike mergekit, each
+ignored key becomes a `RecipeWarning` with its location and line (`Recipe.warnings`).
+"""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mergehub import safe_yaml
-from mergehub.errors import RecipeError, excerpt
+from mergehub.errors import RecipeError, RecipeWarning, excerpt
 
 __all__ = [
     "ModelRef",
@@ -21,12 +39,14 @@ __all__ = [
     "InputModel",
     "InputSlice",
     "OutputSlice",
+    "OutputModule",
     "TokenizerSettings",
     "Recipe",
     "load_recipe",
     "parse_recipe",
     "evaluate_setting",
     "recipe_sha256",
+    "format_location",
 ]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -83,11 +103,13 @@ Scalar = Union[bool, int, float, str]
 ScalarOrGradient = Union[Scalar, list[Scalar]]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Lenient(BaseModel):
+    """mergekit's models ignore unknown keys; ours too (`parse_recipe` reports each as a warning)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
 
 
-class ConditionalValue(_Strict):
+class ConditionalValue(_Lenient):
     """One `{filter, value}` entry: applies when `filter` is a substring of the tensor name."""
 
     value: ScalarOrGradient
@@ -109,18 +131,14 @@ def _parse_ref(value: Any) -> ModelRef:
 Ref = Annotated[ModelRef, BeforeValidator(_parse_ref), PlainSerializer(str)]
 
 
-class _WithModel(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-
-class InputModel(_WithModel):
+class InputModel(_Lenient):
     """An entry of `models:`: a whole model and its parameters."""
 
     model: Ref
     parameters: Parameters | None = None
 
 
-class InputSlice(_WithModel):
+class InputSlice(_Lenient):
     """A source of a slice: a model's layers `[start, end)` and their parameters."""
 
     model: Ref
@@ -135,15 +153,41 @@ class InputSlice(_WithModel):
         return value
 
 
-class OutputSlice(_WithModel):
-    """An entry of `slices:`: one block of output layers merged from its sources."""
+class OutputSlice(_Lenient):
+    """An entry of `slices:`: one block of output layers merged from its sources.
+
+    `residual_weight` is in mergekit's schema but has no effect there; mergehub ignores it too, with a warning.
+    """
 
     sources: list[InputSlice] = Field(min_length=1)
     base_model: Ref | None = None
+    residual_weight: float | None = None
     parameters: Parameters | None = None
 
 
-class TokenizerSettings(_WithModel):
+class OutputModule(_Lenient):
+    """An entry of `modules:` (a text decoder, a vision tower...): its own `models:` or `slices:` and parameters."""
+
+    models: list[InputModel] | None = None
+    slices: list[OutputSlice] | None = None
+    parameters: Parameters | None = None
+
+    @model_validator(mode="after")
+    def _one_input_form(self) -> OutputModule:
+        if bool(self.models) == bool(self.slices):
+            raise ValueError("give each module exactly one of `models:` or `slices:`")
+        return self
+
+
+def _dtype_name(value: Any) -> Any:
+    """mergekit reads `torch.float16` as `float16`."""
+    return value.removeprefix("torch.") if isinstance(value, str) else value
+
+
+DtypeName = Annotated[Literal["float32", "float16", "bfloat16", "float64"], BeforeValidator(_dtype_name)]
+
+
+class TokenizerSettings(_Lenient):
     """The `tokenizer:` block: where the vocabulary comes from (mergekit's default: `union`) and how tokens are filled."""
 
     source: str = "union"
@@ -151,48 +195,101 @@ class TokenizerSettings(_WithModel):
     pad_to_multiple_of: int | None = Field(default=None, gt=0)
 
 
-class Recipe(_WithModel):
-    """A merge recipe in mergekit's YAML schema."""
+class Recipe(_Lenient):
+    """A merge recipe in mergekit's YAML schema.
+
+    `warnings` lists what the recipe sets that is ignored (unknown keys), with locations and
+    lines; `line_of` finds the line of any location when the recipe came from text.
+    """
 
     merge_method: str
     base_model: Ref | None = None
     models: list[InputModel] | None = None
     slices: list[OutputSlice] | None = None
+    modules: dict[str, OutputModule] | None = None
     parameters: Parameters | None = None
-    dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
-    out_dtype: Literal["float32", "float16", "bfloat16", "float64"] | None = None
+    dtype: DtypeName | None = None
+    out_dtype: DtypeName | None = None
     tokenizer_source: str | None = None
     tokenizer: TokenizerSettings | None = None
     chat_template: str | None = None
     name: str | None = None
+    _warnings: tuple[RecipeWarning, ...] = PrivateAttr(default=())
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_input_form(self) -> Recipe:
-        if bool(self.models) == bool(self.slices):
-            raise ValueError("give exactly one of `models:` or `slices:`")
+        if sum(bool(form) for form in (self.models, self.slices, self.modules)) != 1:
+            raise ValueError("give exactly one of `models:`, `slices:` or `modules:`")
         if self.tokenizer_source and self.tokenizer:
             raise ValueError("give either `tokenizer_source` or `tokenizer`, not both")
         return self
 
+    def __eq__(self, other: object) -> bool:
+        """Recipes are equal when they say the same; where it is written (lines, warnings) does not count."""
+        return isinstance(other, Recipe) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]  # its parameters are dicts
+
+    @property
+    def warnings(self) -> tuple[RecipeWarning, ...]:
+        """What the recipe sets that mergehub ignores, as mergekit does (unknown keys), in document order."""
+        return self._warnings
+
+    def line_of(self, location: str) -> int | None:
+        """The line of a location (`models[1].parameters.t`) in the recipe text, or of its nearest enclosing one."""
+        while location:
+            if location in self._lines:
+                return self._lines[location]
+            location = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", location)
+        return None
+
+    def warning(self, location: str, message: str) -> RecipeWarning:
+        """A warning about `location`, with its line when known."""
+        return RecipeWarning(location, message, self.line_of(location))
+
+    def input_blocks(self) -> list[tuple[str, list[InputModel] | None, list[OutputSlice] | None, Parameters | None]]:
+        """Each block of inputs with its location: the recipe itself, or each module of `modules:`."""
+        if self.modules:
+            return [(f"modules.{name}", m.models, m.slices, m.parameters) for name, m in self.modules.items()]
+        return [("", self.models, self.slices, None)]
+
     def referenced_models(self) -> list[ModelRef]:
         """Every model the recipe names, base first, then in recipe order, without repeats."""
         refs: list[ModelRef] = [self.base_model] if self.base_model else []
-        for entry in self.models or []:
-            refs.append(entry.model)
-        for out_slice in self.slices or []:
-            if out_slice.base_model:
-                refs.append(out_slice.base_model)
-            refs.extend(source.model for source in out_slice.sources)
+        for _, models, slices, _ in self.input_blocks():
+            for entry in models or []:
+                refs.append(entry.model)
+            for out_slice in slices or []:
+                if out_slice.base_model:
+                    refs.append(out_slice.base_model)
+                refs.extend(source.model for source in out_slice.sources)
         return list(dict.fromkeys(refs))
+
+    def parameter_blocks(self) -> list[tuple[str, Parameters]]:
+        """Every `parameters:` mapping of the recipe, with its location (`slices[0].sources[1].parameters`)."""
+        blocks: list[tuple[str, Parameters | None]] = [("parameters", self.parameters)]
+        for where, models, slices, module_parameters in self.input_blocks():
+            prefix = f"{where}." if where else ""
+            if where:
+                blocks.append((f"{prefix}parameters", module_parameters))
+            blocks += [(f"{prefix}models[{i}].parameters", m.parameters) for i, m in enumerate(models or [])]
+            for i, out_slice in enumerate(slices or []):
+                blocks.append((f"{prefix}slices[{i}].parameters", out_slice.parameters))
+                blocks += [(f"{prefix}slices[{i}].sources[{j}].parameters", s.parameters) for j, s in enumerate(out_slice.sources)]
+        return [(where, block) for where, block in dict(blocks).items() if block]
 
     def parameter_names(self) -> set[str]:
         """Every parameter name the recipe sets anywhere."""
-        dicts = [self.parameters]
-        dicts += [m.parameters for m in self.models or []]
-        for out_slice in self.slices or []:
-            dicts.append(out_slice.parameters)
-            dicts += [s.parameters for s in out_slice.sources]
-        return {name for d in dicts if d for name in d}
+        return {name for _, block in self.parameter_blocks() for name in block}
+
+
+def format_location(parts: tuple[str | int, ...]) -> str:
+    """A document path as written in warnings and errors: `models[1].parameters.t`."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 _MAX_LISTED = 20
@@ -201,21 +298,105 @@ _MAX_LISTED = 20
 def _describe_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors(include_input=False):
-        where = ".".join(str(p) if len(str(p)) <= 40 else str(p)[:39] + "…" for p in item["loc"]) or "recipe"
+        # pydantic names union members in the path (`float`, `list[...]`); keep the keys and indices
+        parts = tuple(p for p in item["loc"] if isinstance(p, int) or not re.search(r"[\[\]()]|^(?:bool|int|float|str)$", p))
+        where = format_location(tuple(p if len(str(p)) <= 40 else str(p)[:39] + "…" for p in parts)) or "recipe"
         message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
         lines.append(f"  {where}: {message}")
     unique = list(dict.fromkeys(lines))
     more = len(unique) - _MAX_LISTED
     return "\n".join(unique[:_MAX_LISTED] + ([f"  ... and {more} more"] if more > 0 else []))
 
 
-_KNOWN_KEYS = sorted(Recipe.model_fields)
+_KNOWN_KEYS = sorted(k for k in Recipe.model_fields)
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The alternatives of a type: the members of a Union, the type inside Annotated or Optional."""
+    origin = get_origin(annotation)
+    if origin is Union or origin is types.UnionType:
+        return [m for arg in get_args(annotation) for m in _members(arg)]
+    if origin is Annotated:
+        return _members(get_args(annotation)[0])
+    return [annotation]
+
+
+def _holds(annotation: Any, value: Any) -> bool:
+    """Whether a value of this shape (mapping, list, scalar) could be read as `annotation`."""
+    for member in _members(annotation):
+        model = isinstance(member, type) and issubclass(member, BaseModel)
+        origin = get_origin(member)
+        if isinstance(value, dict) and (model or origin is dict or member is Any):
+            return True
+        if isinstance(value, list) and origin in (list, tuple):
+            args = get_args(member)
+            return not args or all(_holds(args[0], item) for item in value)
+        if not isinstance(value, (dict, list)) and not model and origin is None:
+            return True
+    return False
+
+
+def _unknown_keys(value: Any, annotation: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], type[BaseModel]]]:
+    """The path of every key that no model of the schema knows, and the model it is in, walking data and types together."""
+    for member in _members(annotation):
+        if not _holds(member, value):
+            continue
+        if isinstance(member, type) and issubclass(member, BaseModel) and isinstance(value, dict):
+            fields = member.model_fields
+            for key, item in value.items():
+                if key in fields:
+                    yield from _unknown_keys(item, fields[key].annotation, (*path, key))
+                else:
+                    yield (*path, str(key)), member
+        elif get_origin(member) is dict and isinstance(value, dict):
+            for key, item in value.items():
+                yield from _unknown_keys(item, get_args(member)[1], (*path, str(key)))
+        elif get_origin(member) in (list, tuple) and isinstance(value, list) and get_args(member):
+            for i, item in enumerate(value):
+                yield from _unknown_keys(item, get_args(member)[0], (*path, i))
+        return
+
+
+_NOUNS = {
+    "Recipe": "recipe key", "InputModel": "key of a `models:` entry", "InputSlice": "key of a slice source",
+    "OutputSlice": "key of a slice", "OutputModule": "key of a module", "TokenizerSettings": "key of `tokenizer:`",
+    "ConditionalValue": "key of a `{filter, value}` setting",
+}
+
+
+def _ignored_key_warning(path: tuple[str | int, ...], model: type[BaseModel]) -> tuple[str, str]:
+    key, known = str(path[-1]), sorted(model.model_fields)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    hint = f"did you mean `{close[0]}`?" if close else f"known here: {', '.join(known)}"
+    return format_location(path), f"`{key}` is not a {_NOUNS.get(model.__name__, 'known key')}: ignored, as mergekit does ({hint})."
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of every key and list item of the YAML text, by document path."""
+    try:
+        root = safe_yaml.compose(text)
+    except (yaml.YAMLError, RecipeError):
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines.setdefault(format_location((*path, key.value)), key.start_mark.line + 1)
+                    walk(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault(format_location((*path, i)), item.start_mark.line + 1)
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return lines
 
 
 def parse_recipe(text: str) -> Recipe:
-    """Parse recipe YAML text into a validated `Recipe`.
+    """Parse recipe YAML text into a validated `Recipe`, with a warning for each key it ignores.
 
     Raises:
         RecipeError: the YAML is malformed or does not follow mergekit's schema.
@@ -226,15 +407,22 @@ def parse_recipe(text: str) -> Recipe:
         raise RecipeError(f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.") from e
     if not isinstance(data, dict):
         raise RecipeError("The recipe must be a YAML mapping.", hint=f"Top-level keys: {', '.join(_KNOWN_KEYS)}.")
-    if "modules" in data:
-        raise RecipeError("`modules:` recipes are not supported yet.", hint="Use `models:` or `slices:`.")
     try:
-        return Recipe.model_validate(data)
+        recipe = Recipe.model_validate(data)
     except ValidationError as e:
         raise RecipeError(
             "The recipe is invalid:\n" + _describe_validation_error(e),
             hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.",
         ) from e
+    recipe._lines = _key_lines(text)
+    warnings = [recipe.warning(*_ignored_key_warning(path, model)) for path, model in _unknown_keys(data, Recipe, ())]
+    for where, _, slices, _ in recipe.input_blocks():
+        for i, out_slice in enumerate(slices or []):
+            if out_slice.residual_weight is not None:
+                location = f"{where + '.' if where else ''}slices[{i}].residual_weight"
+                warnings.append(recipe.warning(location, "`residual_weight` has no effect in mergekit: ignored."))
+    recipe._warnings = tuple(sorted(warnings, key=lambda w: (w.line or 0,)))
+    return recipe
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -247,12 +435,18 @@ def recipe_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def evaluate_setting(setting: Setting, tensor_name: str, t: float) -> Any:
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def evaluate_setting(setting: Setting, tensor_name: str, t: float, validate: Callable[[Any], Any] = _as_is) -> Any:
     """The value a setting takes for `tensor_name` at relative layer depth `t` (0..1).
 
-    A list of numbers is a gradient interpolated piecewise-linearly over `t`; a list of
-    other scalars picks an entry by `t`; `{filter, value}` entries apply when the filter
-    is a substring of the name (no filter, or `*`, always applies). None when no entry applies.
+    Each scalar is first read by `validate` (the parameter's type: `"1e-5"` becomes 1e-5 for a
+    float). A list whose values are then numbers is a gradient interpolated piecewise-linearly
+    over `t` (the result validated again); a list of other scalars picks an entry by `t`;
+    `{filter, value}` entries apply when the filter is a substring of the name (no filter, or
+    `*`, always applies). None when no entry applies.
     """
     if isinstance(setting, ConditionalValue):
         setting = [setting]
@@ -262,13 +456,14 @@ def evaluate_setting(setting: Setting, tensor_name: str, t: float) -> Any:
         if all(isinstance(e, ConditionalValue) for e in setting):
             for entry in setting:
                 if entry.filter in (None, "*") or entry.filter in tensor_name:
-                    return evaluate_setting(entry.value, tensor_name, t)
+                    return evaluate_setting(entry.value, tensor_name, t, validate)
             return None
-        if all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in setting):
-            scaled = t * (len(setting) - 1)
+        values = [validate(e) for e in setting]
+        if all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in values):
+            scaled = t * (len(values) - 1)
             low = int(scaled)
-            high = min(len(setting) - 1, low + 1)
+            high = min(len(values) - 1, low + 1)
             frac = scaled - low
-            return (1 - frac) * setting[low] + frac * setting[high]
-        return setting[int(t * (len(setting) - 1))]
-    return setting
+            return validate((1 - frac) * values[low] + frac * values[high])
+        return values[int(t * (len(values) - 1))]
+    return validate(setting)

@@ -65,13 +65,14 @@ def test_scalars_and_discrete_lists():
     [
         ("merge_method: linear\nmodels: [{model: a}\n", "not valid YAML"),
         ("- just\n- a list\n", "must be a YAML mapping"),
-        ("merge_method: linear\n", "exactly one of `models:` or `slices:`"),
+        ("merge_method: linear\n", "exactly one of `models:`, `slices:` or `modules:`"),
         ("merge_method: linear\nmodels: [{model: a}]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n", "exactly one of"),
-        ("merge_method: linear\nmodels: [{model: a, weight: 1}]\n", r"models.0.weight: unknown key"),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [3, 1]}]}]\n", "0 <= start < end"),
         ("merge_method: linear\nmodels: [{model: a}]\ndtype: float8\n", "dtype"),
         ("merge_method: linear\nmodels: [{model: 'a+lora'}]\n", "LoRA"),
-        ("merge_method: linear\nmodules: {}\n", "`modules:` recipes are not supported"),
+        ("merge_method: linear\nmodules: {}\n", "exactly one of"),
+        ("merge_method: linear\nmodules: {text_decoder: {parameters: {weight: 1}}}\n", "each module exactly one of"),
+        ("merge_method: linear\nmodels: [{model: a, parameters: {weight: [0.5, {filter: x}]}}]\n", r"models\[0\].parameters.weight"),
     ],
 )
 def test_bad_recipes(text, pattern):
@@ -90,3 +91,90 @@ def test_model_ref_parsing(tmp_path):
     local = tmp_path / "we@ird"
     local.mkdir()
     assert ModelRef.parse(str(local)) == ModelRef(str(local)) and ModelRef(str(local)).is_local
+
+
+LENIENT = """\
+merge_method: ties
+base_model: org/base
+int8_mask: true
+paramters:
+  density: 0.5
+models:
+  - model: org/base
+  - model: org/chat
+    weight: 0.5
+    parameters:
+      density: "1e-1"
+      weight:
+        - filter: mlp
+          value: 1
+          note: mlp only
+        - value: 0.5
+slices_note: see below
+tokenizer:
+  source: base
+  pad_to_multiple_of: "64"
+  sorce: union
+"""
+
+
+def test_keys_outside_the_schema_are_ignored_with_a_located_warning():
+    recipe = parse_recipe(LENIENT)
+    found = {w.location: w for w in recipe.warnings}
+    assert list(found) == ["int8_mask", "paramters", "models[1].weight", "models[1].parameters.weight[0].note", "slices_note",
+                           "tokenizer.sorce"]
+    assert [w.line for w in recipe.warnings] == [3, 4, 9, 15, 17, 21]
+    assert "did you mean `parameters`?" in found["paramters"].message
+    assert "did you mean `source`?" in found["tokenizer.sorce"].message
+    assert "ignored" in found["int8_mask"].message and "`int8_mask`" in found["int8_mask"].message
+    assert str(found["int8_mask"]).startswith("int8_mask (line 3): ")
+    assert recipe.tokenizer is not None and recipe.tokenizer.pad_to_multiple_of == 64  # an integer written as text
+
+
+def test_numbers_as_text_are_read_as_the_parameter_type():
+    as_float = float.__call__
+    assert evaluate_setting("1e-5", "x", 0.0, as_float) == 1e-5
+    assert evaluate_setting(["0", "1e-0"], "x", 0.5, as_float) == 0.5  # a gradient of numbers written as text
+    assert evaluate_setting(["1e-5", "x"], "x", 1.0) == "x"  # without a type: discrete labels, as mergekit reads strings
+
+
+def test_residual_weight_is_read_but_has_no_effect():
+    recipe = parse_recipe("merge_method: passthrough\nslices:\n  - sources: [{model: a, layer_range: [0, 2]}]\n    residual_weight: 0.5\n")
+    (warning,) = recipe.warnings
+    assert warning.location == "slices[0].residual_weight" and warning.line == 4
+
+
+def test_torch_dtype_names_are_read_as_mergekit_reads_them():
+    assert parse_recipe("merge_method: linear\nmodels: [{model: a}]\ndtype: torch.bfloat16\n").dtype == "bfloat16"
+
+
+MODULES = """\
+merge_method: slerp
+base_model: org/vlm-a
+modules:
+  text_decoder:
+    slices:
+      - sources:
+          - {model: org/vlm-a, layer_range: [0, 4]}
+          - {model: org/vlm-b, layer_range: [0, 4]}
+    parameters: {t: 0.3}
+  vision_tower:
+    models:
+      - model: org/vlm-a
+      - model: org/vlm-c
+parameters:
+  t: 0.5
+"""
+
+
+def test_modules_recipes_name_every_model_and_parameter_block():
+    recipe = parse_recipe(MODULES)
+    assert recipe.referenced_models() == [ModelRef("org/vlm-a"), ModelRef("org/vlm-b"), ModelRef("org/vlm-c")]
+    assert [where for where, _ in recipe.parameter_blocks()] == ["parameters", "modules.text_decoder.parameters"]
+    assert recipe.line_of("modules.vision_tower.models[1].model") == 13
+    assert recipe.line_of("modules.vision_tower.models[1].parameters.t") == 13  # the nearest enclosing location
+    assert not recipe.warnings
+
+
+def test_recipes_are_equal_when_they_say_the_same():
+    assert parse_recipe(MODULES) == parse_recipe("# a comment\n" + MODULES)

@@ -44,7 +44,7 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from mergehub import api, safe_yaml
-from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
+from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError, RecipeWarning
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.recipe import Recipe, recipe_sha256
 
@@ -94,6 +94,7 @@ class Inputs:
     force: bool = False
     rerun_if_parents_changed: bool = False
     dispatch_to_space: str | None = None
+    strict: bool = False
     workspace: Path = Path(".")
     event_name: str = "workflow_dispatch"
     event_path: Path | None = None
@@ -141,6 +142,7 @@ def read_inputs(env: Mapping[str, str]) -> Inputs:
         force=_bool(env, "force"),
         rerun_if_parents_changed=_bool(env, "rerun-if-parents-changed"),
         dispatch_to_space=_input(env, "dispatch-to-space") or None,
+        strict=_bool(env, "strict"),
         workspace=Path(env.get("GITHUB_WORKSPACE") or "."),
         event_name=env.get("GITHUB_EVENT_NAME") or "workflow_dispatch",
         event_path=_path(env, "GITHUB_EVENT_PATH"),
@@ -494,6 +496,22 @@ def _line_for(message: str, root: yaml.Node | None, text: str) -> int | None:
     return next((i for i, row in enumerate(text.splitlines(), 1) for q in quoted if len(q) > 2 and q in row), None)
 
 
+def _located(warning: RecipeWarning) -> str:
+    return f"{warning.location}: {warning.message}" if warning.location else warning.message
+
+
+def _located_problems(error: BaseException) -> list[tuple[int, str]]:
+    """(line, message) from the fields of a recipe error that knows where it is: strict-mode warnings, or one located value."""
+    if not isinstance(error, RecipeError):
+        return []
+    hint = f"\nHint: {error.hint}" if error.hint else ""
+    if error.warnings:
+        return [(w.line or 1, f"strict: {_located(w)}{hint}") for w in error.warnings]
+    if error.line is not None:
+        return [(error.line, error.message + hint)]
+    return []
+
+
 def problem_lines(error: BaseException, text: str) -> list[tuple[int, str]]:
     """(line, message) for each problem of a failed recipe: one per invalid key, else one for the error."""
     message = error.message if isinstance(error, MergehubError) else f"{type(error).__name__}: {error}"
@@ -668,7 +686,7 @@ class _Runner:
 
     def fail(self, path: str, text: str, error: BaseException, started: float, repo_id: str | None) -> Outcome:
         """Annotate each problem at its line; the outcome lists them without hints."""
-        problems = problem_lines(error, text)
+        problems = _located_problems(error) or problem_lines(error, text)
         for line, message in problems:
             self.log(annotation("error", message, file=path, line=line))
         detail = self.log.scrub("; ".join(m.split("\nHint:")[0] for _, m in problems))
@@ -680,12 +698,11 @@ class _Runner:
         try:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, lambda: self.inputs.namespace or "<your user>")
-            plan = api.plan_merge(api.parse_recipe(text), token=self.inputs.token)
+            plan = api.plan_merge(api.parse_recipe(text), token=self.inputs.token, strict=self.inputs.strict)
         except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
             return self.fail(path, text, e, started, None)
         self.log(f"{path}: {plan.method} merge of {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
-        for warning in plan.warnings:
-            self.log(annotation("warning", warning, file=path, line=1))
+        self.annotate_warnings(path, plan.warnings)
         detail = f"{plan.method}, {len(plan.jobs)} tensors"
         return Outcome(path, repo_id, "validated", time.monotonic() - started, detail)
 
@@ -705,20 +722,28 @@ class _Runner:
                 return Outcome(path, repo_id, "skipped", time.monotonic() - started, "up to date")
             self.log(f"{path} → {repo_id}: merging ({reason}).")
             if self.inputs.dispatch_to_space:
+                if self.inputs.strict:  # the Space merges without strict mode: check here, from configs and headers
+                    api.plan_merge(recipe, token=self.inputs.token, strict=True)
                 return self._on_space(path, text, repo_id, reason, started)
             options = _eval_options(self.inputs.eval_tasks, self.log)
             result, pushed = api.push_merge(
                 self.inputs.workspace / path, repo_id, token=self.inputs.token, private=self.inputs.private,
-                force=self.inputs.force, on_progress=self._progress(), **options,
+                force=self.inputs.force, on_progress=self._progress(), strict=self.inputs.strict, **options,
             )
         except Exception as e:  # noqa: BLE001 - one recipe's failure does not stop the others
             return self.fail(path, text, e, started, repo_id)
+        self.annotate_warnings(path, result.plan.warnings)
         self.log(result.summary().splitlines()[0].split(" -> ")[0])
         for warning in result.stats.warnings():
             self.log(annotation("warning", warning, file=path))
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
         scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if options else {}
         return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, scores, pushed.commit_url)
+
+    def annotate_warnings(self, path: str, warnings: Sequence[RecipeWarning]) -> None:
+        """One warning annotation per ignored key or parameter, at its line of the recipe."""
+        for warning in warnings:
+            self.log(annotation("warning", _located(warning), file=path, line=warning.line or 1))
 
     def _on_space(self, path: str, text: str, repo_id: str, reason: str, started: float) -> Outcome:
         space = self.inputs.dispatch_to_space or ""

@@ -10,7 +10,7 @@ from pathlib import Path
 from collections.abc import Sequence
 
 from mergehub import api
-from mergehub.errors import MergehubError
+from mergehub.errors import MergehubError, RecipeWarning
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.methods import all_methods
 
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
     merge.add_argument("--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)")
     merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
-    merge.add_argument("--strict", action="store_true", help="warnings become errors (e.g. NaN or Inf in an input or the output)")
+    merge.add_argument("--strict", action="store_true", help="warnings become errors: keys or parameters the recipe sets that would be ignored, NaN or Inf in an input or the output")
     merge.add_argument("--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)")
     merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
     merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
@@ -114,11 +114,17 @@ class _ProgressBar:
             self.bar.close()
 
 
+def _report_warnings(warnings: Sequence[RecipeWarning]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def _merge(args: argparse.Namespace) -> int:
     if args.dry_run:
-        plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size)
+        plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size, strict=args.strict)
         print(plan.to_json() if args.json else plan.describe())
-        print("Plan OK: no problems found.", file=sys.stderr)
+        ignored = f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it" if plan.warnings else ""
+        print(f"Plan OK: no problems found{ignored}.", file=sys.stderr)
         return 0
     if not args.out and not args.push:
         raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, add --push REPO, or --dry-run.")
@@ -140,6 +146,7 @@ def _merge(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    _report_warnings(result.plan.warnings)
     print(result.summary())
     if tasks and pushed is None:
         report, comparison = api.evaluate_merge(result, tasks, **evaluation)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mergehub import safe_yaml
+from mergehub.errors import RecipeWarning
 from mergehub.methods import get_method
 from mergehub.plan import Plan
 from mergehub.recipe import parse_recipe, recipe_sha256
@@ -79,6 +80,8 @@ class MergeCard:
     """Tensors found holding NaN or Inf values (`model: tensor (N NaN/Inf)` for an input)."""
     checked: tuple[tuple[str, bool, str], ...] = ()
     """Each Hub weight file read (`model/file`), whether its sha256 was verified in transit, and why not."""
+    warnings: tuple[RecipeWarning, ...] = ()
+    """What the recipe sets that the merge ignored (`Plan.warnings`)."""
 
     def __post_init__(self) -> None:
         unique: dict[str, ParentCard] = {}
@@ -187,6 +190,7 @@ def merge_card(
         eval_results=tuple(eval_results),
         non_finite=tuple(non_finite),
         checked=tuple((f"{plan.models[f.model].ref.split('@')[0]}/{f.file}", f.verified, f.reason) for f in plan.input_files),
+        warnings=plan.warnings,
     )
 
 
@@ -245,7 +249,11 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     if card.eval_results:
         lines += ["", "## Evaluation", "", "| Dataset | Metric | Value |", "|---|---|---|"]
         lines += [f"| {_cell(s.dataset_name)} | {_cell(s.metric)} | {s.value:.4g} |" for s in card.eval_results]
-    lines += ["", "## Recipe", "", _fence(card.recipe_yaml, "yaml"), "", "## Reproducibility", ""]
+    lines += ["", "## Recipe", "", _fence(card.recipe_yaml, "yaml")]
+    if card.warnings:
+        lines += ["", "Ignored by the merge, as mergekit ignores them:", ""]
+        lines += [f"- `{w.location or 'recipe'}`{f' (line {w.line})' if w.line else ''}: {w.message}" for w in card.warnings]
+    lines += ["", "## Reproducibility", ""]
     lines.append("Versions: " + ", ".join(f"{package} {v}" for package, v in card.versions) + f"; seed: {card.seed}.")
     lines += ["", "| Shard | sha256 |", "|---|---|"] + [f"| {f} | `{sha}` |" for f, sha in card.shards]
     lines += _integrity_lines(card)
@@ -274,7 +282,8 @@ def _integrity_lines(card: MergeCard) -> list[str]:
 
 
 def provenance(card: MergeCard) -> dict:
-    """The card's machine-readable record (front matter key `mergehub`): recipe hash, pinned parents, seed.
+    """The card's machine-readable record (front matter key `mergehub`): recipe hash, pinned parents, seed,
+    and what the merge ignored (each warning's location, line and message).
 
     Reruns compare it to decide whether a merge is already up to date.
     """
@@ -290,6 +299,8 @@ def provenance(card: MergeCard) -> dict:
         record["unverified_inputs"] = {name: reason for name, ok, reason in card.checked if not ok}
     if card.non_finite:
         record["non_finite"] = list(card.non_finite)
+    if card.warnings:
+        record["ignored"] = [{k: v for k, v in asdict(w).items() if v is not None} for w in card.warnings]
     return record
 
 

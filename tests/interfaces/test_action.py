@@ -264,12 +264,19 @@ def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(hub, par
     code, log, summary, outputs = run(repo, "pull_request", event, capsys)
     assert code == 1
     assert "::error file=recipes/bad-method.yml,line=2::Unknown merge_method 'nope'.%0AHint: Use one of:" in log
-    assert "::error file=recipes/bad-param.yml,line=10::Unknown parameter(s) for linear: density." in log
-    assert "::error file=recipes/bad-key.yml,line=10::The recipe is invalid: tokenizer_sorce: unknown key" in log
+    # what mergekit ignores is a warning at its line, from the warning's fields
+    assert "::warning file=recipes/bad-param.yml,line=10::models[1].parameters.density: `density` is not a linear parameter" in log
+    assert "::warning file=recipes/bad-key.yml,line=10::tokenizer_sorce: `tokenizer_sorce` is not a recipe key" in log
+    assert "did you mean `tokenizer_source`?" in log
     assert "recipes/old.yml" not in log  # unchanged by the pull request
     assert "| `recipes/good.yml` | [alice/good](" not in summary and "`recipes/good.yml` | <your user>/good | ✔️ validated" in summary
-    assert summary.count("❌ failed") == 3 and outputs["pushed-repos"] == "[]"
+    assert summary.count("❌ failed") == 1 and summary.count("✔️ validated") == 3 and outputs["pushed-repos"] == "[]"
     assert not HfApi().repo_exists("alice/good")
+
+    code, log, summary, _ = run(repo, "pull_request", event, capsys, strict="true")
+    assert code == 1 and summary.count("❌ failed") == 3
+    assert "::error file=recipes/bad-param.yml,line=10::strict: models[1].parameters.density: `density` is not a linear parameter" in log
+    assert "::error file=recipes/bad-key.yml,line=10::strict: tokenizer_sorce: " in log
 
 
 def test_failed_recipe_fails_the_run_but_not_the_others(hub, parents, repo, capsys):

@@ -119,7 +119,6 @@ def test_recipe_check_accepts_hub_models_and_returns_the_recipe():
             "  - {model: org/a, parameters: &w {weight: 1}}\n  - {model: org/b, parameters: *w}\n",
             "anchors",
         ),
-        (_recipe(["org/a"], trust_remote_code=True), "unknown key"),
         ("merge_method: [", "not valid YAML"),
     ],
 )
@@ -127,6 +126,12 @@ def test_recipe_check_refuses_what_the_space_must_not_run(text, match):
     with pytest.raises((RecipeError, ModelReferenceError), match=match) as info:
         check_recipe_text(text)
     assert info.value.hint
+
+
+def test_a_key_outside_the_schema_is_ignored_with_a_warning():
+    recipe = check_recipe_text(_recipe(["org/a"], trust_remote_code=True))
+    (warning,) = recipe.warnings
+    assert warning.location == "trust_remote_code" and "ignored" in warning.message and warning.line
 
 
 def test_too_many_slices_are_refused():

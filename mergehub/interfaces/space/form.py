@@ -304,6 +304,8 @@ def recipe_to_form(recipe: Recipe) -> tuple[Form, list[str]]:
     problems: list[str] = []
     form = Form(method=spec.name, base=str(recipe.base_model or ""), dtype=recipe.dtype or "")
     per_model = {p.name: p for p in model_specs(spec)}
+    if recipe.modules:
+        problems.append("`modules:` (each module's models and slices)")
     if recipe.slices:
         if not spec.stacks_layers:
             problems.append("`slices:` (the form shows `models:` for this method)")

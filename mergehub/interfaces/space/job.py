@@ -198,8 +198,11 @@ def merge(
     runner: Callable[..., Iterator[tuple[str, Any]]] = _merge_stream,
     device: str = "auto",
     refresh_seconds: float = 0.3,
+    strict: bool = False,
 ) -> Iterator[tuple[str, str, str]]:
     """The Merge button: check, plan, merge and push, yielding (status, log, model card) as it goes.
+
+    With `strict`, a recipe whose plan has warnings (keys or parameters that would be ignored) is refused.
 
     The last log line of a successful merge is the link to the new repo. Errors show mergehub's
     message and hint, scrubbed of tokens and server paths.
@@ -238,7 +241,7 @@ def merge(
         repo_id = check_repo_name(repo_name)
         log.append(f"Checking {len(recipe.referenced_models())} model(s) from their configs and headers...")
         yield out("⏳ Planning...")
-        plan = api.plan_merge(recipe, token=token)
+        plan = api.plan_merge(recipe, token=token, strict=strict)
         log.append(
             f"Plan: {plan.method} merge into {len(plan.jobs)} tensors; "
             f"read {format_size(plan.read_bytes)}, write {format_size(plan.write_bytes)}."

@@ -13,18 +13,22 @@ from mergehub.interfaces.space.safety import (
 )
 
 
-def dry_run(recipe_text: str, token: str | bool, max_lines: int = 120) -> str:
-    """The plan of the recipe (`--dry-run`), from configs and headers only."""
+def dry_run(recipe_text: str, token: str | bool, max_lines: int = 120, *, strict: bool = False) -> str:
+    """The plan of the recipe (`--dry-run`), from configs and headers only; its warnings come before the tensors.
+
+    With `strict`, a recipe with warnings fails, as the merge would.
+    """
     try:
         recipe = check_recipe_text(recipe_text)
         refuse_local_shadows(recipe)
-        plan = api.plan_merge(recipe, token=token)
+        plan = api.plan_merge(recipe, token=token, strict=strict)
     except Exception as e:  # noqa: BLE001 - shown to the visitor, scrubbed
         return "Plan failed:\n" + user_message(e, [token])
     lines = plan.describe().splitlines()
     if len(lines) > max_lines:
         lines = lines[:max_lines] + [f"... {len(lines) - max_lines} more lines"]
-    return scrub("\n".join(lines + ["Plan OK: no problems found."]), [token])
+    ignored = f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it" if plan.warnings else ""
+    return scrub("\n".join(lines + [f"Plan OK: no problems found{ignored}."]), [token])
 
 
 def search_models(query: str, token: str | bool = False, limit: int = 20) -> list[str]:

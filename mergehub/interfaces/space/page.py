@@ -80,6 +80,10 @@ def build_app() -> Any:
             with gr.Row():
                 repo_box = gr.Textbox(label="Output repo: a name (created in your account) or namespace/name", scale=3)
                 private_box = gr.Checkbox(label="Private", value=False, scale=1)
+                strict_box = gr.Checkbox(
+                    label="Strict", value=False, scale=1,
+                    info="Refuse a recipe with warnings (keys or parameters mergekit would ignore).",
+                )
             gr.CheckboxGroup(
                 ["hellaswag", "arc_easy", "mmlu"],
                 label="Evaluate after merging",
@@ -173,8 +177,8 @@ def build_app() -> Any:
         def on_check(text: str, oauth_token: gr.OAuthToken | None) -> str:
             return check_models(text or "", read_token(oauth_token))
 
-        def on_plan(text: str, oauth_token: gr.OAuthToken | None) -> Any:
-            return gr.update(value=dry_run(text or "", read_token(oauth_token)), visible=True)
+        def on_plan(text: str, strict: bool, oauth_token: gr.OAuthToken | None) -> Any:
+            return gr.update(value=dry_run(text or "", read_token(oauth_token), strict=bool(strict)), visible=True)
 
         def on_name(text: str, current: str, auto: str) -> tuple[Any, str]:
             try:
@@ -199,11 +203,12 @@ def build_app() -> Any:
             recipe_text: str,
             repo_name: str,
             private: bool,
+            strict: bool,
             session_value: Session,
             oauth_token: gr.OAuthToken | None,
             progress=gr.Progress(),  # noqa: B008 - gradio's way to ask for a progress tracker
         ):
-            yield from merge(recipe_text, repo_name, private, session_value, oauth_token, progress, runner=runner)
+            yield from merge(recipe_text, repo_name, private, session_value, oauth_token, progress, runner=runner, strict=bool(strict))
 
         def on_cancel(session_value: Session) -> str:
             running = session_value.cancel()
@@ -231,10 +236,10 @@ def build_app() -> Any:
             dropdown.key_up(on_search, None, dropdown, trigger_mode="always_last", **quick)
         recipe_box.change(on_name, [recipe_box, repo_box, auto_name], [repo_box, auto_name], **quick)
         check_button.click(on_check, recipe_box, compat, **checks)
-        plan_button.click(on_plan, recipe_box, plan_box, **checks)
+        plan_button.click(on_plan, [recipe_box, strict_box], plan_box, **checks)
         merge_button.click(on_arm, session, status, **quick).then(
             on_merge,
-            [recipe_box, repo_box, private_box, session],
+            [recipe_box, repo_box, private_box, strict_box, session],
             [status, log_box, card],
             concurrency_limit=1,
             concurrency_id="merge",

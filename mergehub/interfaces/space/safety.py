@@ -110,9 +110,10 @@ def check_recipe_text(text: str) -> Recipe:
             f"The recipe names {len(refs)} models; this Space merges at most {MAX_MODELS}.",
             hint="Merge in stages: merge some models first, then merge the result with the others.",
         )
-    if len(recipe.slices or []) > MAX_SLICES:
+    slices = sum(len(block[2] or []) for block in recipe.input_blocks())
+    if slices > MAX_SLICES:
         raise RecipeError(
-            f"The recipe has {len(recipe.slices or [])} slices; this Space allows at most {MAX_SLICES}.",
+            f"The recipe has {slices} slices; this Space allows at most {MAX_SLICES}.",
             hint="Use fewer, longer layer ranges.",
         )
     for ref in refs:
