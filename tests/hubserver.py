@@ -211,6 +211,8 @@ class HubServer:
         bytes_served: file body bytes actually sent, per (repo_id, path in repo).
         bytes_received: LFS bytes uploaded by PUT (regular files travel inside the commit call).
         requests: every request, in arrival order.
+        sizes_in_info: whether repo info with `?blobs=true` gives file sizes, as the Hub does; False plays a
+            server or mirror that lists file names only.
     """
 
     def __init__(
@@ -230,6 +232,7 @@ class HubServer:
         self.bytes_served: Counter[tuple[str, str]] = Counter()
         self.bytes_received = 0
         self.requests: list[RequestRecord] = []
+        self.sizes_in_info = True
         self._repos: dict[str, _Repo] = {}
         self._lfs: dict[str, Blob] = {}
         self._faults: list[list[Any]] = []
@@ -544,7 +547,7 @@ class HubServer:
         r = self._readable(repo, req.user)
         c = r.commit(rev)
         siblings = [{"rfilename": p} for p in sorted(c.files)]
-        if req.flag("blobs"):
+        if req.flag("blobs") and self.sizes_in_info:
             for s in siblings:
                 blob = c.files[s["rfilename"]]
                 s.update(size=blob.size, blobId=blob.git_oid)

@@ -152,3 +152,64 @@ def test_failed_plan_leaves_no_output(family, write_recipe, tmp_path):
         run_merge(write_recipe({**_linear(family), "parameters": {"normalize": "maybe"}}), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.yml"]
+
+
+def test_parameters_mergekit_ignores_are_warnings_with_their_location(family, write_recipe):
+    base, a, b = (str(p) for p in family)
+    text = f"""\
+merge_method: ties
+base_model: {base}
+models:
+  - model: {base}
+    parameters: {{weight: 1, density: 1}}
+  - model: {a}
+    parameters: {{weight: 0.5, densty: 0.5, normalize: true}}
+  - model: {b}
+    parameters: {{weight: 0.5, density: 0.5}}
+parameters:
+  embed_slerp: true
+  int8_mask: true
+"""
+    plan = plan_merge(write_recipe(text))
+    found = {w.location: w for w in plan.warnings}
+    assert set(found) == {"models[0].parameters.weight", "models[0].parameters.density", "models[1].parameters.densty",
+                          "models[1].parameters.normalize", "parameters.embed_slerp"}
+    assert found["parameters.embed_slerp"].message.startswith("`embed_slerp` is not a ties parameter: ignored (ties takes: ")
+    assert "did you mean `density`?" in found["models[1].parameters.densty"].message
+    assert "not used for the base model" in found["models[0].parameters.weight"].message
+    assert "one value for all models" in found["models[1].parameters.normalize"].message
+    assert [found[k].line for k in ("models[0].parameters.weight", "models[1].parameters.densty", "parameters.embed_slerp")] == [5, 7, 11]
+    assert Plan.from_json(plan.to_json()) == plan
+    assert "Warning: parameters.embed_slerp (line 11): `embed_slerp` is not a ties parameter" in plan.describe()
+    with pytest.raises(RecipeError, match=r"5 thing\(s\) that would be ignored") as info:
+        plan_merge(write_recipe(text), strict=True)
+    assert info.value.warnings == plan.warnings
+
+
+def test_numbers_written_as_text_merge_like_numbers(family, write_recipe, tmp_path):
+    def recipe(weight, density) -> dict:
+        models = [{"model": str(m), "parameters": {"weight": weight, "density": density}} for m in family[1:]]
+        return {"merge_method": "ties", "base_model": str(family[0]), "models": models, "parameters": {"normalize": "true", "lambda": "1"}}
+
+    as_text = run_merge(write_recipe(recipe(["5e-1", "1"], "7e-1"), "text.yml"), tmp_path / "text")
+    as_numbers = run_merge(write_recipe(recipe([0.5, 1.0], 0.7), "numbers.yml"), tmp_path / "numbers")
+    assert [j.params for j in as_text.plan.jobs] == [j.params for j in as_numbers.plan.jobs] and not as_text.plan.warnings
+    for shard_a, shard_b in zip(as_text.shards, as_numbers.shards, strict=True):
+        assert shard_a.sha256 == shard_b.sha256
+
+
+def test_a_value_that_is_no_number_fails_with_its_path_and_line(family, write_recipe):
+    text = f"merge_method: linear\nmodels:\n  - model: {family[0]}\n    parameters:\n      weight: heavy\n"
+    with pytest.raises(RecipeError, match=r"models\[0\].parameters.weight: 'heavy' is not a float") as info:
+        plan_merge(write_recipe(text))
+    assert (info.value.location, info.value.line) == ("models[0].parameters.weight", 5)
+
+
+def test_base_model_of_a_models_recipe_is_an_input_for_every_method(family, write_recipe):
+    """mergekit adds `base_model` to `models:` when it is not listed, even for linear, which then needs its weight."""
+    models = [{"model": str(m), "parameters": {"weight": 1}} for m in family[1:]]
+    recipe = {"merge_method": "linear", "base_model": str(family[0]), "models": models}
+    with pytest.raises(RecipeError, match=r"Missing required parameter 'weight' for .*base"):
+        plan_merge(write_recipe(recipe))
+    plan = plan_merge(write_recipe({**recipe, "parameters": {"weight": 1}}))
+    assert {len(job.inputs) for job in plan.jobs} == {3}

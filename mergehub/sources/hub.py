@@ -3,8 +3,9 @@
 The repo reference resolves once to a commit sha, and every read uses that sha. Headers
 come from ranged reads of each shard's first bytes; tensors come from ranged reads of
 exactly their bytes, adjacent tensors coalesced into one request. Every response is
-checked (206, matching Content-Range, full length): a server that ignores the Range
-header or answers for other bytes produces an error, never wrong weights.
+checked (206, matching Content-Range, full length; a header probe clamped at the end of a
+small file, as RFC 7233 allows): a server that ignores the Range header or answers for
+other bytes produces an error, never wrong weights.
 
 Every request has a connect timeout (`HF_HUB_ETAG_TIMEOUT`) and a read timeout
 (`HF_HUB_DOWNLOAD_TIMEOUT`: the longest silence while waiting for bytes), huggingface_hub's
@@ -200,7 +201,7 @@ class HubSource:
         if cached is not None and cached.is_file():
             return cached.read_bytes()
         size = self.file_sizes.get(file) or HEADER_PROBE_BYTES
-        probe = self._fetch(file, 0, min(HEADER_PROBE_BYTES, size))
+        probe = self._fetch(file, 0, min(HEADER_PROBE_BYTES, size), may_end_early=True)
         length = header_length(probe, f"{self.label}/{file}", self.file_sizes.get(file))
         header = probe[8 : 8 + length]
         if len(header) < length:
@@ -331,8 +332,11 @@ class HubSource:
         if path is not None and not path.exists():
             _write_atomically(path, chunk)
 
-    def _fetch(self, file: str, start: int | None = None, end: int | None = None) -> bytes:
+    def _fetch(self, file: str, start: int | None = None, end: int | None = None, *, may_end_early: bool = False) -> bytes:
         """Bytes `[start, end)` of a repo file (the whole file without a range), with timeouts, retries and checks.
+
+        `may_end_early`: the file may be shorter than `end` (a header probe of a small shard whose size
+        the repo info did not give), so a range the server clamped at the end of the file is accepted.
 
         Raises:
             SourceError: the server refused, kept failing or stalling, asked to wait too long, or sent other bytes.
@@ -372,7 +376,9 @@ class HubSource:
                 else:
                     content = response.content
                     if ranged:
-                        problem = _range_problem(response.status_code, response.headers.get("Content-Range"), len(content), start, end)
+                        problem = _range_problem(
+                            response.status_code, response.headers.get("Content-Range"), len(content), start, end, may_end_early
+                        )
                         hint = "The server or a proxy does not honour HTTP Range requests; mergehub refuses to guess the weights."
                     elif self.file_sizes.get(file) not in (None, len(content)):
                         problem = f"the body has {len(content)} bytes, but the repo lists {self.file_sizes[file]}"
@@ -393,15 +399,22 @@ class HubSource:
             hasher.close()
 
 
-def _range_problem(status: int, content_range: str | None, length: int, start: int, end: int) -> str:
-    """Why a response does not hold exactly bytes `[start, end)`, or "" when it does."""
+def _range_problem(status: int, content_range: str | None, length: int, start: int, end: int, may_end_early: bool = False) -> str:
+    """Why a response does not hold bytes `[start, end)`, or "" when it does.
+
+    With `may_end_early`, a range that runs past the end of the file may be answered up to its
+    last byte (RFC 7233 clamps it: `bytes 0-18551/18552` for `bytes=0-99999`); the body must then
+    match that Content-Range exactly. Anything else is refused.
+    """
     if status != 206:
         return f"the server answered {status} instead of 206 Partial Content (it ignored the Range header)"
     match = _CONTENT_RANGE.fullmatch(content_range or "")
-    if not match or (int(match[1]), int(match[2]) + 1) != (start, end):
+    first, last = (int(match[1]), int(match[2]) + 1) if match else (None, None)
+    clamped = may_end_early and match is not None and match[3] != "*" and last == int(match[3]) < end
+    if first != start or last is None or (last != end and not clamped) or last <= start:
         return f"the server sent Content-Range {content_range!r} for bytes {start}-{end - 1}"
-    if length != end - start:
-        return f"the body has {length} bytes, not {end - start}"
+    if length != last - start:
+        return f"the body has {length} bytes, not the {last - start} of its Content-Range"
     return ""
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -47,3 +48,29 @@ def test_console_script_runs(family, write_recipe):
 @pytest.mark.parametrize(("text", "value"), [("2GB", 2 * 10**9), ("500MB", 5 * 10**8), ("1GiB", 2**30), ("123", 123), ("1.5kb", 1500)])
 def test_parse_size(text, value):
     assert parse_size(text) == value
+
+
+def _lenient(family) -> dict:
+    return {**_recipe(family), "int8_mask": True, "parameters": {"embed_slerp": True}}
+
+
+def test_dry_run_shows_what_is_ignored_in_text_and_json(family, write_recipe, capsys):
+    recipe = str(write_recipe(_lenient(family)))
+    assert main(["merge", "--dry-run", recipe]) == 0
+    out, err = capsys.readouterr()
+    assert "Warning: int8_mask (line " in out and "Warning: parameters.embed_slerp (line " in out
+    assert "no problems found; 2 warning(s)" in err
+    assert main(["merge", "--dry-run", "--json", recipe]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert [(w["location"], type(w["line"])) for w in warnings] == [("int8_mask", int), ("parameters.embed_slerp", int)]
+
+
+def test_strict_refuses_a_recipe_with_warnings(family, write_recipe, tmp_path, capsys):
+    recipe = str(write_recipe(_lenient(family)))
+    assert main(["merge", "--dry-run", "--strict", recipe]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: The recipe sets 2 thing(s) that would be ignored (strict mode):")
+    assert "  parameters.embed_slerp (line " in err and "hint:" in err
+    assert main(["merge", "--strict", recipe, str(tmp_path / "out")]) == 1 and not (tmp_path / "out").exists()
+    assert main(["merge", recipe, str(tmp_path / "out"), "--no-progress"]) == 0
+    assert "warning: parameters.embed_slerp (line " in capsys.readouterr().err

@@ -537,6 +537,15 @@ def test_checks_work_anonymously_and_never_borrow_the_space_token(seeded, family
     assert "Plan failed" in space.dry_run(text, False)
 
 
+def test_warnings_show_next_to_the_plan_and_strict_refuses_them(seeded):
+    text = _slerp() + "int8_mask: true\n"
+    plan = space.dry_run(text, False)
+    assert plan.index("Warning: int8_mask (line ") < plan.index("Tensors:") and "1 warning(s)" in plan
+    assert "Plan failed" in space.dry_run(text, False, strict=True)
+    status, log, _ = list(space.merge(text, "strict", False, Session(), ALICE, strict=True))[-1]
+    assert status.startswith("❌") and "strict" in status and "int8_mask" in status and not HfApi().repo_exists("alice/strict")
+
+
 def test_lineage_of_a_pushed_merge(seeded):
     list(space.merge(_slerp(), "merged", False, Session(), ALICE))
     shown = space.lineage_markdown("alice/merged", False)

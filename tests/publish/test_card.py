@@ -209,3 +209,14 @@ def test_provenance_block_records_recipe_hash_and_pinned_parents(family, write_r
     data = ModelCard((tmp_path / "out" / "README.md").read_text()).data.to_dict()["mergehub"]
     assert data["recipe_sha256"] == recipe_sha256(recipe.read_text())
     assert data["parents"] == {str(family[0]): None, str(family[1]): None} and data["seed"] == 3 and data["method"] == "linear"
+
+
+def test_the_card_lists_what_the_merge_ignored(family, write_recipe, tmp_path):
+    from huggingface_hub import ModelCard
+
+    models = [{"model": str(m), "parameters": {"weight": 1}} for m in family[:2]]
+    run_merge(write_recipe({"merge_method": "linear", "models": models, "parameters": {"int8_mask": True}}), tmp_path / "out")
+    text = (tmp_path / "out" / "README.md").read_text()
+    (ignored,) = ModelCard(text).data.to_dict()["mergehub"]["ignored"]
+    assert ignored["location"] == "parameters.int8_mask" and ignored["line"] > 0 and "not a linear parameter" in ignored["message"]
+    assert "Ignored by the merge, as mergekit ignores them:" in text and "- `parameters.int8_mask` (line " in text

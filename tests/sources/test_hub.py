@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mergehub import SourceError, plan_merge, run_merge
+from mergehub.demo import make_tiny_llama
 from mergehub.recipe import ModelRef
 from mergehub.sources.hub import HubSource
 from tests.helpers import load_tensors
@@ -150,3 +151,41 @@ def test_unreachable_endpoint(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     with pytest.raises(SourceError, match="cannot reach"):
         HubSource(ModelRef("org/model"), endpoint="http://127.0.0.1:9")
+
+
+def test_a_shard_smaller_than_the_header_probe_on_a_server_that_gives_no_sizes(hub, family, write_recipe, tmp_path):
+    """The probe asks for bytes 0-99999 of an 18 KB shard; the server clamps the range at the end of the file (RFC 7233)."""
+    from mergehub.sources.hub import HEADER_PROBE_BYTES
+
+    hub.sizes_in_info = False
+    small = make_tiny_llama(tmp_path / "small", seed=3, base=family[0], shard_size="20KB")
+    shards = sorted(small.glob("*.safetensors"))
+    assert len(shards) > 1 and all(p.stat().st_size < HEADER_PROBE_BYTES for p in shards)
+    _upload(hub, "org/small", small)
+    source = HubSource(ModelRef("org/small"))
+    assert all(size is None for size in source.file_sizes.values())
+    assert set(source.tensors()) == set(load_tensors(small))
+    probes = [r for r in hub.requests if r.path.endswith(".safetensors") and r.range == f"bytes=0-{HEADER_PROBE_BYTES - 1}"]
+    assert len(probes) == len(shards) and {r.status for r in probes} == {206}
+    recipe = {"merge_method": "passthrough", "slices": [{"sources": [{"model": "org/small", "layer_range": [0, 4]}]}]}
+    result = run_merge(write_recipe(recipe), tmp_path / "out")
+    merged = load_tensors(result.out_dir)
+    assert all(torch.equal(merged[name], tensor) for name, tensor in load_tensors(small).items())
+
+
+@pytest.mark.parametrize(
+    ("content_range", "length", "problem"),
+    [
+        ("bytes 0-18551/18552", 18552, ""),  # clamped at the end of the file
+        ("bytes 0-18551/18552", 18000, "the body has 18000 bytes, not the 18552"),
+        ("bytes 0-18550/18552", 18551, "Content-Range"),  # short, but not at the end of the file
+        ("bytes 1-18551/18552", 18551, "Content-Range"),
+        ("bytes 0-18551/*", 18552, "Content-Range"),
+    ],
+)
+def test_a_range_clamped_at_the_end_of_the_file_is_accepted_and_nothing_else(content_range, length, problem):
+    from mergehub.sources.hub import _range_problem
+
+    found = _range_problem(206, content_range, length, 0, 100_000, may_end_early=True)
+    assert (problem in found) if problem else found == ""
+    assert _range_problem(206, "bytes 0-18551/18552", 18552, 0, 100_000) != ""  # only where the file may be shorter
