@@ -531,6 +531,15 @@ class _Planner:
                     self.warnings.append(recipe.warning(location, f"`{name}` is not used for the base model by {method.name}: ignored."))
 
 
+def _with_ignored(error: RecipeError, warnings: Sequence[RecipeWarning]) -> RecipeError:
+    """The error, its hint also naming what the recipe sets that is ignored: a misplaced key is often the cause."""
+    if not warnings:
+        return error
+    ignored = "; ".join(str(w) for w in warnings[:3]) + (f"; and {len(warnings) - 3} more" if len(warnings) > 3 else "")
+    hint = f"{error.hint + ' ' if error.hint else ''}Ignored in this recipe: {ignored}"
+    return type(error)(error.message, hint=hint, location=error.location, line=error.line, warnings=error.warnings)
+
+
 @functools.cache
 def _adapter(kind: type) -> TypeAdapter:
     return TypeAdapter(kind)
@@ -615,7 +624,10 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
     bases = {out_slice: planner.check_slice(module, out_slice) for module in modules for out_slice in module.slices}
     planner.parameter_warnings(modules, bases)
     planner.problems += _architecture_problems(planner)
-    layers = {module.name: planner.plan_module(module, [bases[s] for s in module.slices]) for module in modules}
+    try:
+        layers = {module.name: planner.plan_module(module, [bases[s] for s in module.slices]) for module in modules}
+    except RecipeError as e:
+        raise _with_ignored(e, (*recipe.warnings, *planner.warnings)) from e
     for name in sorted(n for n in sources[config_ref].tensors() if module_of(n) in copied):
         planner.add_copy(config_ref, name)  # towers and projectors beside sliced language layers: the base model's, unmerged
 

@@ -329,6 +329,26 @@ def run_entry(entry: Entry, models: TinyModels, work: Path) -> Result:
     return result
 
 
+_WARNING_KINDS = [
+    (r"is not a \w+ parameter", "a parameter the method does not take"),
+    (r"is not a (recipe key|key of)", "a key outside the schema"),
+    (r"not used for the base model", "a per-model parameter on the base model"),
+    (r"one value for all models", "a shared parameter set per model"),
+    (r"residual_weight", "residual_weight (no effect in mergekit)"),
+    (r"is not listed: its", "a module left out of `modules:`"),
+    (r"copied unmerged", "`slices:` on a model with several modules"),
+]
+
+
+def _numbers_as_text(node: Any) -> bool:
+    """Whether a recipe writes a number as text (`1e-5`, which YAML 1.1 reads as a string)."""
+    if isinstance(node, dict):
+        return any(_numbers_as_text(v) for k, v in node.items() if k not in ("model", "base_model", "merge_method", "name"))
+    if isinstance(node, list):
+        return any(_numbers_as_text(v) for v in node)
+    return isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", node.strip()) is not None
+
+
 def main() -> int:
     """Run the whole corpus and print one line per recipe, then the totals and the warnings seen."""
     import tempfile
@@ -346,8 +366,10 @@ def main() -> int:
                 assert r.mergekit is not None and r.mergehub is not None
                 state = f"mergekit {'merges' if r.mergekit.accepted else 'refuses'}, mergehub {'merges' if r.mergehub.accepted else 'refuses'}"
                 for w in r.mergehub.warnings:
-                    kind = re.sub(r"`[^`]*`|\(line \d+\)|\[\d+\]|[\w.]*\.(?=\w)", "", w.split(": ", 1)[-1]).split("(")[0].strip()
+                    kind = next((k for pattern, k in _WARNING_KINDS if re.search(pattern, w)), w)
                     warnings[kind] = warnings.get(kind, 0) + 1
+                if r.mergehub.accepted and _numbers_as_text(yaml.safe_load(entry.text)):
+                    counts["with numbers written as text"] = counts.get("with numbers written as text", 0) + 1
             counts[state] = counts.get(state, 0) + 1
             print(f"{entry.name:60} {r.method:16} {state}{'  PROBLEM: ' + '; '.join(r.problems) if r.problems else ''}")
             if r.mergehub and not r.mergehub.accepted:

@@ -213,3 +213,11 @@ def test_base_model_of_a_models_recipe_is_an_input_for_every_method(family, writ
         plan_merge(write_recipe(recipe))
     plan = plan_merge(write_recipe({**recipe, "parameters": {"weight": 1}}))
     assert {len(job.inputs) for job in plan.jobs} == {3}
+
+
+def test_a_missing_parameter_names_the_ignored_key_that_was_probably_meant(family, write_recipe):
+    """A `t:` indented at the top level (as published in some cards) is ignored, so slerp has no t."""
+    text = f"merge_method: slerp\nbase_model: {family[0]}\nmodels:\n  - model: {family[0]}\n  - model: {family[1]}\nparameters:\nt: 0.5\n"
+    with pytest.raises(RecipeError, match="Missing required parameter 't'") as info:
+        plan_merge(write_recipe(text))
+    assert "Ignored in this recipe: t (line 7): `t` is not a recipe key" in (info.value.hint or "")
