@@ -38,6 +38,7 @@ from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_fil
 from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, TensorSink, writing
 
 LINEAGE_DEPTH = 4
+_MAX_LISTED = 20
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -125,9 +126,11 @@ def _prepare(recipe: Recipe, sources: dict[ModelRef, TensorSource], out_shard_by
     chat_template = resolve_chat_template(recipe.chat_template, {str(ref): tokenizer_files(s) for ref, s in sources.items()})
     plan = _plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES, vocabulary=vocabulary)
     if strict and plan.warnings:
+        shown = [f"  {w}" for w in plan.warnings[:_MAX_LISTED]]
+        more = len(plan.warnings) - len(shown)
         raise RecipeError(
             f"The recipe sets {len(plan.warnings)} thing(s) that would be ignored (strict mode):\n"
-            + "\n".join(f"  {w}" for w in plan.warnings),
+            + "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])),
             hint="Remove or fix them, or merge without strict mode to ignore them as mergekit does.",
             warnings=plan.warnings,
         )

@@ -300,7 +300,7 @@ def _describe_validation_error(error: ValidationError) -> str:
     for item in error.errors(include_input=False):
         # pydantic names union members in the path (`float`, `list[...]`); keep the keys and indices
         parts = tuple(p for p in item["loc"] if isinstance(p, int) or not re.search(r"[\[\]()]|^(?:bool|int|float|str)$", p))
-        where = format_location(tuple(p if len(str(p)) <= 40 else str(p)[:39] + "…" for p in parts)) or "recipe"
+        where = format_location(tuple(_short(p) for p in parts)) or "recipe"
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"  {where}: {message}")
     unique = list(dict.fromkeys(lines))
@@ -364,11 +364,16 @@ _NOUNS = {
 }
 
 
+def _short(part: str | int) -> str | int:
+    return part if isinstance(part, int) or len(part) <= 40 else part[:39] + "…"
+
+
 def _ignored_key_warning(path: tuple[str | int, ...], model: type[BaseModel]) -> tuple[str, str]:
     key, known = str(path[-1]), sorted(model.model_fields)
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     hint = f"did you mean `{close[0]}`?" if close else f"known here: {', '.join(known)}"
-    return format_location(path), f"`{key}` is not a {_NOUNS.get(model.__name__, 'known key')}: ignored, as mergekit does ({hint})."
+    noun = _NOUNS.get(model.__name__, "known key")
+    return format_location(tuple(_short(p) for p in path)), f"`{_short(key)}` is not a {noun}: ignored, as mergekit does ({hint})."
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -415,7 +420,10 @@ def parse_recipe(text: str) -> Recipe:
             hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.",
         ) from e
     recipe._lines = _key_lines(text)
-    warnings = [recipe.warning(*_ignored_key_warning(path, model)) for path, model in _unknown_keys(data, Recipe, ())]
+    warnings = [
+        RecipeWarning(*_ignored_key_warning(path, model), recipe.line_of(format_location(path)))
+        for path, model in _unknown_keys(data, Recipe, ())
+    ]
     for where, _, slices, _ in recipe.input_blocks():
         for i, out_slice in enumerate(slices or []):
             if out_slice.residual_weight is not None:

@@ -188,7 +188,7 @@ parameters:
 
 def test_numbers_written_as_text_merge_like_numbers(family, write_recipe, tmp_path):
     def recipe(weight, density) -> dict:
-        models = [{"model": str(m), "parameters": {"weight": weight, "density": density}} for m in family[1:]]
+        models = [{"model": str(m), "parameters": {"weight": list(weight), "density": density}} for m in family[1:]]
         return {"merge_method": "ties", "base_model": str(family[0]), "models": models, "parameters": {"normalize": "true", "lambda": "1"}}
 
     as_text = run_merge(write_recipe(recipe(["5e-1", "1"], "7e-1"), "text.yml"), tmp_path / "text")

@@ -78,10 +78,13 @@ def test_errors_quote_an_excerpt_never_the_whole_value():
     with pytest.raises(RecipeError) as info:
         parse_recipe(f"merge_method: linear\nmodels:\n  - model: {huge}@\n")
     assert len(str(info.value)) < 600 and "200,005 chars" in str(info.value)
-    keys = "\n".join(f"  k{i}_{'z' * 200}: 1" for i in range(500))
+    models = "".join(f"  - model: [{i}]\n" for i in range(101))
     with pytest.raises(RecipeError) as info:
-        parse_recipe(f"merge_method: linear\nmodels:\n  - model: org/a\nparameters:\n  weight: 1\nextra:\n{keys}\n" + "".join(f"x{i}: 1\n" for i in range(100)))
+        parse_recipe(f"merge_method: linear\nmodels:\n{models}")
     assert len(str(info.value)) < 4000 and "... and 81 more" in str(info.value)
+    # keys outside the schema are ignored with a warning each, quoting at most a line's worth of a long key
+    warnings = parse_recipe(f"merge_method: linear\nmodels:\n  - model: org/a\n{'k' * 1000}: 1\n").warnings
+    assert len(warnings) == 1 and len(str(warnings[0])) < 600 and warnings[0].line == 4
 
 
 @pytest.mark.parametrize(
