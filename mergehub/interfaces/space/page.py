@@ -82,7 +82,7 @@ def build_app() -> Any:
                 private_box = gr.Checkbox(label="Private", value=False, scale=1)
                 strict_box = gr.Checkbox(
                     label="Strict", value=False, scale=1,
-                    info="Refuse a recipe with warnings (keys or parameters mergekit would ignore).",
+                    info="Warnings become errors: keys or parameters mergekit would ignore, NaN or Inf values.",
                 )
             gr.CheckboxGroup(
                 ["hellaswag", "arc_easy", "mmlu"],
