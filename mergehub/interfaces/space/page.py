@@ -82,7 +82,7 @@ def build_app() -> Any:
                 private_box = gr.Checkbox(label="Private", value=False, scale=1)
                 strict_box = gr.Checkbox(
                     label="Strict", value=False, scale=1,
-                    info="Warnings become errors: keys or parameters mergekit would ignore, NaN or Inf values.",
+                    info="Refuse a recipe with warnings (keys or parameters mergekit would ignore).",
                 )
             gr.CheckboxGroup(
                 ["hellaswag", "arc_easy", "mmlu"],
