@@ -35,7 +35,7 @@ from mergehub.publish.push import PushResult, ShardUploader, commit_merge, full_
 from mergehub.recipe import ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import TensorSource, open_source
 from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_files
-from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, TensorSink, writing
+from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, StateDictWriter, TensorSink, writing
 
 LINEAGE_DEPTH = 4
 _MAX_LISTED = 20
@@ -48,7 +48,10 @@ __all__ = [
     "parse_recipe",
     "open_sources",
     "plan_merge",
+    "plan_merges",
     "run_merge",
+    "MemoryMerge",
+    "merge_in_memory",
     "push_merge",
     "open_model",
     "build_card",
@@ -149,6 +152,62 @@ def plan_merge(
     finally:
         for source in sources.values():
             source.close()
+
+
+def plan_merges(
+    recipes: Sequence[Recipe], *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None
+) -> list[Plan]:
+    """Plan several recipes (the variants of an experiment), opening each model they reference once.
+
+    Raises:
+        MergehubError: the first recipe that cannot be planned; its problem says which model or setting.
+    """
+    refs = list(dict.fromkeys(ref for recipe in recipes for ref in recipe.referenced_models()))
+    with ExitStack() as stack:
+        sources: dict[ModelRef, TensorSource] = {}
+        for ref in refs:
+            sources[ref] = open_source(ref, token=token, cache_dir=cache_dir)
+            stack.callback(sources[ref].close)
+        return [_prepare(recipe, {ref: sources[ref] for ref in recipe.referenced_models()}).plan for recipe in recipes]
+
+
+@dataclass(frozen=True)
+class MemoryMerge:
+    """A merge held in memory: the output tensors by name, and the small files a model directory would hold."""
+
+    plan: Plan
+    tensors: dict[str, Any]
+    files: dict[str, bytes]
+    stats: ExecutionStats
+
+
+def merge_in_memory(
+    recipe: Recipe | str | os.PathLike,
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> MemoryMerge:
+    """Plan, then merge into a state dict in memory; no shard is written.
+
+    It needs the output's bytes (`plan.write_bytes`) in memory besides the merge's own working memory
+    (`plan.peak_memory_bytes`). `files` holds config.json, the tokenizer files and the recipe, as `run_merge` writes them.
+
+    Raises:
+        MergehubError: any problem with the recipe, the models or the merge.
+    """
+    parsed, text = _recipe_and_text(recipe)
+    with ExitStack() as stack:
+        sources = open_sources(parsed, token=token, cache_dir=cache_dir)
+        for source in sources.values():
+            stack.callback(source.close)
+        prepared = _prepare(parsed, sources)
+        ordered = list(sources.values())
+        writer = StateDictWriter(prepared.plan.shards)
+        stats = execute(prepared.plan, ordered, writer, device=resolve_device(device), seed=seed)
+        files = artifact_files(prepared.plan, ordered, text, tokenizer=prepared.tokenizer, chat_template=prepared.chat_template)
+    return MemoryMerge(prepared.plan, writer.state_dict(), files, stats)
 
 
 def _lineage(repo_id: str, sources: dict[ModelRef, TensorSource], recipe_text: str, token: str | bool | None) -> LineageGraph:
@@ -317,6 +376,7 @@ def push_merge(
     eval_tasks: Sequence[str] = (),
     eval_options: Mapping[str, Any] | None = None,
     gguf_repo: str | None = None,
+    before_commit: Callable[[MergeResult], None] | None = None,
     **merge_options: Any,
 ) -> tuple[MergeResult, PushResult]:
     """Merge and push to `repo_id` (`name` means the token's user namespace) in one commit.
@@ -327,6 +387,7 @@ def push_merge(
     a failed evaluation only leaves the scores out (add them later with `mergehub eval --push-card`).
     With `gguf_types` in `merge_options`, the GGUF files then go to their own repo, `gguf_repo`
     (default: `{repo_id}-GGUF`), in the returned `PushResult.gguf`.
+    `before_commit` may add files to `result.out_dir` (or edit its README.md) before the one commit.
 
     Raises:
         PublishError: no token, a repo mergehub did not make (without `force`), or an upload failure.
@@ -349,6 +410,8 @@ def push_merge(
                 evaluate_merge(result, eval_tasks, token=token, **(eval_options or {}))
             except MergehubError as e:
                 logger.warning("Evaluation failed, pushing without scores: %s", e)
+        if before_commit is not None:
+            before_commit(result)
         commit = commit_merge(api, full_id, result.out_dir, uploader.operations(), result.plan.method, replace_weights=ours)
     except BaseException:
         uploader.close()

@@ -15,7 +15,8 @@ The tree::
     ├── GGUFError (ValueError)            a model cannot be exported to GGUF (architecture, type, tokenizer)
     ├── EvaluationError (RuntimeError)    lm-eval is missing, or a model could not be evaluated
     │   └── UnknownTaskError (ValueError) an evaluation task is in no registry searched
-    └── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
+    ├── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
+    └── ExperimentError (RuntimeError)    a sweep or search cannot run (missing extra, Ray, checkpoint)
 
 Every error that is also an `OSError` carries its message in `strerror` too, so code that
 formats `e.strerror` (as one does for an `OSError`) shows it instead of `None`.
@@ -48,6 +49,7 @@ __all__ = [
     "EvaluationError",
     "UnknownTaskError",
     "excerpt",
+    "ExperimentError",
 ]
 
 EXCERPT_CHARS = 80
@@ -187,3 +189,7 @@ class EvaluationError(MergehubError, RuntimeError):
 
 class UnknownTaskError(EvaluationError, ValueError):
     """A task name is in no registry searched and is not a task YAML file."""
+
+
+class ExperimentError(MergehubError, RuntimeError):
+    """A sweep or an evolutionary search cannot run: a missing extra, an unreachable Ray cluster, a bad checkpoint."""

@@ -35,6 +35,8 @@ __all__ = [
     "MetricScore",
     "EvalReport",
     "evaluate",
+    "evaluate_loaded",
+    "eval_dtype",
     "compare",
     "scores_from_card",
     "report_from_card",
@@ -349,6 +351,8 @@ def evaluate(
     batch_size: int | str = 8,
     seed: int = 0,
     token: str | None = None,
+    apply_chat_template: bool = False,
+    fewshot_as_multiturn: bool = False,
 ) -> EvalReport:
     """Score a model (a directory or `org/name[@revision]`) on lm-eval tasks.
 
@@ -363,6 +367,8 @@ def evaluate(
         batch_size: Documents per forward pass, or `auto` (lm-eval finds the largest that fits).
         seed: Seeds Python, NumPy, torch and few-shot sampling; 0 gives lm-eval's default seeds.
         token: A Hub token, for private or gated models.
+        apply_chat_template: Wrap prompts in the tokenizer's chat template (lm-eval's option of that name).
+        fewshot_as_multiturn: With a chat template, give few-shot examples as earlier turns.
 
     Raises:
         EvaluationError: lm-eval is not installed, or the model cannot be downloaded or loaded.
@@ -372,7 +378,7 @@ def evaluate(
     manager, specs = _resolve_tasks(lm_eval, list(tasks))
     directory, revision = _local_model(model, token)
     torch_device = str(resolve_device(device))
-    weights = dtype or ("auto" if torch_device.startswith("cuda") else "float32")
+    weights = eval_dtype(torch_device, dtype)
     from lm_eval.api.registry import get_model
 
     started = time.perf_counter()
@@ -383,6 +389,59 @@ def evaluate(
             f"lm-eval could not load {model}: {e}",
             hint="Give a directory (or Hub repo) with config.json, safetensors weights and tokenizer files.",
         ) from e
+    results = _simple_evaluate(
+        lm_eval, lm, manager, specs, limit=limit, num_fewshot=num_fewshot, seed=seed,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+    )
+    return _report(
+        results, model=str(model), lm_eval_version=lm_eval.__version__, limit=limit, revision=revision, seed=seed,
+        device=torch_device, dtype=weights, seconds=time.perf_counter() - started,
+    )
+
+
+def eval_dtype(device: str, dtype: str | None) -> str:
+    """The dtype weights are evaluated in: the one asked for, else the model's own on CUDA and float32 on the CPU."""
+    return dtype or ("auto" if device.startswith("cuda") else "float32")
+
+
+def evaluate_loaded(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[str],
+    *,
+    label: str,
+    limit: float | None = None,
+    num_fewshot: int | None = None,
+    batch_size: int | str = 8,
+    seed: int = 0,
+    apply_chat_template: bool = False,
+    fewshot_as_multiturn: bool = False,
+) -> EvalReport:
+    """Score a transformers model object already in memory (its device and dtype as they are), as `evaluate` does.
+
+    This is how a merge held in memory is scored without writing shards; `label` names it in the report.
+    """
+    lm_eval = _import_lm_eval()
+    manager, specs = _resolve_tasks(lm_eval, list(tasks))
+    from lm_eval.api.registry import get_model
+
+    started = time.perf_counter()
+    lm = get_model("hf")(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    results = _simple_evaluate(
+        lm_eval, lm, manager, specs, limit=limit, num_fewshot=num_fewshot, seed=seed,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+    )
+    return _report(
+        results, model=label, lm_eval_version=lm_eval.__version__, limit=limit, seed=seed, device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."), seconds=time.perf_counter() - started,
+    )
+
+
+def _simple_evaluate(
+    lm_eval: Any, lm: Any, manager: Any, specs: list[str | dict[str, Any]], *, limit: float | None, num_fewshot: int | None,
+    seed: int, apply_chat_template: bool, fewshot_as_multiturn: bool,
+) -> Mapping[str, Any]:
+    """lm-eval's `simple_evaluate` with mergehub's seeding; a chat template is applied only when asked for."""
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=specs,
@@ -394,20 +453,12 @@ def evaluate(
         numpy_random_seed=seed + _SEED_OFFSET,
         torch_random_seed=seed + _SEED_OFFSET,
         fewshot_random_seed=seed + _SEED_OFFSET,
+        apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn and apply_chat_template,
     )
     if results is None:  # only on non-zero ranks of a distributed run
         raise EvaluationError("lm-eval returned no results.", hint="Run mergehub eval in a single process.")
-    return _report(
-        results,
-        model=str(model),
-        lm_eval_version=lm_eval.__version__,
-        limit=limit,
-        revision=revision,
-        seed=seed,
-        device=torch_device,
-        dtype=weights,
-        seconds=time.perf_counter() - started,
-    )
+    return results
 
 
 # ----------------------------------------------------------------------------- comparison

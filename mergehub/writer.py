@@ -23,7 +23,7 @@ from mergehub.sources.base import DTYPES
 
 __all__ = [
     "TensorSlot", "ShardLayout", "ShardResult", "ShardSink", "TensorSink", "FanOutWriter", "layout_shards", "ShardedWriter",
-    "INDEX_NAME", "writing",
+    "StateDictWriter", "INDEX_NAME", "writing",
 ]
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -249,3 +249,37 @@ class ShardedWriter:
                 file.close()
             except OSError:
                 pass  # the merge failed already; its staging directory is removed
+
+
+class StateDictWriter:
+    """Collects the output tensors of a shard layout into a state dict in memory, checked as `ShardedWriter` checks them."""
+
+    def __init__(self, shards: Sequence[ShardLayout]) -> None:
+        self._slots = {slot.name: slot for shard in shards for slot in shard.slots}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.bytes_written = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Keep one output tensor (on the CPU).
+
+        Raises:
+            OutputError: the tensor is not in the layout, was written twice, or its dtype or shape differ.
+        """
+        slot = self._slots.get(name)
+        if slot is None or name in self.tensors:
+            raise OutputError(f"Tensor {name!r} is {'written twice' if slot else 'not in the layout'}.")
+        if tuple(tensor.shape) != slot.shape or tensor.dtype != DTYPES[slot.dtype]:
+            raise OutputError(f"Writer expected {name!r} {slot.dtype}{list(slot.shape)}, got {tensor.dtype}{list(tensor.shape)}.")
+        self.tensors[name] = tensor.cpu()
+        self.bytes_written += slot.end - slot.start
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every output tensor by name, once all are written.
+
+        Raises:
+            OutputError: some tensors of the layout were never written.
+        """
+        missing = [name for name in self._slots if name not in self.tensors]
+        if missing:
+            raise OutputError(f"{len(missing)} tensors were never written, starting with {missing[0]!r}.")
+        return self.tensors
