@@ -57,6 +57,12 @@ def import_ray() -> Any:
 class LocalRunner:
     """Candidates one after another in this process: no Ray needed (a debugging aid, and the Space's way)."""
 
+    def __enter__(self) -> LocalRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
     def run(
         self, candidates: Sequence[Candidate], settings: EvalSettings, run: RunSettings,
         on_progress: Callable[[Progress], None] | None = None,
@@ -186,7 +192,9 @@ class RayRunner:
         done = failed = 0
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
+                ready, rest = ray.wait(list(pending), num_returns=1, timeout=_POLL_SECONDS)
+                if ready and rest:
+                    ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
                 for ref in ready:
                     candidate = pending.pop(ref)
                     try:

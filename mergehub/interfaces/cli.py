@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from mergehub import api
 from mergehub.errors import MergehubError, RecipeWarning
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
+from mergehub.interfaces import experiments
 from mergehub.methods import all_methods
 
 __all__ = ["main", "parse_size"]
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     family.add_argument("--format", choices=("tree", "mermaid", "json"), default="tree")
     family.add_argument("--depth", type=int, default=5, help="generations to walk up (default: 5)")
 
+    experiments.add_commands(commands)
     commands.add_parser("methods", help="list the merge methods")
     return parser
 
@@ -228,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with stop_on_signals():
-            commands = {"merge": _merge, "gguf": _gguf, "eval": _eval, "card": _card, "lineage": _lineage}
+            commands = {"merge": _merge, "gguf": _gguf, "eval": _eval, "card": _card, "lineage": _lineage, **experiments.COMMANDS}
             return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
         if args.debug:
