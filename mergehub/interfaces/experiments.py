@@ -86,7 +86,10 @@ class _Bar:
         postfix = f"running {progress.running}, failed {progress.failed}"
         if progress.done != self.bar.n or postfix != self.bar.postfix:
             self.bar.set_postfix_str(postfix, refresh=False)
-            self.bar.update(progress.done - self.bar.n)
+            if progress.done != self.bar.n:
+                self.bar.update(progress.done - self.bar.n)
+            else:
+                self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
