@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mergehub import api
 from mergehub.errors import ExperimentError, MergehubError, RecipeError
 from mergehub.evaluation import EvalReport
@@ -61,7 +63,21 @@ class Generation:
 
 def fitness_objective(config: EvolveConfig) -> Objective:
     """mergekit-evolve's fitness as an objective: Σ weight × metric over the configured tasks."""
-    return Objective(tuple((t.name, t.metric.removesuffix(",none"), t.weight) for t in config.tasks))
+    return Objective(tuple((task_name(t.name), t.metric.removesuffix(",none"), t.weight) for t in config.tasks))
+
+
+def task_name(task: str) -> str:
+    """The name lm-eval reports a task under: the name itself, or the `task:` of a task YAML file given by path."""
+    path = Path(task)
+    if not task.endswith((".yaml", ".yml")) or not path.is_file():
+        return task
+
+    class _IgnoreTags(yaml.SafeLoader):
+        """Reads lm-eval's `!function` tags as plain values."""
+
+    _IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
+    data = yaml.load(path.read_text(encoding="utf-8"), Loader=_IgnoreTags)  # noqa: S506 (a SafeLoader subclass)
+    return str(data.get("task") or path.stem) if isinstance(data, dict) else path.stem
 
 
 def _import_cma() -> Any:
@@ -171,6 +187,16 @@ class Evolution:
 
     # ------------------------------------------------------------------ search
 
+    def _why(self, result: CandidateResult) -> str:
+        """Why a candidate has no fitness: its error, or the objective's complaint about its scores."""
+        if not result.ok or result.report is None:
+            return (result.error or "failed").strip().splitlines()[0]
+        try:
+            self.objective.score(result.report)
+        except RecipeError as e:
+            return e.message
+        return "no fitness"
+
     def _candidates(self, genotypes: list[list[float]], generation: int, first_index: int) -> list[Candidate]:
         recipes = [self.genome.recipe_yaml(x) for x in genotypes]
         plans = api.plan_merges([api.parse_recipe(text) for text in recipes])
@@ -184,14 +210,18 @@ class Evolution:
         self, *, runner: RayRunner | LocalRunner, run: RunSettings = RunSettings(), resume: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Iterator[Generation]:
-        """Run generations until CMA-ES stops (the evaluation budget spent), yielding each; checkpointed after each."""
+        """Run generations until CMA-ES stops or `max_fevals` evaluations are done, yielding each; checkpointed after each.
+
+        A generation is never cut short, so the last one may take the count past `max_fevals`.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume and (self.out / CHECKPOINT).exists():
             raise ExperimentError(f"{self.out} already holds a search.", hint="Pass --resume to continue it, or choose another --out.")
         strategy = self._load() if resume else self._new_strategy()
+        strategy.opts["maxfevals"] = self.options.max_fevals  # a resumed search may be given a larger budget
         for warning in self.warnings:
             logger.warning(warning)
-        while not strategy.stop():
+        while not strategy.stop() and strategy.countevals < self.options.max_fevals:
             genotypes = [list(map(float, x)) for x in strategy.ask()]
             number = len(self.generations)
             try:
@@ -205,7 +235,7 @@ class Evolution:
             good = [s for s in scores if s is not None]
             if not good:
                 self._save(strategy)
-                errors = "; ".join(sorted({(r.error or "").splitlines()[0] for r in ordered}))
+                errors = "; ".join(sorted({self._why(r) for r in ordered}))
                 raise ExperimentError(f"Every candidate of generation {number} failed: {errors}", hint="Fix the cause; --resume continues.")
             worst = min(good) - _FAILED_PENALTY
             strategy.tell(genotypes, [-(s if s is not None else worst) for s in scores])
