@@ -106,6 +106,7 @@ class CandidateResult:
     merge_seconds: float = 0.0
     eval_seconds: float = 0.0
     node: str = field(default_factory=socket.gethostname)
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:

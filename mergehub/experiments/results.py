@@ -147,6 +147,7 @@ class Table:
             row["eval_seconds"] = round(result.eval_seconds, 3)
             row["mode"] = result.mode or ""
             row["node"] = result.node
+            row["attempts"] = result.attempts
             row["status"] = result.status
             row["error"] = (result.error or "").splitlines()[0] if result.error else ""
             rows.append(row)

@@ -1,7 +1,8 @@
 """Run candidates as Ray tasks (a local Ray by default, or a cluster), or one after another in this process.
 
 Each candidate is one Ray task with declared resources: CPUs, GPUs when the cluster has them, and the
-memory its plan needs (merged in memory when that fits the largest node, else written to disk). Ray
+memory its plan needs (merged in memory when that fits the largest node, else written to disk); tasks are
+spread over the nodes. Ray
 retries a task whose worker or node is lost; a candidate that still fails is a failed result with its
 error, never the end of the experiment. Results come back as candidates finish. Interrupting cancels
 the candidates still pending; the ones already finished have been handed out.
@@ -10,6 +11,7 @@ the candidates still pending; the ones already finished have been handed out.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +23,9 @@ __all__ = ["INSTALL_HINT", "Resources", "Progress", "LocalRunner", "RayRunner", 
 
 INSTALL_HINT = "pip install 'mergehub[experiments]'"
 _POLL_SECONDS = 0.5
+LOOPBACK = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
+"""The address a Ray started here advertises: on Linux Ray swaps 127.0.0.1 for the host's routable address,
+but keeps any other loopback address, so 127.0.0.2 keeps Ray's traffic on the loopback interface."""
 
 
 @dataclass(frozen=True)
@@ -80,19 +85,19 @@ class LocalRunner:
 
 
 def _started_tracker(ray: Any) -> Any:
-    """A small actor on the driver's node that candidates tell when they start (for the progress bar's `running`)."""
+    """A small actor on the driver's node that candidates tell when and where they start (for `running` and `attempts`)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class StartedCandidates:
         def __init__(self) -> None:
-            self.started: set[int] = set()
+            self.starts: dict[int, list[str]] = {}
 
-        def start(self, index: int) -> None:
-            self.started.add(index)
+        def start(self, index: int, node: str) -> None:
+            self.starts.setdefault(index, []).append(node)
 
-        def indices(self) -> set[int]:
-            return self.started
+        def all(self) -> dict[int, list[str]]:
+            return self.starts
 
     node = ray.get_runtime_context().get_node_id()
     return StartedCandidates.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
@@ -101,7 +106,12 @@ def _started_tracker(ray: Any) -> Any:
 def _candidate_task(candidate: Candidate, settings: EvalSettings, run: RunSettings, tracker: Any) -> CandidateResult:
     """The body of a candidate's Ray task."""
     if tracker is not None:
-        tracker.start.remote(candidate.index)
+        import ray
+
+        try:  # recorded before the candidate runs; a lost tracker never fails the candidate
+            ray.get(tracker.start.remote(candidate.index, ray.get_runtime_context().get_node_id()), timeout=10)
+        except Exception:
+            pass
     return run_candidate(candidate, settings, run)
 
 
@@ -114,8 +124,8 @@ class RayRunner:
     """Candidates as Ray tasks; a context manager that starts Ray locally, or joins `address` (or `RAY_ADDRESS`).
 
     Args:
-        address: A Ray cluster (`host:port`, `auto`, `ray://...`); None starts Ray here, bound to 127.0.0.1,
-            without dashboard or usage statistics.
+        address: A Ray cluster (`host:port`, `auto`, `ray://...`); None starts Ray here, on the loopback
+            interface (`LOOPBACK`), without dashboard or usage statistics.
         resources: What each candidate asks for.
         retries: How often Ray reruns a candidate whose worker or node was lost.
     """
@@ -126,6 +136,8 @@ class RayRunner:
         self.retries = retries
         self._started_ray = False
         self.ray: Any = None
+        self.tracker: Any = None
+        self._started: dict[int, list[str]] = {}
 
     def __enter__(self) -> RayRunner:
         ray = self.ray = import_ray()
@@ -136,7 +148,7 @@ class RayRunner:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False)
             else:
-                ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+                ray.init(include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = self.address or "this machine"
             raise ExperimentError(
@@ -181,10 +193,11 @@ class RayRunner:
         largest = max((node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")), default=0)
         run = replace(run, threads=max(1, int(self.resources.cpus)))
         task = ray.remote(_candidate_task)
-        tracker = _started_tracker(ray)
+        self.tracker = tracker = _started_tracker(ray)
         pending: dict[Any, Candidate] = {}
         for candidate in candidates:
-            options: dict[str, Any] = {"num_cpus": self.resources.cpus, "num_gpus": gpus, "max_retries": self.retries, "name": candidate.name}
+            options: dict[str, Any] = {"num_cpus": self.resources.cpus, "num_gpus": gpus, "max_retries": self.retries,
+                                       "name": candidate.name, "scheduling_strategy": "SPREAD"}
             memory = self._memory(candidate, largest)
             if memory:
                 options["memory"] = memory
@@ -203,16 +216,19 @@ class RayRunner:
                         result = CandidateResult(candidate, "failed", error=f"{_describe(e)} (after up to {self.retries} retries)")
                     done += 1
                     failed += not result.ok
-                    yield result
+                    yield replace(result, attempts=max(1, len(self.started().get(candidate.index, ()))))
                 if on_progress is not None:
-                    on_progress(Progress(len(candidates), done, self._running(tracker, pending), failed))
+                    started = self.started()
+                    on_progress(Progress(len(candidates), done, sum(c.index in started for c in pending.values()), failed))
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
 
-    def _running(self, tracker: Any, pending: dict[Any, Candidate]) -> int:
-        try:
-            started = self.ray.get(tracker.indices.remote(), timeout=2)
-        except Exception:  # the tracker is only for display; a lost one shows nothing running
-            return 0
-        return sum(1 for c in pending.values() if c.index in started)
+    def started(self) -> dict[int, list[str]]:
+        """Each started candidate's index and the Ray node ids of its attempts (the last known, if the tracker is slow)."""
+        if self.tracker is not None:
+            try:
+                self._started = self.ray.get(self.tracker.all.remote(), timeout=10)
+            except Exception:  # the tracker only informs the progress bar and `attempts`; keep what it last said
+                pass
+        return self._started

@@ -14,6 +14,7 @@ Layout of the output directory::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,10 @@ from mergehub.experiments.runner import LocalRunner, Progress, RayRunner
 from mergehub.experiments.variants import Variant, Vary, apply_variant, grid, parse_vary, sample
 from mergehub.recipe import Recipe
 
-__all__ = ["Sweep", "prepare_sweep", "run_sweep"]
+__all__ = ["Sweep", "prepare_sweep", "run_sweep", "PLOT_SECONDS"]
+
+PLOT_SECONDS = 10.0
+"""How often plots are redrawn while a sweep runs (tables are rewritten after every candidate)."""
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Sweep:
     objective: Objective
     sampled: bool
     table: Table = field(init=False)
+    plots: list[str] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.table = Table(tuple(v.path for v in self.varies), self.objective, [])
@@ -63,14 +68,15 @@ class Sweep:
         return "\n".join(lines)
 
     def write(self, out: Path, *, plots: bool = True) -> list[Path]:
-        """Write (or rewrite) the results files into `out`; returns the plots drawn."""
+        """Write (or rewrite) the results files into `out`, and the plots unless `plots` is false; returns the plots' paths."""
         out.mkdir(parents=True, exist_ok=True)
         metadata = {"tasks": list(self.settings.tasks), "eval": self.settings.options(), "sampled": self.sampled}
         write_atomically(out / "results.json", self.table.to_json(**metadata))
         write_atomically(out / "results.csv", self.table.to_csv())
-        drawn = sweep_plots(self.table, self.varies, out, sampled=self.sampled) if plots and self.table.variants() else []
-        write_atomically(out / "summary.md", self.summary([p.name for p in drawn]))
-        return drawn
+        if plots and self.table.variants():
+            self.plots = [p.name for p in sweep_plots(self.table, self.varies, out, sampled=self.sampled)]
+        write_atomically(out / "summary.md", self.summary(self.plots))
+        return [out / name for name in self.plots]
 
     def summary(self, plots: Sequence[str] = ()) -> str:
         """The Markdown summary: what was varied and scored, the best variant, the table, the plots."""
@@ -101,15 +107,22 @@ class Sweep:
     ) -> Iterator[CandidateResult]:
         """Run every candidate, yielding each result as it finishes, after rewriting the results files.
 
-        On an interruption (Ctrl-C) or an early stop, what finished is already written.
+        The plots are redrawn at most every `PLOT_SECONDS`, and once at the end. On an interruption
+        (Ctrl-C) or an early stop, what finished is written.
         """
         target = Path(out)
         self.write_inputs(target)
-        for result in runner.run(self.candidates, self.settings, run, on_progress):
-            self.table.results.append(result)
-            self.table.results.sort(key=lambda r: (not r.candidate.is_parent, r.candidate.index))
+        drawn = time.monotonic()
+        try:
+            for result in runner.run(self.candidates, self.settings, run, on_progress):
+                self.table.results.append(result)
+                self.table.results.sort(key=lambda r: (not r.candidate.is_parent, r.candidate.index))
+                plots = time.monotonic() - drawn >= PLOT_SECONDS
+                self.write(target, plots=plots)
+                drawn = time.monotonic() if plots else drawn
+                yield result
+        finally:
             self.write(target)
-            yield result
 
     def write_inputs(self, out: Path) -> None:
         """The base recipe and each variant's recipe, written before anything runs."""
