@@ -84,23 +84,26 @@ class LocalRunner:
             on_progress(Progress(len(candidates), len(candidates), 0, failed))
 
 
+class _StartedCandidates:
+    """Which candidates started, and on which Ray node each attempt ran (an actor on the driver's node)."""
+
+    def __init__(self) -> None:
+        self.starts: dict[int, list[str]] = {}
+
+    def start(self, index: int, node: str) -> None:
+        self.starts.setdefault(index, []).append(node)
+
+    def all(self) -> dict[int, list[str]]:
+        return self.starts
+
+
 def _started_tracker(ray: Any) -> Any:
-    """A small actor on the driver's node that candidates tell when and where they start (for `running` and `attempts`)."""
+    """The tracker that candidates tell when and where they start (for `running` and `attempts`)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0)
-    class StartedCandidates:
-        def __init__(self) -> None:
-            self.starts: dict[int, list[str]] = {}
-
-        def start(self, index: int, node: str) -> None:
-            self.starts.setdefault(index, []).append(node)
-
-        def all(self) -> dict[int, list[str]]:
-            return self.starts
-
     node = ray.get_runtime_context().get_node_id()
-    return StartedCandidates.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+    actor = ray.remote(num_cpus=0)(_StartedCandidates)
+    return actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
 
 
 def _candidate_task(candidate: Candidate, settings: EvalSettings, run: RunSettings, tracker: Any) -> CandidateResult:

@@ -1,93 +1,22 @@
-"""Sweeps on Ray: a local Ray started by mergehub, and a real two-node cluster on this machine that loses a node.
-
-The cluster is started with `ray start --head` and `ray start --address` (each `--block`, in its own
-process group) on 127.0.0.2: Ray replaces 127.0.0.1 by the host's routable address, but keeps other
-loopback addresses. Both process groups are killed on teardown, whatever happened.
-"""
+"""Sweeps on Ray: a local Ray started by mergehub, and a real two-node cluster on this machine that loses a node."""
 
 from __future__ import annotations
 
+import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from mergehub.experiments import LocalRunner, RayRunner, prepare_sweep
-from mergehub.experiments.runner import LOOPBACK
+from mergehub.experiments import CandidateResult, LocalRunner, RayRunner, prepare_sweep
 from tests.experiments.conftest import LIMIT
+from tests.raycluster import ray_cluster
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("lm_eval")
-
-RAY = str(Path(sys.executable).with_name("ray"))
-STARTED = "Ray runtime started"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    """One `ray start --block` in its own process group; returns once the node is up."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen([RAY, "start", *args, "--block"], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while STARTED not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"ray start failed:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.5)
-    return process
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """End a node: SIGTERM to its process group, SIGKILL to what is left after 3 s."""
-    for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                process.wait()
-                return
-            time.sleep(0.2)
-
-
-@contextmanager
-def two_node_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A head (1 CPU) and a worker node (1 CPU, resource `worker_node`) on the loopback interface; yields the address."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    for key in ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE"):
-        monkeypatch.setenv(key, env[key])
-    temp = tempfile.mkdtemp(prefix="mhray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    port = _free_port()
-    address = f"{LOOPBACK}:{port}"
-    common = ["--node-ip-address", LOOPBACK, "--num-cpus", "1", "--object-store-memory", str(80 * 1024**2), "--disable-usage-stats"]
-    nodes: list[subprocess.Popen] = []
-    try:
-        nodes.append(_start(["--head", "--port", str(port), "--include-dashboard=false", "--temp-dir", temp, *common],
-                            Path(temp) / "head.log", env))
-        nodes.append(_start(["--address", address, "--resources", '{"worker_node": 1}', *common], Path(temp) / "worker.log", env))
-        yield address, nodes[1]
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        for node in reversed(nodes):
-            _stop(node)
-        subprocess.run(["rm", "-rf", temp], check=False)
 
 
 def _running_on(runner: RayRunner, node: str, finished: set[int]) -> int:
@@ -98,30 +27,34 @@ def _running_on(runner: RayRunner, node: str, finished: set[int]) -> int:
         if running:
             return running[-1]
         time.sleep(0.05)
-    raise AssertionError(f"the worker node started no candidate: {runner.started()} {finished}")
+    raise AssertionError(f"the worker node started no candidate; started: {runner.started()}, finished: {finished}")
 
 
 def _reports(results):
     return {r.candidate.name: r.report.results for r in results}
 
 
-def test_local_ray_sweep_equals_a_sequential_run(linear_recipe: Path, perplexity_task: str, tmp_path: Path, monkeypatch):
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+def test_cli_sweep_on_a_local_ray_equals_a_sequential_run(linear_recipe: Path, perplexity_task: str, tmp_path: Path):
+    """`mergehub sweep` starts Ray here (in its own process: one Ray session per process) on the loopback interface."""
     varies = ["models[1].parameters.weight=0.2,0.8"]
     sequential = list(prepare_sweep(linear_recipe, varies, [perplexity_task], limit=LIMIT).run(tmp_path / "seq", runner=LocalRunner()))
-    with RayRunner() as runner:
-        nodes = [n["NodeManagerAddress"] for n in ray.nodes()]
-        on_ray = list(prepare_sweep(linear_recipe, varies, [perplexity_task], limit=LIMIT).run(tmp_path / "ray", runner=runner))
-    assert nodes == [LOOPBACK] and not ray.is_initialized()
+    out = tmp_path / "ray"
+    command = [sys.executable, "-m", "mergehub", "sweep", str(linear_recipe), "--vary", varies[0], "--eval", perplexity_task,
+               "--limit", str(LIMIT), "--out", str(out), "--no-progress"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    on_ray = [CandidateResult.from_dict(c) for c in json.loads((out / "results.json").read_text())["candidates"]]
     assert all(r.ok for r in on_ray) and _reports(on_ray) == _reports(sequential)
+    assert "Started a local Ray instance" in done.stderr
 
 
-def test_two_node_cluster_loses_a_node_and_keeps_every_result(linear_recipe: Path, perplexity_task: str, tmp_path: Path, monkeypatch):
+def test_two_node_cluster_loses_a_node_and_keeps_every_result(linear_recipe: Path, perplexity_task: str, tmp_path: Path):
     varies = ["models[1].parameters.weight=0:1:6"]
     sequential = list(prepare_sweep(linear_recipe, varies, [perplexity_task]).run(tmp_path / "seq", runner=LocalRunner()))
     sweep = prepare_sweep(linear_recipe, varies, [perplexity_task])
-    with two_node_cluster(monkeypatch) as (address, worker):
-        with RayRunner(address, retries=3) as runner:
+    with ray_cluster(workers=1) as cluster:
+        worker = cluster.nodes[1]
+        with RayRunner(cluster.address, retries=3) as runner:
             nodes = {n["NodeID"][:8]: n for n in ray.nodes() if n["Alive"]}
             assert len(nodes) == 2
             worker_id = next(k for k, n in nodes.items() if n["Resources"].get("worker_node"))
@@ -131,7 +64,7 @@ def test_two_node_cluster_loses_a_node_and_keeps_every_result(linear_recipe: Pat
                 if killed_after is None:
                     running = _running_on(runner, worker_id, {r.candidate.index for r in results})
                     on_worker = {i for i, nodes in runner.started().items() if nodes[-1].startswith(worker_id)}
-                    os.killpg(worker.pid, signal.SIGKILL)  # the worker node dies with a candidate running on it
+                    cluster.kill(worker)  # the worker node dies with a candidate running on it
                     killed_after, kept = len(results), [r.candidate.name for r in sweep.table.results]
 
     assert killed_after == 1
