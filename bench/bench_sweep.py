@@ -58,16 +58,16 @@ VARY = ["models[0].parameters.weight=0:1:4", "models[1].parameters.weight=0:1:3"
 def _models(workdir: Path, small: bool) -> tuple[Path, Path, Path]:
     """The base model and its two fine-tunes; reused when `workdir` already has them."""
     names = ("base", "noisy-copy", "second-finetune")
-    paths = tuple(workdir / ("tiny-" if small else "smollm2-") / name for name in names)
+    paths = tuple(workdir / f"{'tiny' if small else 'smollm2'}-{name}" for name in names)
     if all((p / "config.json").exists() for p in paths):
         return paths  # type: ignore[return-value]
     if small:
         from mergehub.demo import make_family
         from tests.helpers import WORDS, make_tokenizer
 
-        made = make_family(paths[0].parent, count=3)
+        made = make_family(workdir / "tiny-family", count=3)
         for source, target in zip(made, paths):
-            source.rename(target) if source != target else None
+            source.rename(target)
             for name, data in make_tokenizer(WORDS).items():
                 (target / name).write_bytes(data)
         return paths  # type: ignore[return-value]
@@ -80,7 +80,7 @@ def _models(workdir: Path, small: bool) -> tuple[Path, Path, Path]:
     convert_gguf(gguf, paths[0])
     noisy_copy(paths[0], paths[1], seed=1, noise=0.002)
     noisy_copy(paths[0], paths[2], seed=2, noise=0.004)
-    print(f"[{time.perf_counter() - started:6.1f} s] models in {paths[0].parent}", flush=True)
+    print(f"[{time.perf_counter() - started:6.1f} s] models in {workdir}", flush=True)
     return paths  # type: ignore[return-value]
 
 

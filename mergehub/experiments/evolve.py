@@ -27,10 +27,11 @@ from mergehub import api
 from mergehub.errors import ExperimentError, MergehubError, RecipeError
 from mergehub.evaluation import EvalReport
 from mergehub.experiments.candidate import Candidate, CandidateResult, EvalSettings, RunSettings, memory_needs
+from mergehub.experiments.extras import require
 from mergehub.experiments.genome import EvolveConfig, Genome
 from mergehub.experiments.plots import evolve_plot
 from mergehub.experiments.results import Objective, Table, write_atomically
-from mergehub.experiments.runner import INSTALL_HINT, LocalRunner, Progress, RayRunner
+from mergehub.experiments.runner import LocalRunner, Progress, RayRunner
 
 __all__ = ["EvolveOptions", "Evolution", "Generation", "fitness_objective"]
 
@@ -80,14 +81,6 @@ def task_name(task: str) -> str:
     return str(data.get("task") or path.stem) if isinstance(data, dict) else path.stem
 
 
-def _import_cma() -> Any:
-    try:
-        import cma
-    except ImportError as e:
-        raise ExperimentError("mergehub evolve needs the cma package, which is not installed.", hint=f"Install it with `{INSTALL_HINT}`.") from e
-    return cma
-
-
 def _has_chat_template(ref: str) -> bool:
     source = api.open_model(ref)
     try:
@@ -131,7 +124,7 @@ class Evolution:
     # ------------------------------------------------------------------ state
 
     def _new_strategy(self) -> Any:
-        cma = _import_cma()
+        cma = require("cma", "mergehub evolve")
         import numpy as np
 
         rng = np.random.default_rng(self.options.seed) if self.config.random_init else None

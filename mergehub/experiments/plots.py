@@ -8,24 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mergehub.errors import ExperimentError
+from mergehub.experiments.extras import require
 from mergehub.experiments.results import Table
 from mergehub.experiments.variants import Vary, format_value
 
 __all__ = ["sweep_plots", "evolve_plot", "plot_name"]
 
-INSTALL_HINT = "pip install 'mergehub[experiments]'"
 
 
 def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as e:
-        raise ExperimentError("Plotting results needs matplotlib, which is not installed.", hint=f"Install it with `{INSTALL_HINT}`.") from e
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    require("matplotlib", "Plotting results").use("Agg", force=True)  # files only, no display
+    return require("matplotlib.pyplot", "Plotting results")
 
 
 def plot_name(path: str) -> str:

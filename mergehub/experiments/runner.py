@@ -18,10 +18,9 @@ from typing import Any
 
 from mergehub.errors import ExperimentError
 from mergehub.experiments.candidate import Candidate, CandidateResult, EvalSettings, RunSettings, run_candidate
+from mergehub.experiments.extras import require
 
-__all__ = ["INSTALL_HINT", "Resources", "Progress", "LocalRunner", "RayRunner", "import_ray"]
-
-INSTALL_HINT = "pip install 'mergehub[experiments]'"
+__all__ = ["Resources", "Progress", "LocalRunner", "RayRunner", "LOOPBACK"]
 _POLL_SECONDS = 0.5
 LOOPBACK = "127.0.0.2" if sys.platform.startswith("linux") else "127.0.0.1"
 """The address a Ray started here advertises: on Linux Ray swaps 127.0.0.1 for the host's routable address,
@@ -45,18 +44,6 @@ class Progress:
     done: int
     running: int
     failed: int
-
-
-def import_ray() -> Any:
-    """Ray, or an ExperimentError that says how to install it."""
-    try:
-        import ray
-    except ImportError as e:
-        raise ExperimentError(
-            "Running experiments needs Ray (and cma and matplotlib), which are not installed.",
-            hint=f"Install them with `{INSTALL_HINT}`, or pass --no-ray to run candidates one after another here.",
-        ) from e
-    return ray
 
 
 class LocalRunner:
@@ -143,7 +130,7 @@ class RayRunner:
         self._started: dict[int, list[str]] = {}
 
     def __enter__(self) -> RayRunner:
-        ray = self.ray = import_ray()
+        ray = self.ray = require("ray", "Running candidates on Ray", alternative=", or pass --no-ray to run them one after another here")
         if ray.is_initialized():
             return self
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -21,7 +21,6 @@ from mergehub.experiments import (
     RunSettings,
     memory_needs,
     prepare_sweep,
-    run_candidate,
 )
 from mergehub.experiments.candidate import RUNTIME_BYTES
 from mergehub.interfaces.cli import main
@@ -135,9 +134,9 @@ def test_missing_ray_says_how_to_install_it(monkeypatch):
     from mergehub.experiments.runner import RayRunner
 
     monkeypatch.setitem(sys.modules, "ray", None)
-    with pytest.raises(ExperimentError, match="needs Ray") as caught:
+    with pytest.raises(ExperimentError, match="Running candidates on Ray needs ray") as caught:
         RayRunner().__enter__()
-    assert "mergehub[experiments]" in caught.value.hint
+    assert "pip install 'mergehub[experiments]'" in caught.value.hint and "--no-ray" in caught.value.hint
 
 
 def test_cli_sweep_dry_run_and_local_run(linear_recipe: Path, tmp_path: Path, capsys):
