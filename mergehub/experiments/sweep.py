@@ -27,7 +27,7 @@ from mergehub.errors import MergehubError, RecipeError
 from mergehub.experiments.candidate import Candidate, CandidateResult, EvalSettings, MemoryNeeds, RunSettings, memory_needs
 from mergehub.experiments.plots import sweep_plots
 from mergehub.experiments.results import Objective, Table, write_atomically
-from mergehub.experiments.runner import LocalRunner, Progress, RayRunner
+from mergehub.experiments.runner import LocalRunner, Progress, RayRunner, Resources
 from mergehub.experiments.variants import Variant, Vary, apply_variant, grid, parse_vary, sample
 from mergehub.recipe import Recipe
 
@@ -223,7 +223,7 @@ def run_sweep(
     *,
     ray_address: str | None = None,
     use_ray: bool = True,
-    resources: Any = None,
+    resources: Resources | None = None,
     retries: int = 3,
     run: RunSettings = RunSettings(),
     on_progress: Callable[[Progress], None] | None = None,
@@ -235,8 +235,6 @@ def run_sweep(
     Without Ray (`use_ray=False`) the candidates run one after another in this process.
     For the Space: iterate, and after each result show `sweep.table.markdown()` and the PNGs in `out`.
     """
-    from mergehub.experiments.runner import Resources
-
     sweep = prepare_sweep(recipe, vary, tasks, **options)
     if not use_ray:
         for result in sweep.run(out, runner=LocalRunner(), run=run, on_progress=on_progress):
