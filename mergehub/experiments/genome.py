@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from mergehub import safe_yaml
 from mergehub.architecture import num_layers
 from mergehub.errors import RecipeError
 from mergehub.methods import get_method
@@ -103,10 +104,9 @@ def load_evolve_config(path: str | Path) -> EvolveConfig:
     Raises:
         RecipeError: the file cannot be read, is not YAML, or does not follow the schema (each problem located).
     """
+    what = "The evolve configuration"
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise RecipeError(f"Cannot read {str(path)!r}: {e.strerror}.", hint="Check the path.") from e
+        data = safe_yaml.load(safe_yaml.read_text(path, what=what), what=what)
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}", hint="Check indentation and quoting.") from e
     try:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from mergehub import api
+from mergehub import api, safe_yaml
 from mergehub.errors import MergehubError, RecipeError
 from mergehub.experiments.candidate import Candidate, CandidateResult, EvalSettings, MemoryNeeds, RunSettings, memory_needs
 from mergehub.experiments.plots import sweep_plots
@@ -49,6 +49,7 @@ class Sweep:
     settings: EvalSettings
     objective: Objective
     sampled: bool
+    warnings: tuple[str, ...] = ()
     table: Table = field(init=False)
     plots: list[str] = field(init=False, default_factory=list)
 
@@ -56,7 +57,7 @@ class Sweep:
         self.table = Table(tuple(v.path for v in self.varies), self.objective, [])
 
     def describe(self) -> str:
-        """What `--dry-run` prints: each variant and what it needs."""
+        """What `--dry-run` prints: each variant and what it needs, then what the recipe sets that is ignored."""
         lines = [f"Sweep of {len(self.variants)} variant(s) over {', '.join(v.path for v in self.varies)}; tasks {', '.join(self.settings.tasks)}"]
         for candidate in self.candidates:
             if candidate.is_parent:
@@ -65,6 +66,7 @@ class Sweep:
                 needs = candidate.needs
                 memory = f"  (memory: {needs.in_memory / 2**30:.2f} GiB in memory, {needs.on_disk / 2**30:.2f} GiB via disk)" if needs else ""
                 lines.append(f"  {candidate.name}  {Variant(candidate.index, candidate.values).label}{memory}")
+        lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
     def write(self, out: Path, *, plots: bool = True) -> list[Path]:
@@ -146,7 +148,7 @@ def _pin_text(text: str, pins: dict[str, str]) -> str:
             return [pin(v) for v in value]
         return value
 
-    return yaml.safe_dump(pin(yaml.safe_load(text)), sort_keys=False) if pins else text
+    return yaml.safe_dump(pin(safe_yaml.load(text)), sort_keys=False) if pins else text
 
 
 def prepare_sweep(
@@ -169,10 +171,7 @@ def prepare_sweep(
         RecipeError: a --vary is malformed or a variant is not a valid recipe (named in the message).
         MergehubError: a variant cannot be planned against the models (named in the message).
     """
-    try:
-        text = Path(recipe).read_text(encoding="utf-8")
-    except OSError as e:
-        raise RecipeError(f"Cannot read recipe {str(recipe)!r}: {e.strerror}.", hint="Check the path.") from e
+    text = safe_yaml.read_text(recipe)
     api.parse_recipe(text)
     if not tasks:
         raise RecipeError("A sweep needs tasks to score the variants.", hint="Add --eval TASKS, e.g. --eval mergehub_facts.")
@@ -202,7 +201,9 @@ def prepare_sweep(
     for variant, variant_text, need in zip(variants, texts, needs):
         candidates.append(Candidate(variant.index, variant.name, variant.values, recipe_yaml=variant_text, needs=need))
     settings = EvalSettings(tuple(tasks), limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed)
-    return Sweep(text, varies, tuple(variants), tuple(texts), tuple(candidates), settings, Objective.parse(objective), bool(samples))
+    warnings = tuple(dict.fromkeys(str(w) for plan in plans for w in plan.warnings))  # what the variants set that is ignored
+    return Sweep(text, varies, tuple(variants), tuple(texts), tuple(candidates), settings, Objective.parse(objective), bool(samples),
+                 warnings)
 
 
 def _first_unplannable(applied: list[tuple[Recipe, str]], variants: list[Variant], token: str | None) -> Variant | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from mergehub import safe_yaml
 from mergehub.errors import RecipeError
 from mergehub.recipe import Recipe, parse_recipe
 
@@ -268,7 +269,7 @@ def apply_variant(recipe_text: str, variant: Variant) -> tuple[Recipe, str]:
     Raises:
         RecipeError: a path does not fit the recipe, or the result is not a valid recipe (the message names the variant).
     """
-    data = yaml.safe_load(recipe_text)
+    data = safe_yaml.load(recipe_text)
     if not isinstance(data, dict):
         raise RecipeError("The recipe must be a YAML mapping.")
     data = copy.deepcopy(data)

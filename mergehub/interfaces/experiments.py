@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mergehub.errors import OutputError
+from mergehub.interfaces.signals import Terminated, exit_code
 
 __all__ = ["add_commands", "COMMANDS"]
 
@@ -68,6 +69,10 @@ def add_commands(commands: Any) -> None:
     evolve.add_argument("--seed", type=int, default=0, help="seed of CMA-ES, random merge methods and lm-eval (default: 0)")
     evolve.add_argument("--push", metavar="REPO", help="push the best merge, with the search in its card")
     _run_options(evolve)
+
+
+def _stopped(error: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(error, Terminated) else "interrupted"
 
 
 class _Bar:
@@ -140,11 +145,11 @@ def _sweep(args: argparse.Namespace) -> int:
         with _runner(args) as runner:
             for _ in sweep.run(out, runner=runner, run=_run_settings(args), on_progress=bar):
                 pass
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         if bar is not None:
             bar.close()
-        print(f"interrupted: {len(sweep.table.results)} finished candidate(s) kept in {out}.", file=sys.stderr)
-        return 130
+        print(f"{_stopped(e)}: {len(sweep.table.results)} finished candidate(s) kept in {out}.", file=sys.stderr)
+        return exit_code(e)
     finally:
         if bar is not None:
             bar.close()
@@ -204,9 +209,10 @@ def _evolve(args: argparse.Namespace) -> int:
                     bar.close()
                 print(f"generation {generation.generation}: best {generation.best:.4f}, mean {generation.mean:.4f}, "
                       f"best so far {generation.best_so_far:.4f} ({generation.evaluations} evaluations, {generation.failed} failed)")
-    except KeyboardInterrupt:
-        print(f"interrupted: the search is checkpointed in {out} after its last full generation; --resume continues it.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+        print(f"{_stopped(e)}: the search is checkpointed in {out} after its last full generation; --resume continues it.",
+              file=sys.stderr)
+        return exit_code(e)
     finally:
         if bar is not None:
             bar.close()

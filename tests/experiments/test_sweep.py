@@ -40,12 +40,18 @@ def test_every_variant_is_planned_before_anything_runs(linear_recipe: Path, tmp_
     sweep = prepare_sweep(linear_recipe, [WEIGHTS, "parameters.normalize=true,false"], ["mergehub_facts"])
     assert len(sweep.candidates) == 6
     assert "v005  models[1].parameters.weight=0.8, parameters.normalize=False" in sweep.describe()
-    with pytest.raises(RecipeError, match=r"Variant v001 \(models\[1\].parameters.weight=abc\).*must be a float"):
+    with pytest.raises(RecipeError, match=r"Variant v001 \(models\[1\].parameters.weight=abc\).*'abc' is not a float"):
         prepare_sweep(linear_recipe, ["models[1].parameters.weight=0.5,abc"], ["mergehub_facts"])
     with pytest.raises(RecipeError, match=r"Variant v000 \(merge_method=task_arithmetic\): task_arithmetic needs a `base_model`"):
         prepare_sweep(linear_recipe, ["merge_method=task_arithmetic"], ["mergehub_facts"])
     with pytest.raises(RecipeError, match="needs tasks"):
         prepare_sweep(linear_recipe, [WEIGHTS], [])
+
+
+def test_what_a_variant_sets_that_is_ignored_is_said(linear_recipe: Path):
+    sweep = prepare_sweep(linear_recipe, ["parameters.embed_slerp=true,false"], ["mergehub_facts"])
+    assert sweep.warnings and all("embed_slerp" in w for w in sweep.warnings)
+    assert "Warning: " in sweep.describe()
 
 
 def test_memory_needs_come_from_the_plan(linear_recipe: Path):
