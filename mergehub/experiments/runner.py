@@ -11,7 +11,9 @@ the candidates still pending; the ones already finished have been handed out.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -134,6 +136,7 @@ class RayRunner:
         if ray.is_initialized():
             return self
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        handler = signal.getsignal(signal.SIGTERM)
         try:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False)
@@ -145,6 +148,8 @@ class RayRunner:
                 f"Could not start or join Ray on {where}: {e}",
                 hint="Check --ray-address / RAY_ADDRESS (`ray status` on the head shows it), or omit it to start Ray here.",
             ) from e
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)  # ray.init replaces it; the caller's (the CLI's) stops us, and __exit__ stops Ray
         self._started_ray = True
         return self
 

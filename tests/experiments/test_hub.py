@@ -68,3 +68,22 @@ def test_push_best_puts_the_sweep_in_the_card(hub, hub_recipe: Path, tmp_path: P
     assert {r.dataset_name for r in card.data.eval_results} == {"mergehub_facts"}
     pushed_recipe = Path(hf_hub_download("alice/best-merge", "mergekit_config.yml")).read_text()
     assert pushed_recipe == (out / "variants" / f"{best}.yml").read_text()
+
+
+def test_evolve_pushes_the_best_with_the_search_in_its_card(hub, scored_family: list[Path], tmp_path: Path, capsys):
+    pytest.importorskip("cma")
+    config = tmp_path / "evolve.yml"
+    config.write_text(yaml.safe_dump({
+        "genome": {"models": [str(scored_family[1]), str(scored_family[2])], "merge_method": "linear"},
+        "tasks": [{"name": "mergehub_facts", "metric": "acc_norm,none"}], "limit": 2,
+    }))
+    out = tmp_path / "search"
+    args = ["evolve", str(config), "--out", str(out), "--max-fevals", "4", "--popsize", "4", "--no-ray", "--no-progress",
+            "--push", "evolved"]
+    assert main(args) == 0
+    assert "Pushed the best candidate to alice/evolved" in capsys.readouterr().out
+    files = set(HfApi().list_repo_files("alice/evolved"))
+    assert {"evolve.png", "evolve.json", "evolve-results.csv", "mergekit_config.yml", "README.md"} <= files
+    card = Path(hf_hub_download("alice/evolved", "README.md")).read_text()
+    assert "## Evolutionary search" in card and "![evolve](evolve.png)" in card and "| Generation |" in card
+    assert Path(hf_hub_download("alice/evolved", "mergekit_config.yml")).read_text() == (out / "best.yml").read_text()

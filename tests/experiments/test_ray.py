@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,6 +53,7 @@ def test_two_node_cluster_loses_a_node_and_keeps_every_result(linear_recipe: Pat
     varies = ["models[1].parameters.weight=0:1:6"]
     sequential = list(prepare_sweep(linear_recipe, varies, [perplexity_task]).run(tmp_path / "seq", runner=LocalRunner()))
     sweep = prepare_sweep(linear_recipe, varies, [perplexity_task])
+    handler = signal.getsignal(signal.SIGTERM)
     with ray_cluster(workers=1) as cluster:
         worker = cluster.nodes[1]
         with RayRunner(cluster.address, retries=3) as runner:
@@ -67,6 +69,7 @@ def test_two_node_cluster_loses_a_node_and_keeps_every_result(linear_recipe: Pat
                     cluster.kill(worker)  # the worker node dies with a candidate running on it
                     killed_after, kept = len(results), [r.candidate.name for r in sweep.table.results]
 
+    assert signal.getsignal(signal.SIGTERM) == handler  # ray.init's own handler does not outlive the runner
     assert killed_after == 1
     assert set(kept) <= {r.candidate.name for r in sweep.table.results}  # nothing finished was lost
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
