@@ -1,8 +1,13 @@
-"""The public surface of mergehub: load a recipe, plan a merge, run it."""
+"""The public surface of mergehub: load a recipe, open its models, plan a merge, run it, publish it.
+
+The pipeline, each step in its module: `recipe` (YAML → `Recipe`) → `sources` (`open_sources`:
+headers, configs, small files) → `plan` (`plan_merge`: the whole merge as a `Plan`) → `executor`
+(tensor by tensor, with `methods`) → `writer` (safetensors shards; GGUF files through `gguf`) →
+`publish` (card, lineage, push). This module only strings them together.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -15,33 +20,28 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from huggingface_hub import ModelCard
 
-if TYPE_CHECKING:
-    from mergehub.evaluation import EvalReport
-    from mergehub.gguf.export import GGUFPlan
-    from mergehub.gguf.output import GGUFOutput, GGUFResult
-
-from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub import safe_yaml
-from mergehub.artifacts import artifact_files
-from mergehub.errors import MergehubError, OutputError, PublishError, RecipeError
+from mergehub.errors import MergehubError, PlanError, PublishError
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
-from mergehub.plan import output_vocabulary
 from mergehub.plan import plan_merge as _plan_merge
-from mergehub.publish.card import merge_card, parent_card, render_card
-from mergehub.publish.lineage import LineageGraph, hub_reader, walk_lineage
-from mergehub.publish.push import PushResult, ShardUploader, commit_merge, full_repo_id, prepare_repo, staging_directory
-from mergehub.recipe import ModelRef, Recipe, load_recipe, parse_recipe
-from mergehub.sources import TensorSource, open_source
-from mergehub.vocab import OutputTokenizer, resolve_chat_template, tokenizer_files
+from mergehub.publish.card import merged_model_files, plan_card
+from mergehub.publish.lineage import LINEAGE_DEPTH, LineageGraph, merge_lineage, walk_lineage
+from mergehub.publish.push import PushResult, ShardUploader, commit_merge, full_repo_id, prepare_repo, push_card, staging_directory
+from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, load_recipe, parse_recipe
+from mergehub.sources import INDEX_NAME, Sources, TensorSource, open_source
+from mergehub.sources import open_sources as _open_sources
 from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, StateDictWriter, TensorSink, writing
 
-LINEAGE_DEPTH = 4
-_MAX_LISTED = 20
+if TYPE_CHECKING:
+    from mergehub.evaluation import EvalReport
+    from mergehub.gguf.output import GGUFResult
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "Plan",
     "MergeResult",
     "PushResult",
     "load_recipe",
@@ -67,6 +67,8 @@ __all__ = [
     "gguf_types",
 ]
 
+RecipeLike = Recipe | str | os.PathLike
+
 
 @dataclass(frozen=True)
 class MergeResult:
@@ -77,8 +79,12 @@ class MergeResult:
     stats: ExecutionStats
     shards: tuple[ShardResult, ...]
     files: tuple[str, ...]
-    seed: int
     gguf: GGUFResult | None = None
+
+    @property
+    def seed(self) -> int:
+        """The seed the merge used (`plan.seed`)."""
+        return self.plan.seed
 
     def summary(self) -> str:
         """One line of figures, then each shard's sha256, any warning (NaN or Inf found), and the GGUF files."""
@@ -95,12 +101,9 @@ class MergeResult:
         return "\n".join(lines)
 
 
-def _recipe_and_text(recipe: Recipe | str | os.PathLike) -> tuple[Recipe, str]:
-    """The recipe and its YAML text (the file's own text, so comments survive in mergekit_config.yml)."""
-    if isinstance(recipe, Recipe):
-        return recipe, yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    text = safe_yaml.read_text(recipe)
-    return parse_recipe(text), text
+def _recipe(recipe: RecipeLike) -> Recipe:
+    """A recipe object, or the recipe file read (its own text kept, so comments survive in mergekit_config.yml)."""
+    return recipe if isinstance(recipe, Recipe) else parse_recipe(safe_yaml.read_text(recipe))
 
 
 def open_model(ref: str, *, token: str | bool | None = None) -> TensorSource:
@@ -108,54 +111,40 @@ def open_model(ref: str, *, token: str | bool | None = None) -> TensorSource:
     return open_source(ModelRef.parse(ref), token=token)
 
 
-def open_sources(recipe: Recipe, *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None) -> dict[ModelRef, TensorSource]:
-    """Open every model the recipe references, base first; Hub references resolve to a commit."""
-    return {ref: open_source(ref, token=token, cache_dir=cache_dir) for ref in recipe.referenced_models()}
+def open_sources(
+    recipe: RecipeLike | Plan, *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None
+) -> Sources:
+    """Open every model a recipe references (base first) or a plan reads, once: `with open_sources(recipe) as sources:`.
 
+    The result maps each `ModelRef` to its source and closes them all on exit. A recipe's Hub references
+    resolve to their current commit; a plan's models open at the commits the plan pinned.
 
-@dataclass(frozen=True)
-class _Prepared:
-    """A checked plan, with the output tokenizer and chat template it needs."""
-
-    plan: Plan
-    tokenizer: OutputTokenizer | None
-    chat_template: str | None
-
-
-def _prepare(recipe: Recipe, sources: dict[ModelRef, TensorSource], out_shard_bytes: int = DEFAULT_SHARD_BYTES,
-             strict: bool = False) -> _Prepared:
-    """Everything checked before any weight is read: vocabulary, chat template and the plan (and, if strict, no warnings)."""
-    vocabulary = output_vocabulary(recipe, sources)
-    chat_template = resolve_chat_template(recipe.chat_template, {str(ref): tokenizer_files(s) for ref, s in sources.items()})
-    plan = _plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES, vocabulary=vocabulary)
-    if strict and plan.warnings:
-        shown = [f"  {w}" for w in plan.warnings[:_MAX_LISTED]]
-        more = len(plan.warnings) - len(shown)
-        raise RecipeError(
-            f"The recipe sets {len(plan.warnings)} thing(s) that would be ignored (strict mode):\n"
-            + "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])),
-            hint="Remove or fix them, or merge without strict mode to ignore them as mergekit does.",
-            warnings=plan.warnings,
-        )
-    return _Prepared(plan, vocabulary[0] if vocabulary else None, chat_template)
+    Raises:
+        ModelReferenceError, SourceError: a model cannot be found or read (located in the recipe).
+    """
+    if isinstance(recipe, Plan):
+        return _open_sources({ModelRef.parse(m.ref): m.pinned for m in recipe.models}, token=token, cache_dir=cache_dir)
+    return _open_sources(_recipe(recipe), token=token, cache_dir=cache_dir)
 
 
 def plan_merge(
-    recipe: Recipe | str | os.PathLike, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES, token: str | bool | None = None,
-    strict: bool = False,
+    recipe: RecipeLike, sources: Mapping[ModelRef, TensorSource] | None = None, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    seed: int = 0, token: str | bool | None = None, strict: bool = False,
 ) -> Plan:
-    """Plan a merge from configs and headers only: the `--dry-run`. `strict`: a warning is an error."""
-    parsed, _ = _recipe_and_text(recipe)
-    sources = open_sources(parsed, token=token)
-    try:
-        return _prepare(parsed, sources, out_shard_bytes, strict).plan
-    finally:
-        for source in sources.values():
-            source.close()
+    """Plan a merge from configs, headers and small files only: the `--dry-run`. `strict`: a warning is an error.
+
+    Without `sources`, the recipe's models are opened (and closed again) here.
+    """
+    parsed = _recipe(recipe)
+    with ExitStack() as stack:
+        if sources is None:
+            sources = stack.enter_context(_open_sources(parsed, token=token))
+        return _plan_merge(parsed, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES, seed=seed,
+                           strict=strict)
 
 
 def plan_merges(
-    recipes: Sequence[Recipe], *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None
+    recipes: Sequence[Recipe], *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None, seed: int = 0,
 ) -> list[Plan]:
     """Plan several recipes (the variants of an experiment), opening each model they reference once.
 
@@ -163,12 +152,8 @@ def plan_merges(
         MergehubError: the first recipe that cannot be planned; its problem says which model or setting.
     """
     refs = list(dict.fromkeys(ref for recipe in recipes for ref in recipe.referenced_models()))
-    with ExitStack() as stack:
-        sources: dict[ModelRef, TensorSource] = {}
-        for ref in refs:
-            sources[ref] = open_source(ref, token=token, cache_dir=cache_dir)
-            stack.callback(sources[ref].close)
-        return [_prepare(recipe, {ref: sources[ref] for ref in recipe.referenced_models()}).plan for recipe in recipes]
+    with _open_sources(refs, token=token, cache_dir=cache_dir) as sources:
+        return [plan_merge(recipe, sources, seed=seed) for recipe in recipes]
 
 
 @dataclass(frozen=True)
@@ -182,14 +167,14 @@ class MemoryMerge:
 
 
 def merge_in_memory(
-    recipe: Recipe | str | os.PathLike,
+    recipe: RecipeLike | Plan,
     *,
     device: str = "cpu",
-    seed: int = 0,
+    seed: int | None = None,
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> MemoryMerge:
-    """Plan, then merge into a state dict in memory; no shard is written.
+    """Plan (unless given a `Plan`), then merge into a state dict in memory; no shard is written.
 
     It needs the output's bytes (`plan.write_bytes`) in memory besides the merge's own working memory
     (`plan.peak_memory_bytes`). `files` holds config.json, the tokenizer files and the recipe, as `run_merge` writes them.
@@ -197,92 +182,38 @@ def merge_in_memory(
     Raises:
         MergehubError: any problem with the recipe, the models or the merge.
     """
-    parsed, text = _recipe_and_text(recipe)
-    with ExitStack() as stack:
-        sources = open_sources(parsed, token=token, cache_dir=cache_dir)
-        for source in sources.values():
-            stack.callback(source.close)
-        prepared = _prepare(parsed, sources)
-        ordered = list(sources.values())
-        writer = StateDictWriter(prepared.plan.shards)
-        stats = execute(prepared.plan, ordered, writer, device=resolve_device(device), seed=seed)
-        files = artifact_files(prepared.plan, ordered, text, tokenizer=prepared.tokenizer, chat_template=prepared.chat_template)
-    return MemoryMerge(prepared.plan, writer.state_dict(), files, stats)
+    with open_sources(recipe, token=token, cache_dir=cache_dir) as sources:
+        plan = _planned(recipe, sources, seed=seed, out_shard_bytes=None, strict=False)
+        writer = StateDictWriter(plan.shards)
+        stats = execute(plan, sources, writer, device=resolve_device(device))
+    return MemoryMerge(plan, writer.state_dict(), plan.output_files(), stats)
 
 
-def _lineage(repo_id: str, sources: dict[ModelRef, TensorSource], recipe_text: str, token: str | bool | None) -> LineageGraph:
-    """The merge's family tree: its parents' Hub cards and recipes, walked up; local parents are leaves."""
-    local = {str(ref) for ref, s in sources.items() if s.revision is None}
-
-    def hub_only(read: Callable[[str], str | None]) -> Callable[[str], str | None]:
-        return lambda model: None if model in local else read(model)
-
-    return walk_lineage(
-        repo_id, max_depth=LINEAGE_DEPTH, root_recipe=recipe_text, token=token,
-        read_card=hub_only(hub_reader("README.md", token)), read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
-    )
-
-
-def _model_card(
-    plan: Plan, shards: tuple[ShardResult, ...], sources: dict[ModelRef, TensorSource], recipe_text: str, *,
-    seed: int, repo_id: str, command: str, token: str | None, lineage: LineageGraph | None = None,
-    stats: ExecutionStats | None = None,
-) -> ModelCard:
-    """The merged model's card: parents with pinned revisions and licenses, recipe, checksums, lineage.
-
-    With the merge's `stats`, the card also records the tensors found holding NaN or Inf values.
-    """
-    parents = [parent_card(str(ref), s.revision, s.read_file("README.md"), gated=s.gated) for ref, s in sources.items()]
-    lineage = lineage or _lineage(repo_id, sources, recipe_text, token)
-    card = merge_card(repo_id, plan, shards, recipe_yaml=recipe_text, seed=seed, command=command, parents=parents,
-                      lineage_mermaid=lineage.to_mermaid(), non_finite=tuple(n.describe() for n in stats.non_finite) if stats else ())
-    return render_card(card)
-
-
-def _open_gguf(
-    plan: Plan, files: dict[str, bytes], *, name: str, types: Sequence[str], target: Path, overwrite: bool,
-    base_models: Sequence[str] = (), tags: Sequence[str] = (),
-) -> GGUFOutput:
-    """Lay out the GGUF files of the model `plan` writes (before any weight is read) and open them in staging."""
-    from mergehub.gguf.types import require_gguf
-
-    require_gguf()
-    from mergehub.gguf.export import plan_gguf
-    from mergehub.gguf.metadata import ModelInfo
-    from mergehub.gguf.output import GGUFOutput
-
-    gguf_plan: GGUFPlan = plan_gguf(
-        plan.config, [(job.name, job.shape) for job in plan.jobs], files, name=name, types=types,
-        info=ModelInfo(name, base_models=tuple(base_models), tags=tuple(tags)),
-    )
-    for warning in gguf_plan.warnings:
-        logger.warning("GGUF: %s", warning)
-    return GGUFOutput(gguf_plan, target, overwrite=overwrite)
-
-
-def _gguf_card_maker(
-    output: GGUFOutput, repo_id: str, source: str, *, source_on_hub: bool, readme: str | bytes | None, command: str,
-    lineage: LineageGraph | None,
-) -> Callable[[tuple], ModelCard]:
-    from mergehub.gguf.card import gguf_card, render_gguf_card
-
-    arch = output.plan.model.family.arch.name.lower()
-    return lambda files: render_gguf_card(gguf_card(
-        repo_id, source, source_on_hub=source_on_hub, source_readme=readme, architecture=arch, files=files,
-        command=command, lineage=lineage,
-    ))
+def _planned(recipe: RecipeLike | Plan, sources: Mapping[ModelRef, TensorSource], *, seed: int | None, out_shard_bytes: int | None,
+             strict: bool) -> Plan:
+    """The plan to run: `recipe` itself when it is one (whose seed and shard size cannot be changed), else planned now."""
+    if not isinstance(recipe, Plan):
+        return plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES, seed=seed or 0, strict=strict)
+    changed = [f"{name} {given} (the plan has {planned})" for name, given, planned in
+               (("seed", seed, recipe.seed), ("out_shard_bytes", out_shard_bytes, recipe.max_shard_bytes))
+               if given is not None and given != planned]
+    if changed:
+        raise PlanError(f"A plan fixes its seed and shard size; this run asks for {', '.join(changed)}.",
+                        hint="Plan the recipe again with these settings, or leave them out.")
+    return recipe
 
 
 def run_merge(
-    recipe: Recipe | str | os.PathLike,
+    recipe: RecipeLike | Plan,
     out_dir: str | os.PathLike,
     *,
     device: str = "cpu",
-    seed: int = 0,
-    out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    seed: int | None = None,
+    out_shard_bytes: int | None = None,
     overwrite: bool = False,
     token: str | bool | None = None,
     cache_dir: str | os.PathLike | None = None,
+    sources: Mapping[ModelRef, TensorSource] | None = None,
     shard_sink: ShardSink | None = None,
     repo_id: str | None = None,
     command: str | None = None,
@@ -293,8 +224,10 @@ def run_merge(
     gguf_repo_id: str | None = None,
     strict: bool = False,
 ) -> MergeResult:
-    """Plan, then merge tensor by tensor into `out_dir`, which appears only once complete.
+    """Plan (unless given a `Plan`), then merge tensor by tensor into `out_dir`, which appears only once complete.
 
+    `seed` (default 0) and `out_shard_bytes` (default 5 GB) are planning settings; a given `Plan` has its own.
+    `sources` are the models, keyed by reference (default: opened here from the recipe, or a plan's pinned commits).
     `shard_sink` receives each shard as soon as it is written (the Hub push uploads it then).
     The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
     NaN or Inf values in inputs or outputs are warnings in the summary and recorded in the card; `strict`
@@ -306,67 +239,63 @@ def run_merge(
     Raises:
         MergehubError: any problem with the recipe, the models, the merge or the output.
     """
-    parsed, text = _recipe_and_text(recipe)
-    target = resolve_target(out_dir, overwrite=overwrite, recipe=None if isinstance(recipe, Recipe) else recipe)
+    recipe_path = None if isinstance(recipe, (Recipe, Plan)) else recipe
+    target = resolve_target(out_dir, overwrite=overwrite, recipe=recipe_path)
     torch_device = resolve_device(device)
     with ExitStack() as stack:
-        sources = open_sources(parsed, token=token, cache_dir=cache_dir)
-        for source in sources.values():
-            stack.callback(source.close)
-        prepared = _prepare(parsed, sources, out_shard_bytes, strict)
-        plan = prepared.plan
-        ordered = list(sources.values())
+        if sources is None:
+            sources = stack.enter_context(open_sources(recipe, token=token, cache_dir=cache_dir))
+        plan = _planned(recipe, sources, seed=seed, out_shard_bytes=out_shard_bytes, strict=strict)
         staging = create_staging(target)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
         merged_id = repo_id or target.name
-        command = command or f"mergehub merge mergekit_config.yml {target.name} --seed {seed} --out-shard-size {out_shard_bytes}"
-        files = artifact_files(plan, ordered, text, tokenizer=prepared.tokenizer, chat_template=prepared.chat_template)
+        command = command or f"mergehub merge {RECIPE_FILE} {target.name} --seed {plan.seed} --out-shard-size {plan.max_shard_bytes}"
         gguf_output = None
         if gguf_types:
-            hub_parents = [m.ref.split("@")[0] for m in plan.models if m.revision]
-            gguf_output = _open_gguf(
-                plan, files, name=merged_id.split("/")[-1], types=gguf_types, overwrite=overwrite, base_models=hub_parents,
+            from mergehub.gguf.types import require_gguf
+
+            require_gguf()
+            from mergehub.gguf.output import open_gguf
+
+            hub_parents = [m.pinned.path for m in plan.models if m.revision]
+            gguf_output = open_gguf(
+                plan, name=merged_id.split("/")[-1], types=gguf_types, overwrite=overwrite, base_models=hub_parents,
                 target=Path(gguf_dir) if gguf_dir else target.with_name(f"{target.name}-GGUF"), tags=("merge", "mergehub"),
             )
             stack.callback(gguf_output.close)
         writer = ShardedWriter(staging, plan.shards, shard_sink)
         sink: TensorSink = FanOutWriter(writer, gguf_output.sink) if gguf_output else writer
         try:
-            stats = execute(plan, ordered, sink, device=torch_device, seed=seed, on_progress=on_progress, should_stop=should_stop,
-                            strict=strict)
+            stats = execute(plan, sources, sink, device=torch_device, on_progress=on_progress, should_stop=should_stop, strict=strict)
             writer.write_index()
             if shard_sink is not None:
                 shard_sink.flush()
         finally:
             writer.close()
+        files = plan.output_files()
         for filename, data in files.items():
             with writing(staging / filename):
                 (staging / filename).write_bytes(data)
-        written = sorted(files)
-        lineage = _lineage(merged_id, sources, text, token)
-        card = _model_card(plan, tuple(writer.results), sources, text, seed=seed, repo_id=merged_id, token=token,
-                           command=command, lineage=lineage, stats=stats)
+        lineage_graph = merge_lineage(merged_id, plan, token)
+        readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
+        card = plan_card(plan, tuple(writer.results), repo_id=merged_id, command=command, readmes=readmes, lineage=lineage_graph,
+                         non_finite=tuple(n.describe() for n in stats.non_finite))
         with writing(staging / "README.md"):
             (staging / "README.md").write_text(str(card), encoding="utf-8")
-        written.append("README.md")
         gguf_result = None
         if gguf_output is not None:
-            types = gguf_output.plan.files
-            make_card = _gguf_card_maker(
-                gguf_output, gguf_repo_id or f"{merged_id}-GGUF", merged_id, source_on_hub=repo_id is not None,
-                readme=str(card), lineage=lineage,
-                command=f"{command} --gguf {','.join(f.file_type.lower() for f in types)}",
-            )
-            gguf_result = gguf_output.finish(gguf_repo_id or f"{merged_id}-GGUF", make_card)
+            types = ",".join(f.file_type.lower() for f in gguf_output.plan.files)
+            gguf_id = gguf_repo_id or f"{merged_id}-GGUF"
+            gguf_result = gguf_output.finish_card(gguf_id, merged_id, source_on_hub=repo_id is not None, readme=str(card),
+                                                  lineage=lineage_graph, command=f"{command} --gguf {types}")
         move_into_place(staging, target)
-    shard_names = tuple(shard.filename for shard in writer.results)
-    all_files = tuple(sorted(written + list(shard_names) + ["model.safetensors.index.json"]))
-    return MergeResult(target, plan, stats, tuple(writer.results), all_files, seed, gguf_result)
-
+    shard_names = [shard.filename for shard in writer.results]
+    all_files = tuple(sorted([*files, "README.md", *shard_names, INDEX_NAME]))
+    return MergeResult(target, plan, stats, tuple(writer.results), all_files, gguf_result)
 
 
 def push_merge(
-    recipe: Recipe | str | os.PathLike,
+    recipe: RecipeLike | Plan,
     repo_id: str,
     *,
     out_dir: str | os.PathLike | None = None,
@@ -503,83 +432,34 @@ def convert_gguf(
     from mergehub.gguf.types import parse_types, require_gguf
 
     require_gguf()
+    from mergehub.gguf.output import open_gguf
+
     parsed = parse_recipe(yaml.safe_dump({"merge_method": "passthrough", "models": [{"model": str(model)}]}))
     with ExitStack() as stack:
-        sources = open_sources(parsed, token=token, cache_dir=cache_dir)
-        for source in sources.values():
-            stack.callback(source.close)
-        plan = _prepare(parsed, sources).plan
-        ordered = list(sources.values())
-        source = ordered[0]
+        sources = stack.enter_context(_open_sources(parsed, token=token, cache_dir=cache_dir))
+        plan = _plan_merge(parsed, sources)
+        source = next(iter(sources.values()))
         on_hub = source.revision is not None
         label = getattr(source, "repo_id", None) or Path(model).resolve().name
         name = name or label.split("/")[-1]
-        files = artifact_files(plan, ordered, "", tokenizer=None, chat_template=None)
-        output = _open_gguf(plan, files, name=name, types=types, target=Path(out_dir), overwrite=overwrite)
+        output = open_gguf(plan, name=name, types=types, target=Path(out_dir), overwrite=overwrite)
         stack.callback(output.close)
-        execute(plan, ordered, output.sink, device=resolve_device(device), on_progress=on_progress, should_stop=should_stop)
-        readme = source.read_file("README.md")
+        execute(plan, sources, output.sink, device=resolve_device(device), on_progress=on_progress, should_stop=should_stop)
         lineage_graph = walk_lineage(label, max_depth=LINEAGE_DEPTH, token=token) if on_hub else None
         typed = ",".join(t.lower() for t in parse_types(types))
-        make_card = _gguf_card_maker(output, repo_id or f"{label}-GGUF", label, source_on_hub=on_hub, readme=readme,
-                                     lineage=lineage_graph, command=f"mergehub gguf {label} {Path(out_dir).name} --types {typed}")
-        return output.finish(repo_id or f"{label}-GGUF", make_card)
-
-
-def _merged_files(target: str, token: str | None) -> tuple[str, tuple[ShardResult, ...], str]:
-    """A merged model's recipe text, its shards' checksums, and its name: from a directory or a Hub repo."""
-    directory = Path(target)
-    if directory.is_dir():
-        recipe = directory / RECIPE_FILE
-        if not recipe.is_file():
-            raise OutputError(f"{directory} has no {RECIPE_FILE}.", hint="Give a directory made by mergehub or mergekit.")
-        shards = tuple(
-            ShardResult(p.name, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in sorted(directory.glob("*.safetensors"))
-        )
-        return recipe.read_text(encoding="utf-8"), shards, directory.name
-    from huggingface_hub import HfApi
-
-    source = open_source(ModelRef.parse(target), token=token)
-    text = source.read_file(RECIPE_FILE)
-    if text is None:
-        raise OutputError(f"{target} has no {RECIPE_FILE}.", hint="Only merges made by mergehub or mergekit can be re-carded.")
-    info = HfApi(token=token).model_info(source.repo_id, revision=source.revision, files_metadata=True)
-    shards = tuple(
-        ShardResult(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else "")
-        for s in info.siblings or []
-        if s.rfilename.endswith(".safetensors")
-    )
-    return text.decode("utf-8"), shards, source.repo_id
+        return output.finish_card(repo_id or f"{label}-GGUF", label, source_on_hub=on_hub, readme=source.read_file("README.md"),
+                                  lineage=lineage_graph, command=f"mergehub gguf {label} {Path(out_dir).name} --types {typed}")
 
 
 def build_card(target: str, *, token: str | bool | None = None, seed: int = 0) -> ModelCard:
     """The model card of an existing merge (a directory or a Hub repo), from its mergekit_config.yml."""
-    recipe_text, shards, name = _merged_files(target, token)
+    recipe_text, shards, name = merged_model_files(target, token)
     parsed = parse_recipe(recipe_text)
-    sources = open_sources(parsed, token=token)
-    try:
-        plan = _prepare(parsed, sources).plan
-        command = f"mergehub merge mergekit_config.yml {name.split('/')[-1]} --seed {seed}"
-        return _model_card(plan, shards, sources, recipe_text, seed=seed, repo_id=name, command=command, token=token)
-    finally:
-        for source in sources.values():
-            source.close()
-
-
-def push_card(repo_id: str, card: ModelCard, *, token: str | bool | None = None) -> str:
-    """Commit a card as README.md: to main when the token may write there, else as a pull request; returns its URL."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    api = HfApi(token=token)
-    who = api.whoami()
-    owners = {who["name"], *(org["name"] for org in who.get("orgs", []))}
-    own = repo_id.split("/")[0] in owners
-    commit = api.create_commit(
-        repo_id, [CommitOperationAdd("README.md", str(card).encode())], commit_message="Model card by mergehub",
-        create_pr=not own,
-    )
-    return commit.pr_url or commit.commit_url
+    with _open_sources(parsed, token=token) as sources:
+        plan = _plan_merge(parsed, sources, seed=seed)
+        readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
+    command = f"mergehub merge {RECIPE_FILE} {name.split('/')[-1]} --seed {seed}"
+    return plan_card(plan, shards, repo_id=name, command=command, readmes=readmes, lineage=merge_lineage(name, plan, token))
 
 
 def lineage(repo_id: str, *, max_depth: int = 5, token: str | bool | None = None) -> LineageGraph:
@@ -594,31 +474,19 @@ def evaluate(model: str | os.PathLike, tasks: Sequence[str], **options: Any) -> 
     return run_evaluation(model, tasks, **options)
 
 
-def _parent_reports(merged: EvalReport, parents: Sequence[str], tasks: Sequence[str], *, token: str | bool | None, **options: Any) -> dict[str, EvalReport]:
-    """Each parent's scores: from its card when it was scored the same way, else evaluated now."""
-    from mergehub.evaluation import report_from_card
-
-    reports = {}
-    for parent in parents:
-        source = open_model(parent, token=token)
-        try:
-            readme = source.read_file("README.md")
-        finally:
-            source.close()
-        reports[parent] = report_from_card(readme, merged, model=parent) or evaluate(parent, tasks, token=token, **options)
-    return reports
-
-
 def score(
     model: str | os.PathLike, tasks: Sequence[str], *, parents: Sequence[str] = (), token: str | bool | None = None, **options: Any
 ) -> tuple[EvalReport, str | None]:
-    """Score a model, and each parent on the same tasks and settings; returns the report and a comparison table."""
-    from mergehub.evaluation import compare
+    """Score a model, and each parent on the same tasks and settings; returns the report and a comparison table.
+
+    A parent whose card already holds scores made the same way is not evaluated again.
+    """
+    from mergehub.evaluation import compare, parent_reports
 
     report = evaluate(model, tasks, token=token, **options)
     if not parents:
         return report, None
-    return report, compare(report, _parent_reports(report, parents, tasks, token=token, **options))
+    return report, compare(report, parent_reports(report, parents, tasks, token=token, **options))
 
 
 def evaluate_merge(
@@ -627,7 +495,7 @@ def evaluate_merge(
     """Score a fresh merge (and, with `parents`, each parent at its pinned revision) and put the scores in its card."""
     from mergehub.evaluation import add_scores_to_card
 
-    refs = [f"{m.ref.split('@')[0]}@{m.revision}" if m.revision else m.ref for m in result.plan.models] if parents else []
+    refs = [str(m.pinned) for m in result.plan.models] if parents else []
     report, comparison = score(result.out_dir, tasks, parents=refs, token=token, **options)
     card = result.out_dir / "README.md"
     card.write_text(add_scores_to_card(card.read_text(encoding="utf-8"), report, comparison), encoding="utf-8")
@@ -643,5 +511,8 @@ def card_with_scores(target: str, report: EvalReport, comparison: str | None = N
         text = (directory / "README.md").read_text(encoding="utf-8") if (directory / "README.md").is_file() else ""
     else:
         source = open_model(target, token=token)
-        text = (source.read_file("README.md") or b"").decode("utf-8")
+        try:
+            text = (source.read_file("README.md") or b"").decode("utf-8")
+        finally:
+            source.close()
     return ModelCard(add_scores_to_card(text, report, comparison))

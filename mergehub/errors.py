@@ -18,11 +18,16 @@ The tree::
     ├── PublishError (RuntimeError)       pushing to the Hub failed or is not allowed
     └── ExperimentError (RuntimeError)    a sweep or search cannot run (missing extra, Ray, checkpoint)
 
+Every error may say where in the recipe its problem is: `location` is a document path such as
+`models[1].parameters.density` and `line` its 1-based line in the recipe text; an error that gathers
+several problems lists each in `problems`, with its own location. Interfaces annotate recipes from
+these fields; the wording of a message is for people and is never parsed.
+
 Every error that is also an `OSError` carries its message in `strerror` too, so code that
 formats `e.strerror` (as one does for an `OSError`) shows it instead of `None`.
 `excerpt` is how an error quotes a user's value: never whole, at most a line's worth.
 
-`RecipeWarning` is not an exception: it records something a recipe sets that mergehub (like
+`Problem` is one located problem; `RecipeWarning` is not an exception either: it records something a recipe sets that mergehub (like
 mergekit) accepts but ignores, and where; `--strict` turns warnings into a `RecipeError` carrying them.
 
 Nothing in mergehub is imported here.
@@ -33,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "Problem",
     "RecipeWarning",
     "MergehubError",
     "RecipeError",
@@ -87,26 +93,11 @@ def _bounded_repr(value: object, budget: int) -> str:
     return repr(value)[: budget]
 
 
-class MergehubError(Exception):
-    """Base of every mergehub error; `hint` says what the user can do about it."""
-
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        if isinstance(self, OSError):
-            self.strerror = message  # else `e.strerror` is None, and a wrapper would print "None"
-
-    def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
-
-
 @dataclass(frozen=True)
-class RecipeWarning:
-    """Something a recipe sets that is accepted but ignored, and where it is.
+class Problem:
+    """One problem and where it is: `location` is a document path such as `models[1].parameters.density`
+    ("" when it concerns no one place), `line` its 1-based line in the recipe text when the recipe came from text.
 
-    `location` is a document path such as `models[1].parameters.embed_slerp` ("" for the whole
-    recipe); `line` is its 1-based line in the recipe text, when the recipe came from text.
     Interfaces render these fields; the wording of `message` is for people only.
     """
 
@@ -119,20 +110,46 @@ class RecipeWarning:
         return f"{where}: {self.message}" if where else self.message
 
 
-class RecipeError(MergehubError, ValueError):
-    """The recipe YAML is malformed, has unknown keys, or has invalid values.
+@dataclass(frozen=True)
+class RecipeWarning(Problem):
+    """Something a recipe sets that is accepted but ignored (as mergekit ignores it), and where it is."""
 
-    `location` and `line` say where the problem is when it is one value; `warnings` holds the
-    warnings that `--strict` turned into this error.
+
+class MergehubError(Exception):
+    """Base of every mergehub error; `hint` says what the user can do about it.
+
+    `location` and `line` say where in the recipe the problem is, when it is one place; `problems`
+    lists each problem, located, when the error gathers several.
     """
 
     def __init__(
         self, message: str, *, hint: str | None = None, location: str | None = None, line: int | None = None,
-        warnings: tuple[RecipeWarning, ...] = (),
+        problems: tuple[Problem, ...] = (),
     ) -> None:
-        super().__init__(message, hint=hint)
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
         self.location = location
         self.line = line
+        self.problems = problems
+        if isinstance(self, OSError):
+            self.strerror = message  # else `e.strerror` is None, and a wrapper would print "None"
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
+
+
+class RecipeError(MergehubError, ValueError):
+    """The recipe YAML is malformed, has unknown keys, or has invalid values.
+
+    `warnings` holds the warnings that `--strict` turned into this error.
+    """
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, location: str | None = None, line: int | None = None,
+        problems: tuple[Problem, ...] = (), warnings: tuple[RecipeWarning, ...] = (),
+    ) -> None:
+        super().__init__(message, hint=hint, location=location, line=line, problems=problems)
         self.warnings = warnings
 
 
@@ -157,10 +174,6 @@ class MissingTensorError(SourceError, KeyError):
 
 class PlanError(MergehubError, ValueError):
     """The models and the recipe do not fit together (shapes, layers, architectures)."""
-
-    def __init__(self, message: str, *, hint: str | None = None, problems: tuple[str, ...] = ()) -> None:
-        super().__init__(message, hint=hint)
-        self.problems = problems
 
 
 class MergeMethodError(MergehubError, ValueError):

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub import ModelCard
 
 from mergehub.errors import EvaluationError, UnknownTaskError
 from mergehub.eval_tasks import SHIPPED_TASKS, TASKS_DIR
 from mergehub.executor import resolve_device
-from mergehub.publish.card import EvalScore, eval_result, parse_card_data
+from mergehub.publish.card import EvalScore, eval_result
+from mergehub.publish.card_data import card_scores, read_card_data
 from mergehub.recipe import ModelRef
+from mergehub.sources import open_source
 
 __all__ = [
     "INSTALL_HINT",
@@ -40,6 +42,7 @@ __all__ = [
     "compare",
     "scores_from_card",
     "report_from_card",
+    "parent_reports",
     "add_scores_to_card",
 ]
 
@@ -508,11 +511,9 @@ def scores_from_card(readme: bytes | str | None) -> dict[tuple[str, str], Metric
     Few-shot count, limit and lm-eval version are read back when the card gives them (mergehub writes
     them as `num_few_shot` and the source name); a card without them gives None.
     """
-    data = parse_card_data(readme)
     found: dict[tuple[str, str], MetricScore] = {}
-    for result in (data.eval_results or []) if data else []:
-        value = _float(result.metric_value) if isinstance(result, EvalResult) else None
-        if value is None or not result.dataset_name or not result.metric_type:
+    for result in card_scores(read_card_data(readme)):
+        if not result.dataset_name or not result.metric_type:
             continue
         args = result.dataset_args or {}
         shots = args.get("num_few_shot", args.get("num_fewshot"))
@@ -524,7 +525,7 @@ def scores_from_card(readme: bytes | str | None) -> dict[tuple[str, str], Metric
             MetricScore(
                 task=result.dataset_name,
                 metric=result.metric_type,
-                value=value,
+                value=float(result.metric_value),
                 num_fewshot=shots if isinstance(shots, int) else None,
                 limit=float(limit[1]) if limit else None,
                 dataset_type=result.dataset_type,
@@ -555,6 +556,21 @@ def report_from_card(readme: bytes | str | None, like: EvalReport, *, model: str
         rows.append(found)
     versions = {r.lm_eval_version for r in rows if r.lm_eval_version}
     return EvalReport(model, tuple(rows), versions.pop() if len(versions) == 1 else "unknown")
+
+
+def parent_reports(
+    merged: EvalReport, parents: Sequence[str], tasks: Sequence[str], *, token: str | bool | None = None, **options: Any
+) -> dict[str, EvalReport]:
+    """Each parent's scores: from its card when it was scored the same way as `merged`, else evaluated now."""
+    reports = {}
+    for parent in parents:
+        source = open_source(ModelRef.parse(parent), token=token)
+        try:
+            readme = source.read_file("README.md")
+        finally:
+            source.close()
+        reports[parent] = report_from_card(readme, merged, model=parent) or evaluate(parent, tasks, token=token, **options)
+    return reports
 
 
 # ----------------------------------------------------------------------------- the card

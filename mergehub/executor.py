@@ -1,5 +1,8 @@
 """Walks a plan tensor by tensor: read inputs ahead, merge with the method kernel, hand to the writer.
 
+Inputs are looked up by the plan's model keys in the sources (keyed by `ModelRef`), never by position,
+and a Hub model must be open at the commit the plan pinned.
+
 Reads of upcoming tensors overlap the current computation, and writing overlaps both;
 read-ahead is bounded by a byte budget, so memory depends on tensor sizes, not model size.
 Readers count the NaN and Inf values of each input they fetched, the writer those of each
@@ -13,21 +16,22 @@ import hashlib
 import resource
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 
 import torch
 
-from mergehub.errors import Cancelled, MergehubError, MergeMethodError, SourceError
+from mergehub.errors import Cancelled, MergehubError, MergeMethodError, PlanError, SourceError
 from mergehub.methods import MethodSpec, get_method
 from mergehub.plan import Plan, TensorJob
+from mergehub.recipe import ModelRef
 from mergehub.sources.base import DTYPES, TensorSource
 from mergehub.vocab import align_rows
 from mergehub.workers import DaemonPool
 from mergehub.writer import TensorSink
 
-__all__ = ["Progress", "ExecutionStats", "NonFinite", "execute", "resolve_device", "tensor_seed", "count_non_finite", "Cancelled"]
+__all__ = ["Progress", "ExecutionStats", "NonFinite", "execute", "merge_job", "resolve_device", "sources_by_key", "tensor_seed", "count_non_finite"]
 
 DEFAULT_PREFETCH_BYTES = 256 * 1024**2
 DEFAULT_BATCH_BYTES = 64 * 1024**2
@@ -100,12 +104,13 @@ def _compute_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
 
 
 def merge_job(
-    job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, method: MethodSpec, device: torch.device, seed: int,
+    job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, method: MethodSpec, device: torch.device,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Merge one job's input tensors into its output tensor (on the CPU, in the job's dtype).
 
-    `method` is the job's, looked up once per plan by the caller (`execute`).
+    `method` is the job's, looked up once per plan by the caller (`execute`); random methods draw
+    from a generator seeded from `plan.seed` and the tensor's name.
 
     Inputs are rounded to the recipe's `dtype` when it has one, re-indexed onto the output
     vocabulary for embedding and head tensors, and merged in float32 (float64 if an input is).
@@ -118,17 +123,17 @@ def merge_job(
     if plan.input_dtype is not None:
         staged = [t.to(DTYPES[plan.input_dtype]) for t in staged]
     if job.vocab and plan.vocab is not None:
-        labels = [plan.models[i.model].ref for i in job.inputs]
+        labels = [i.model for i in job.inputs]
         base = labels[job.base_index] if job.base_index is not None else None
         staged = align_rows(staged, labels, plan.vocab, base=base)
     out_dtype = DTYPES[job.dtype]
     numel = staged[0].numel()
     if not method.elementwise or staged[0].dim() == 0 or numel <= chunk_elements:
-        return _run_kernel(method, job, staged, device, seed).to(out_dtype).cpu()
+        return _run_kernel(method, job, staged, device, plan.seed).to(out_dtype).cpu()
     rows = max(1, chunk_elements // (numel // staged[0].shape[0]))
     output = torch.empty(staged[0].shape, dtype=out_dtype)
     for start in range(0, staged[0].shape[0], rows):
-        output[start : start + rows] = _run_kernel(method, job, [t[start : start + rows] for t in staged], device, seed)
+        output[start : start + rows] = _run_kernel(method, job, [t[start : start + rows] for t in staged], device, plan.seed)
     return output
 
 
@@ -201,12 +206,12 @@ class _Batch:
     """A batch of jobs and, per input model, the future of its tensors (and of their NaN/Inf counts)."""
 
     jobs: list[TensorJob]
-    reads: dict[int, Future[tuple[dict[str, torch.Tensor], dict[str, int]]]]
+    reads: dict[str, Future[tuple[dict[str, torch.Tensor], dict[str, int]]]]
     read_bytes: int
 
 
-def _submit(batch: list[TensorJob], sources: Sequence[TensorSource], pool: DaemonPool) -> _Batch:
-    names: dict[int, dict[str, None]] = {}
+def _submit(batch: list[TensorJob], sources: Mapping[str, TensorSource], pool: DaemonPool) -> _Batch:
+    names: dict[str, dict[str, None]] = {}
     for job in batch:
         for item in job.inputs:
             names.setdefault(item.model, {})[item.name] = None
@@ -214,13 +219,32 @@ def _submit(batch: list[TensorJob], sources: Sequence[TensorSource], pool: Daemo
     return _Batch(batch, reads, sum(j.read_bytes for j in batch))
 
 
+def sources_by_key(plan: Plan, sources: Mapping[ModelRef, TensorSource]) -> dict[str, TensorSource]:
+    """Each of the plan's models' source, by the plan's key; each Hub model must be open at its pinned commit.
+
+    Raises:
+        PlanError: a model of the plan has no source, or one at another commit.
+    """
+    by_key = {str(ref): source for ref, source in sources.items()}
+    for model in plan.models:
+        source = by_key.get(model.ref)
+        if source is None:
+            raise PlanError(f"The plan reads {model.ref}, but no source was given for it.",
+                            hint="Open the plan's models with `open_sources(plan)`.")
+        if model.revision is not None and source.revision != model.revision:
+            raise PlanError(
+                f"The plan reads {model.ref} at commit {model.revision}, but its source is at {source.revision}.",
+                hint="Open the plan's models with `open_sources(plan)`, which pins each to the planned commit.",
+            )
+    return by_key
+
+
 def execute(
     plan: Plan,
-    sources: Sequence[TensorSource],
+    sources: Mapping[ModelRef, TensorSource],
     writer: TensorSink,
     *,
     device: torch.device,
-    seed: int = 0,
     prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
     batch_bytes: int = DEFAULT_BATCH_BYTES,
     readers: int = 4,
@@ -230,16 +254,19 @@ def execute(
 ) -> ExecutionStats:
     """Run every job of `plan` in order, writing each output tensor through `writer`.
 
+    `sources` holds each of the plan's models, keyed by its `ModelRef` (see `open_sources`).
     Inputs are read in batches of consecutive jobs (one `read_many` per model and batch),
     up to `prefetch_bytes` ahead of the tensor being merged. The weight files the plan marks
     as verified are hashed by their sources as they stream, and must all match.
 
     Raises:
+        PlanError: a model of the plan has no source, or one at another commit than planned.
         Cancelled: `should_stop` returned True.
         MergeMethodError: with `strict`, an input or output holds NaN or Inf values.
         MergehubError: reading, verifying, merging or writing failed.
     """
     started = time.perf_counter()
+    by_key = sources_by_key(plan, sources)
     upcoming = deque(_batches(plan.jobs, batch_bytes))
     pending: deque[_Batch] = deque()
     in_flight = bytes_read = done = 0
@@ -254,21 +281,21 @@ def execute(
 
     for entry in plan.input_files:
         if entry.verified:
-            sources[entry.model].verify([entry.file])
+            by_key[entry.model].verify([entry.file])
     read_pool, write_pool = DaemonPool(readers, "mergehub-read"), DaemonPool(1, "mergehub-write")
     last_write: Future[int] | None = None
     last_name = ""
     try:
         while upcoming or pending:
             while upcoming and (not pending or in_flight + sum(j.read_bytes for j in upcoming[0]) <= prefetch_bytes):
-                pending.append(_submit(upcoming.popleft(), sources, read_pool))
+                pending.append(_submit(upcoming.popleft(), by_key, read_pool))
                 in_flight += pending[-1].read_bytes
             batch = pending.popleft()
             tensors = {}
             for model, future in batch.reads.items():
                 tensors[model], counts = future.result()
                 for name, count in counts.items():
-                    record(NonFinite(name, count, plan.models[model].ref))
+                    record(NonFinite(name, count, model))
             last_use = {(i.model, i.name): k for k, job in enumerate(batch.jobs) for i in job.inputs}
             for k, job in enumerate(batch.jobs):
                 if should_stop is not None and should_stop():
@@ -277,7 +304,7 @@ def execute(
                 for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
                     if last_use.get((i.model, i.name)) == k:
                         tensors[i.model].pop(i.name, None)
-                output = merge_job(job, inputs, plan, method=methods[job.method], device=device, seed=seed)
+                output = merge_job(job, inputs, plan, method=methods[job.method], device=device)
                 del inputs
                 if last_write is not None and (count := last_write.result()):
                     record(NonFinite(last_name, count))
@@ -291,7 +318,7 @@ def execute(
             del tensors, batch
         if last_write is not None and (count := last_write.result()):
             record(NonFinite(last_name, count))
-        _check_verified(plan, sources)
+        _check_verified(plan, by_key)
     except BaseException:
         read_pool.shutdown(wait=False, cancel_futures=True)
         for batch in pending:
@@ -307,11 +334,11 @@ def execute(
     return ExecutionStats(time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes(), tuple(ordered))
 
 
-def _check_verified(plan: Plan, sources: Sequence[TensorSource]) -> None:
+def _check_verified(plan: Plan, sources: Mapping[str, TensorSource]) -> None:
     """Every file the plan verifies was hashed whole (a mismatch has already raised in the reader)."""
     for entry in plan.input_files:
         if entry.verified and entry.file not in sources[entry.model].verified_files():
             raise SourceError(
-                f"{plan.models[entry.model].ref}: {entry.file} could not be verified: not all of its bytes were read.",
+                f"{entry.model}: {entry.file} could not be verified: not all of its bytes were read.",
                 hint="This is a bug in mergehub; please report it with the recipe.",
             )

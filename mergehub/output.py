@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mergehub.artifacts import RECIPE_FILENAME
 from mergehub.errors import OutputError
+from mergehub.recipe import RECIPE_FILE
 from mergehub.writer import writing
 
 __all__ = ["STALE_SECONDS", "MERGE_MARKERS", "resolve_target", "create_staging", "remove_stale", "remove_stale_directories", "move_into_place"]
@@ -35,7 +35,7 @@ def _inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
-MERGE_MARKERS = (RECIPE_FILENAME, "*.safetensors")
+MERGE_MARKERS = (RECIPE_FILE, "*.safetensors")
 """What a previous merge's directory holds: its recipe and its weights."""
 
 

@@ -1,8 +1,15 @@
-"""Recipe + model headers and configs → a `Plan`: one `TensorJob` per output tensor, checked up front.
+"""Recipe + models' headers and configs → a `Plan`: everything a merge will do, checked before any weight is read.
 
-Planning reads no tensor data and touches no network beyond what the sources already
-hold: every name, shape, layer range and parameter is checked here, so a bad merge
-fails in seconds instead of after reading gigabytes.
+The plan holds one `TensorJob` per output tensor, the shard layout, the output config, vocabulary
+row maps, the tokenizer files, chat template and generation config to write, the recipe text,
+the seed, the pinned parents and the weight files to verify, and the warnings. `run_merge`, the
+`--dry-run`, the card, the Space and the Action all read this one object, and `Plan.to_json` /
+`Plan.from_json` carry it whole: executing a plan read back from JSON against the same sources
+writes the same bytes.
+
+Planning reads no tensor data and touches no network beyond what the sources already hold
+(headers, configs, small files): every name, shape, layer range and parameter is checked here,
+so a bad merge fails in seconds instead of after reading gigabytes.
 """
 
 from __future__ import annotations
@@ -12,10 +19,10 @@ import difflib
 import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Union
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from mergehub.architecture import (
     DEFAULT_MODULE,
@@ -31,36 +38,66 @@ from mergehub.architecture import (
     text_config,
 )
 from mergehub.architecture import num_layers as config_num_layers
-from mergehub.errors import PlanError, RecipeError, RecipeWarning, excerpt
+from mergehub.errors import MergehubError, PlanError, Problem, RecipeError, RecipeWarning, UnknownMethodError, excerpt
 from mergehub.methods import MethodSpec, ParamSpec, get_method
-from mergehub.recipe import InputModel, ModelRef, OutputSlice, Parameters, Recipe, evaluate_setting
+from mergehub.recipe import (
+    RECIPE_FILE,
+    InputModel,
+    ModelRef,
+    OutputSlice,
+    Parameters,
+    Recipe,
+    Scope,
+    first_setting,
+    precedence,
+)
 from mergehub.sources.base import DTYPES, TensorInfo, TensorSource
+from mergehub.units import format_size
 from mergehub.vocab import (
     OutputTokenizer,
-    TokenOverride,
     VocabAlignment,
     align_vocabularies,
     build_output_tokenizer,
     config_updates,
+    resolve_chat_template,
     tokenizer_files,
 )
-from mergehub.writer import ShardLayout, TensorSlot, layout_shards
 
-__all__ = ["InputTensor", "TensorJob", "ModelEntry", "InputFile", "Plan", "plan_merge", "output_vocabulary", "embedding_rows", "DEFAULT_SHARD_BYTES"]
+__all__ = [
+    "InputTensor",
+    "TensorJob",
+    "ModelEntry",
+    "InputFile",
+    "TensorSlot",
+    "ShardLayout",
+    "Plan",
+    "plan_merge",
+    "layout_shards",
+    "embedding_rows",
+    "DEFAULT_SHARD_BYTES",
+    "PLAN_FORMAT",
+]
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
+PLAN_FORMAT = 1
+"""The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
 _MAX_PROBLEMS = 20
+_MAX_LISTED = 20
 _COPY = get_method("passthrough")
 """The method of tensors copied unchanged (not floating point, or outside the merge)."""
+
+Scalar = Union[bool, int, float, str, None]
+ParamValue = Union[Scalar, tuple[Scalar, ...]]
+"""A resolved parameter: one value, or one per input model (None at the base for `non_base` parameters)."""
 
 
 @dataclass(frozen=True)
 class InputTensor:
-    """One input of a job: a tensor of the model at `Plan.models[model]`."""
+    """One input of a job: tensor `name` of the model whose key (`ModelEntry.ref`) is `model`."""
 
-    model: int
+    model: str
     name: str
 
 
@@ -74,7 +111,7 @@ class TensorJob:
     method: str
     inputs: tuple[InputTensor, ...]
     base_index: int | None
-    params: tuple[tuple[str, Any], ...]
+    params: tuple[tuple[str, ParamValue], ...]
     read_bytes: int
     vocab: bool = False
     """Whether the inputs are re-indexed onto the output vocabulary (rows) before merging."""
@@ -82,11 +119,19 @@ class TensorJob:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """An input model: its reference and how many bytes the merge reads from it."""
+    """An input model: its key (the reference as the recipe writes it), the commit it is pinned to, and what is read from it."""
 
     ref: str
     revision: str | None
+    """The commit every read is pinned to (None for a local directory)."""
     read_bytes: int
+    gated: bool = False
+
+    @property
+    def pinned(self) -> ModelRef:
+        """The reference at its pinned commit, to open the model exactly as planned."""
+        ref = ModelRef.parse(self.ref)
+        return ModelRef(ref.path, self.revision) if self.revision else ref
 
 
 @dataclass(frozen=True)
@@ -97,30 +142,95 @@ class InputFile:
     lists (`verified`); otherwise `reason` says why it is not.
     """
 
-    model: int
+    model: str
     file: str
     verified: bool
     reason: str = ""
 
 
 @dataclass(frozen=True)
+class TensorSlot:
+    """One tensor's place in a shard: name, dtype code, shape and data offsets."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """One output file and the tensors it holds, in write order."""
+
+    filename: str
+    slots: tuple[TensorSlot, ...]
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of tensor data in the shard."""
+        return self.slots[-1].end if self.slots else 0
+
+
+def layout_shards(entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> tuple[ShardLayout, ...]:
+    """Assign `(name, dtype, shape)` tensors in order to shards of at most `max_shard_bytes` of data.
+
+    A tensor larger than the limit gets a shard of its own. Files are named
+    `model-0000i-of-0000N.safetensors`, as transformers names them.
+    """
+    groups: list[list[TensorSlot]] = [[]]
+    offset = 0
+    for name, dtype, shape in entries:
+        nbytes = DTYPES[dtype].itemsize
+        for dim in shape:
+            nbytes *= dim
+        if groups[-1] and offset + nbytes > max_shard_bytes:
+            groups.append([])
+            offset = 0
+        groups[-1].append(TensorSlot(name, dtype, tuple(shape), offset, offset + nbytes))
+        offset += nbytes
+    total = len(groups)
+    return tuple(ShardLayout(f"model-{i + 1:05d}-of-{total:05d}.safetensors", tuple(slots)) for i, slots in enumerate(groups))
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Everything a merge will do, before any weight is read."""
+    """Everything a merge will do, before any weight is read; `to_json`/`from_json` carry it whole."""
+
+    __pydantic_config__ = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 
     method: str
     models: tuple[ModelEntry, ...]
+    """The input models, base first, then in recipe order: the keys the jobs name, pinned to their commits."""
     jobs: tuple[TensorJob, ...]
     shards: tuple[ShardLayout, ...]
     config: dict = field(hash=False)
-    config_model: int
+    """The merged model's config.json."""
+    config_model: str
+    """The key of the model whose config, tensor names and generation config the output follows."""
+    base_model: str | None
+    """The key of the recipe's `base_model`, if it has one."""
     input_dtype: str | None
     num_layers: int | None
     peak_memory_bytes: int
+    recipe_text: str = ""
+    """The recipe as written (its comments kept): the output's mergekit_config.yml."""
+    seed: int = 0
+    """The seed of random methods (each tensor draws from its own generator, seeded from this and its name)."""
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES
     vocab: VocabAlignment | None = None
+    """Each model's row map onto the output vocabulary, when the recipe merges vocabularies."""
+    tokenizer_files: dict[str, bytes] = field(default_factory=dict, hash=False)
+    """The tokenizer files to write, by name: the output tokenizer built for the recipe, else the config model's files."""
+    chat_template: str | None = None
+    """The recipe's `chat_template`, resolved (written as chat_template.jinja); None keeps the tokenizer's own."""
+    generation_config: bytes | None = None
+    """The config model's generation_config.json, copied."""
     warnings: tuple[RecipeWarning, ...] = ()
     """What the recipe sets that is ignored (as mergekit ignores it), each with its location and line."""
     input_files: tuple[InputFile, ...] = ()
     """The Hub models' weight files the merge reads from, and which of them are verified in transit."""
+    format: int = PLAN_FORMAT
 
     @property
     def read_bytes(self) -> int:
@@ -132,72 +242,74 @@ class Plan:
         """Bytes of tensor data written."""
         return sum(shard.data_bytes for shard in self.shards)
 
+    def model(self, key: str) -> ModelEntry:
+        """The input model whose key is `key`."""
+        return next(m for m in self.models if m.ref == key)
+
+    def output_files(self) -> dict[str, bytes]:
+        """The files written beside the weights, by name: config, recipe, generation config, tokenizer, chat template."""
+        files = {"config.json": (json.dumps(self.config, indent=2) + "\n").encode(), RECIPE_FILE: self.recipe_text.encode()}
+        if self.generation_config is not None:
+            files["generation_config.json"] = self.generation_config
+        files.update(self.tokenizer_files)
+        if self.chat_template is not None:
+            files["chat_template.jinja"] = self.chat_template.encode()
+        return files
+
     def to_json(self) -> str:
-        """The plan as JSON (round-trips through `Plan.from_json`)."""
-        return json.dumps(asdict(self), indent=1)
+        """The plan as JSON (round-trips through `Plan.from_json`; file contents as base64)."""
+        return _plan_adapter().dump_json(self, indent=1).decode()
 
     @classmethod
-    def from_json(cls, text: str) -> Plan:
-        """Rebuild a plan written by `to_json`."""
-        data = json.loads(text)
-        data["models"] = tuple(ModelEntry(**m) for m in data["models"])
-        data["jobs"] = tuple(
-            TensorJob(
-                **{
-                    **job,
-                    "shape": tuple(job["shape"]),
-                    "inputs": tuple(InputTensor(**i) for i in job["inputs"]),
-                    "params": tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in job["params"]),
-                }
-            )
-            for job in data["jobs"]
-        )
-        data["shards"] = tuple(
-            ShardLayout(s["filename"], tuple(TensorSlot(**{**t, "shape": tuple(t["shape"])}) for t in s["slots"]))
-            for s in data["shards"]
-        )
-        data["warnings"] = tuple(RecipeWarning(**w) for w in data["warnings"])
-        data["input_files"] = tuple(InputFile(**f) for f in data.get("input_files", ()))
-        if data["vocab"] is not None:
-            vocab = data["vocab"]
-            data["vocab"] = VocabAlignment(
-                size=vocab["size"], rows=vocab["rows"], maps={k: tuple(v) for k, v in vocab["maps"].items()},
-                overrides=tuple(TokenOverride(**o) for o in vocab["overrides"]),
-            )
-        return cls(**data)
+    def from_json(cls, text: str | bytes) -> Plan:
+        """Rebuild a plan written by `to_json`.
+
+        Raises:
+            PlanError: the text is not a plan of this format.
+        """
+        try:
+            plan = _plan_adapter().validate_json(text)
+        except ValidationError as e:
+            raise PlanError(f"Not a mergehub plan: {excerpt(str(e), 300)}", hint="Give the output of `Plan.to_json()`.") from e
+        if plan.format != PLAN_FORMAT:
+            raise PlanError(f"The plan's format is {plan.format}; this mergehub reads format {PLAN_FORMAT}.",
+                            hint="Plan the recipe again with this version of mergehub.")
+        return plan
 
     def describe(self) -> str:
         """A human-readable account of the plan, for `--dry-run`: models, output, warnings, then every tensor."""
+        number = {m.ref: i for i, m in enumerate(self.models)}
         lines = [f"Plan: {self.method} merge of {len(self.models)} models into {len(self.jobs)} tensors"]
         lines.append("Input models (bytes to read):")
-        lines += [f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {_size(m.read_bytes)}" for i, m in enumerate(self.models)]
-        lines.append(f"Output: {len(self.shards)} shard(s), {_size(self.write_bytes)}; layers: {self.num_layers}")
-        lines.append(f"Estimated peak memory for tensors: {_size(self.peak_memory_bytes)}")
+        lines += [f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {format_size(m.read_bytes)}" for i, m in enumerate(self.models)]
+        lines.append(f"Output: {len(self.shards)} shard(s), {format_size(self.write_bytes)}; layers: {self.num_layers}")
+        files = self.output_files()
+        lines.append("Files: " + ", ".join(f"{name} ({format_size(len(data))})" for name, data in sorted(files.items())))
+        if self.vocab is not None:
+            lines.append(f"Vocabulary: {self.vocab.size} tokens in {self.vocab.rows} rows, each model's rows re-indexed onto them")
+        lines.append(f"Estimated peak memory for tensors: {format_size(self.peak_memory_bytes)}")
         lines += [f"Warning: {w}" for w in self.warnings]
         lines.append("Tensors:")
         for job in self.jobs:
-            sources = ", ".join(f"[{i.model}]{'' if i.name == job.name else ':' + i.name}" for i in job.inputs)
+            sources = ", ".join(f"[{number[i.model]}]{'' if i.name == job.name else ':' + i.name}" for i in job.inputs)
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in job.params)
             lines.append(f"  {job.name} {job.dtype}{list(job.shape)} <- {job.method}({sources}){' ' + params if params else ''}")
         if self.input_files:
             checked = sum(f.verified for f in self.input_files)
             lines.append(f"Hub weight files checked against their sha256 as they stream: {checked} of {len(self.input_files)}")
-            lines += [f"  not checked: [{f.model}] {f.file} ({f.reason})" for f in self.input_files if not f.verified]
+            lines += [f"  not checked: [{number[f.model]}] {f.file} ({f.reason})" for f in self.input_files if not f.verified]
         return "\n".join(lines)
+
+
+@functools.cache
+def _plan_adapter() -> TypeAdapter[Plan]:
+    return TypeAdapter(Plan)
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, tuple):
         return "(" + ", ".join(_fmt(v) for v in value) + ")"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _size(nbytes: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if nbytes < 1000 or unit == "GB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.2f} {unit}"
-        nbytes /= 1000
-    return ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,9 +348,6 @@ class _Module:
     sliced: bool  # the recipe gave slices, so the output's layer count follows them
 
 
-Chain = Sequence[tuple[str, Parameters | None]]
-
-
 @dataclass
 class _Planner:
     """Mutable state used while building one plan; discarded afterwards."""
@@ -249,7 +358,7 @@ class _Planner:
     refs: list[ModelRef]
     configs: dict[ModelRef, dict]
     vocab: VocabAlignment | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     warnings: list[RecipeWarning] = field(default_factory=list)
     jobs: list[TensorJob] = field(default_factory=list)
     read_bytes: dict[ModelRef, int] = field(default_factory=dict)
@@ -286,9 +395,11 @@ class _Planner:
         if len(set(counts.values())) > 1:
             detail = ", ".join(f"{ref}: {n}" for ref, n in counts.items())
             what = "" if module == DEFAULT_MODULE else f" in {module}"
+            odd = next(s for s in sources if s.layer_range[1] != sources[0].layer_range[1])
             raise PlanError(
                 f"The models have different layer counts{what} ({detail}).",
                 hint="Merge matching layers explicitly with `slices:` and `layer_range`.",
+                location=odd.location, line=self.recipe.line_of(odd.location),
             )
         return _Slice(tuple(sources), None, None, f"{prefix}models")
 
@@ -345,11 +456,15 @@ class _Planner:
                     line=self.recipe.line_of(f"{source.location}.layer_range"),
                 )
         lengths = {s.layer_range[1] - s.layer_range[0] for s in out_slice.sources}
+        where = {"location": label, "line": self.recipe.line_of(label)}
         if len(lengths) > 1:
-            raise RecipeError(f"{label}: sources cover different numbers of layers ({sorted(lengths)}).", hint="Give every source of a slice layer ranges of one length.")
+            raise RecipeError(
+                f"{label}: sources cover different numbers of layers ({sorted(lengths)}).",
+                hint="Give every source of a slice layer ranges of one length.", **where,
+            )
         models = [s.model for s in out_slice.sources]
         if len(set(models)) != len(models):
-            raise RecipeError(f"{label}: a model appears twice among the sources.", hint="List each model once per slice.")
+            raise RecipeError(f"{label}: a model appears twice among the sources.", hint="List each model once per slice.", **where)
         method = self.method
         n = len(models)
         if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
@@ -358,55 +473,63 @@ class _Planner:
             )
             raise RecipeError(
                 f"{method.name} merges {wanted} model(s) per tensor, but {label} gives {n}.",
-                hint="Adjust the models listed, or choose another method.",
+                hint="Adjust the models listed, or choose another method.", **where,
             )
         base = None if method.base == "ignored" else out_slice.base_model or self.recipe.base_model
         if base is not None and base not in models:
-            raise RecipeError(f"{label}: the base model {base} is not among the sources.", hint="Add the base model to the slice's sources.")
+            raise RecipeError(
+                f"{label}: the base model {base} is not among the sources.", hint="Add the base model to the slice's sources.", **where
+            )
         if method.base == "required" and base is None:
-            raise RecipeError(f"{method.name} needs a `base_model`.", hint="Add `base_model: <model>` to the recipe.")
+            raise RecipeError(
+                f"{method.name} needs a `base_model`.", hint="Add `base_model: <model>` to the recipe.",
+                location="merge_method", line=self.recipe.line_of("merge_method"),
+            )
         others = n - (base is not None)
         if others < method.min_non_base or (method.max_non_base is not None and others > method.max_non_base):
             wanted = str(method.min_non_base) if method.max_non_base == method.min_non_base else f"at least {method.min_non_base}"
             raise RecipeError(
                 f"{method.name} merges {wanted} model(s) besides the base, but {label} gives {others}.",
-                hint="Adjust the models listed, or choose another method.",
+                hint="Adjust the models listed, or choose another method.", **where,
             )
         return base
 
-    def chain(self, module: _Module, out_slice: _Slice) -> list[tuple[str, Parameters | None]]:
-        """The shared parameter scopes of a slice, by mergekit's precedence: slice, module, recipe."""
-        return [(f"{out_slice.location}.parameters", out_slice.parameters), (f"{module.location}.parameters", module.parameters),
-                ("parameters", self.recipe.parameters)]
+    def scopes(self, module: _Module, out_slice: _Slice, source: _Source | None = None) -> list[Scope]:
+        """Where a parameter of this slice (and of `source`, for a per-model one) may be set, by mergekit's precedence."""
+        own = (f"{source.location}.parameters", source.parameters) if source else None
+        return precedence(own, (f"{out_slice.location}.parameters", out_slice.parameters),
+                          (f"{module.location}.parameters".lstrip("."), module.parameters), self.recipe)
 
-    def resolve(self, spec_params: Sequence, out_name: str, t: float, chain: Chain,
+    def resolve(self, specs: Sequence[ParamSpec], out_name: str, t: float, module: _Module, out_slice: _Slice,
                 inputs: list[tuple[_Source, str]], base_index: int | None) -> tuple[tuple[str, Any], ...]:
         """Resolve every method parameter for one tensor, by mergekit's precedence."""
         resolved: list[tuple[str, Any]] = []
-        for spec in spec_params:
+        for spec in specs:
             if spec.scope == "shared":
-                value = self.first_value(spec, chain, out_name, t, where=out_name)
+                value = self.first_value(spec, self.scopes(module, out_slice), out_name, t, where=out_name)
             else:
                 values = []
                 for i, (source, name) in enumerate(inputs):
                     if spec.scope == "non_base" and i == base_index:
                         values.append(None)
                     else:
-                        scopes = [(f"{source.location}.parameters", source.parameters), *chain]
+                        scopes = self.scopes(module, out_slice, source)
                         values.append(self.first_value(spec, scopes, name, t, where=f"{source.model} {name}"))
                 value = tuple(values)
             resolved.append((spec.argument, value))
         return tuple(resolved)
 
-    def first_value(self, spec: ParamSpec, chain: Chain, tensor_name: str, t: float, where: str) -> Any:
+    def first_value(self, spec: ParamSpec, scopes: list[Scope], tensor_name: str, t: float, where: str) -> Any:
         """The value of a parameter from the first scope that sets one for this tensor, read as the parameter's type."""
-        for location, scope in chain:
-            if scope and spec.name in scope:
-                value = evaluate_setting(scope[spec.name], tensor_name, t, _validator(spec, f"{location}.{spec.name}".lstrip("."), self.recipe))
-                if value is not None:
-                    return value
+        found = first_setting(scopes, spec.name, tensor_name, t, _validator(spec, self.recipe))
+        if found is not None:
+            return found[0]
         if spec.required:
-            raise RecipeError(f"Missing required parameter {spec.name!r} for {where}.", hint=f"Set `{spec.name}` in the model's or the recipe's `parameters`.")
+            location = scopes[0][0]
+            raise RecipeError(
+                f"Missing required parameter {spec.name!r} for {where}.", hint=f"Set `{spec.name}` in the model's or the recipe's `parameters`.",
+                location=location, line=self.recipe.line_of(location),
+            )
         return spec.default
 
     def find_input(self, ref: ModelRef, name: str) -> TensorInfo | None:
@@ -426,18 +549,18 @@ class _Planner:
         dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", info.dtype) if floating else info.dtype
         self.read_bytes[ref] = self.read_bytes.get(ref, 0) + info.nbytes
         self.jobs.append(
-            TensorJob(name=name, shape=info.shape, dtype=dtype, method=_COPY.name, inputs=(InputTensor(self.refs.index(ref), name),),
+            TensorJob(name=name, shape=info.shape, dtype=dtype, method=_COPY.name, inputs=(InputTensor(str(ref), name),),
                       base_index=None, params=tuple((p.argument, p.default_for(1, None)) for p in _COPY.params),
                       read_bytes=info.nbytes)
         )
 
-    def add_job(self, out_name: str, chain: Chain, inputs: list[tuple[_Source, str]],
+    def add_job(self, out_name: str, module: _Module, out_slice: _Slice, inputs: list[tuple[_Source, str]],
                 base_ref: ModelRef | None, reference: int, t: float) -> None:
         infos = []
         for source, name in inputs:
             info = self.find_input(source.model, name)
             if info is None:
-                self.problems.append(f"{source.model} has no tensor {name!r} (needed for {out_name}).")
+                self.problems.append(self.recipe.problem(source.location, f"{source.model} has no tensor {name!r} (needed for {out_name})."))
                 return
             infos.append(info)
         vocab = self.vocab is not None and is_language_model_tensor(out_name) and tensor_group(out_name) != "layer" and all(
@@ -448,7 +571,9 @@ class _Planner:
             detail = ", ".join(f"{s.model}: {list(i.shape)}" for (s, _), i in zip(inputs, infos))
             vocab_like = "embed" in out_name or "lm_head" in out_name
             hint = " The vocabularies differ: set `tokenizer_source` (base, union or a model)." if vocab_like else ""
-            self.problems.append(f"{out_name}: shapes differ ({detail}).{hint}")
+            first = infos[0].shape[1:] if vocab else infos[0].shape
+            odd = next(s for (s, _), i in zip(inputs, infos) if (i.shape[1:] if vocab else i.shape) != first)
+            self.problems.append(self.recipe.problem(odd.location, f"{out_name}: shapes differ ({detail}).{hint}"))
             return
         floating = all(DTYPES[i.dtype].is_floating_point for i in infos)
         method = self.method.name if floating else _COPY.name
@@ -457,7 +582,7 @@ class _Planner:
         if not floating:
             job_inputs, infos, base_index = [inputs[reference]], [infos[reference]], None
         spec = self.method.params if floating else _COPY.params
-        params = self.resolve(spec, out_name, t, chain, job_inputs, base_index)
+        params = self.resolve(spec, out_name, t, module, out_slice, job_inputs, base_index)
         dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", infos[min(reference, len(infos) - 1)].dtype) if floating else infos[0].dtype
         for (source, _), info in zip(job_inputs, infos):
             self.read_bytes[source.model] = self.read_bytes.get(source.model, 0) + info.nbytes
@@ -468,7 +593,7 @@ class _Planner:
                 shape=shape,
                 dtype=dtype,
                 method=method,
-                inputs=tuple(InputTensor(self.refs.index(s.model), i.name) for (s, _), i in zip(job_inputs, infos)),
+                inputs=tuple(InputTensor(str(s.model), i.name) for (s, _), i in zip(job_inputs, infos)),
                 base_index=base_index,
                 params=params,
                 read_bytes=sum(i.nbytes for i in infos),
@@ -483,16 +608,14 @@ class _Planner:
         def add_outside_layers(group: str, out_slice: _Slice, base: ModelRef | None) -> None:
             ref_index = out_slice.reference_index(base)
             reference = out_slice.sources[ref_index].model
-            chain = self.chain(module, out_slice)
             for name in sorted(n for n in self.sources[reference].tensors() if self.in_module(n, module.name) and module_group(n) == group):
-                self.add_job(name, chain, [(s, name) for s in out_slice.sources], base, ref_index, t=0.0)
+                self.add_job(name, module, out_slice, [(s, name) for s in out_slice.sources], base, ref_index, t=0.0)
 
         add_outside_layers("pre", first, bases[0])
         out_layer = 0
         for out_slice, base in zip(module.slices, bases):
             ref_index = out_slice.reference_index(base)
             reference = out_slice.sources[ref_index]
-            chain = self.chain(module, out_slice)
             length = reference.layer_range[1] - reference.layer_range[0]
             layer_names: dict[int, list[LayerName]] = {}
             for name in self.sources[reference.model].tensors():
@@ -503,7 +626,7 @@ class _Planner:
                 t = k / (length - 1) if length > 1 else 1.0
                 for parsed in sorted(layer_names.get(reference.layer_range[0] + k, []), key=lambda p: p.suffix):
                     inputs = [(s, parsed.renumbered(s.layer_range[0] + k)) for s in out_slice.sources]
-                    self.add_job(parsed.renumbered(out_layer), chain, inputs, base, ref_index, t)
+                    self.add_job(parsed.renumbered(out_layer), module, out_slice, inputs, base, ref_index, t)
                 out_layer += 1
         add_outside_layers("post", last, bases[-1])
         return out_layer
@@ -531,13 +654,14 @@ class _Planner:
                     self.warnings.append(recipe.warning(location, f"`{name}` is not used for the base model by {method.name}: ignored."))
 
 
+
 def _with_ignored(error: RecipeError, warnings: Sequence[RecipeWarning]) -> RecipeError:
     """The error, its hint also naming what the recipe sets that is ignored: a misplaced key is often the cause."""
     if not warnings:
         return error
     ignored = "; ".join(str(w) for w in warnings[:3]) + (f"; and {len(warnings) - 3} more" if len(warnings) > 3 else "")
     hint = f"{error.hint + ' ' if error.hint else ''}Ignored in this recipe: {ignored}"
-    return type(error)(error.message, hint=hint, location=error.location, line=error.line, warnings=error.warnings)
+    return type(error)(error.message, hint=hint, location=error.location, line=error.line, problems=error.problems, warnings=error.warnings)
 
 
 @functools.cache
@@ -545,10 +669,10 @@ def _adapter(kind: type) -> TypeAdapter:
     return TypeAdapter(kind)
 
 
-def _validator(spec: ParamSpec, location: str, recipe: Recipe) -> Callable[[Any], Any]:
+def _validator(spec: ParamSpec, recipe: Recipe) -> Callable[[Any, str], Any]:
     """Read a setting's scalar as the parameter's type, the way mergekit's pydantic does (`"1e-5"` is a float)."""
 
-    def validate(value: Any) -> Any:
+    def validate(value: Any, location: str) -> Any:
         try:
             return _adapter(spec.type).validate_python(value)
         except ValidationError as e:
@@ -596,30 +720,43 @@ def _output_config(planner: _Planner, modules: list[_Module], bases: dict[_Slice
     return config
 
 
-def _architecture_problems(planner: _Planner) -> list[str]:
+def _architecture_problems(planner: _Planner) -> list[Problem]:
     kinds = {ref: tuple(planner.configs[ref].get("architectures") or [planner.configs[ref].get("model_type")]) for ref in planner.refs}
     if len(set(kinds.values())) <= 1:
         return []
     detail = ", ".join(f"{ref}: {'/'.join(map(str, k))}" for ref, k in kinds.items())
-    return [f"The models have different architectures ({detail})."]
+    return [Problem("", f"The models have different architectures ({detail}).")]
 
 
-def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
-               prefetch_bytes: int = 0, vocabulary: tuple[OutputTokenizer, VocabAlignment] | None = None) -> Plan:
-    """Build and check the plan of a merge from the recipe and the models' headers and configs.
+def plan_merge(
+    recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    prefetch_bytes: int = 0, seed: int = 0, strict: bool = False,
+) -> Plan:
+    """Build and check the whole plan of a merge from the recipe and the models' headers, configs and small files.
 
+    `sources` holds every model the recipe references, keyed by its reference (see `open_sources`).
     What mergekit would ignore (parameters a method does not take, unknown keys, modules not
-    listed) is ignored here too, and listed in `Plan.warnings`.
+    listed) is ignored here too, and listed in `Plan.warnings`; with `strict`, any such warning is an error.
 
     Raises:
-        RecipeError: a parameter is missing or of the wrong type, or the slices or modules are malformed.
+        RecipeError: a parameter is missing or of the wrong type, the slices, modules or tokenizer settings
+            are malformed, or (with `strict`) the recipe has warnings.
         PlanError: the models do not fit together (missing tensors, shapes, layer counts, architectures).
     """
-    method = get_method(recipe.merge_method)
+    try:
+        method = get_method(recipe.merge_method)
+    except UnknownMethodError as e:
+        raise recipe.locate(e, "merge_method")
     refs = recipe.referenced_models()
+    missing = [str(ref) for ref in refs if ref not in sources]
+    if missing:
+        raise PlanError(f"No source was opened for {', '.join(missing)}.", hint="Open the recipe's models with `open_sources(recipe)`.")
     planner = _Planner(recipe, method, sources, refs, {ref: sources[ref].config() for ref in refs})
-    planner.vocab = vocabulary[1] if vocabulary else None
     config_ref = recipe.base_model if recipe.base_model in refs else refs[0]
+    files_of = functools.cache(lambda ref: tokenizer_files(sources[ref]))
+    tokenizer = _output_vocabulary(recipe, sources, files_of)
+    if tokenizer is not None:
+        planner.vocab = tokenizer[1]
     modules, copied = planner.output_modules(config_ref)
     bases = {out_slice: planner.check_slice(module, out_slice) for module in modules for out_slice in module.slices}
     planner.parameter_warnings(modules, bases)
@@ -632,7 +769,7 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
         planner.add_copy(config_ref, name)  # towers and projectors beside sliced language layers: the base model's, unmerged
 
     if planner.problems:
-        shown = planner.problems[:_MAX_PROBLEMS]
+        shown = [p.message for p in planner.problems[:_MAX_PROBLEMS]]
         more = len(planner.problems) - len(shown)
         raise PlanError(
             f"The merge cannot be planned ({len(planner.problems)} problem(s)):\n  " + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""),
@@ -641,49 +778,76 @@ def plan_merge(recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_
         )
     if not planner.jobs:
         raise PlanError("The merge produces no tensors.", hint="Check the recipe's models and layer ranges.")
+    warnings = tuple(recipe.warnings) + tuple(planner.warnings)
+    if strict and warnings:
+        shown = [f"  {w}" for w in warnings[:_MAX_LISTED]]
+        more = len(warnings) - len(shown)
+        raise RecipeError(
+            f"The recipe sets {len(warnings)} thing(s) that would be ignored (strict mode):\n"
+            + "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])),
+            hint="Remove or fix them, or merge without strict mode to ignore them as mergekit does.",
+            warnings=warnings,
+        )
 
     out_dtype = _DTYPE_CODES.get(recipe.out_dtype or recipe.dtype or "")
     config = _output_config(planner, modules, bases, config_ref, out_dtype)
-    if vocabulary is not None:
-        text_config(config).update(config_updates(vocabulary[0], vocabulary[1].rows, text_config(config)))
+    if tokenizer is not None:
+        text_config(config).update(config_updates(tokenizer[0], tokenizer[1].rows, text_config(config)))
     jobs = tuple(planner.jobs)
     return Plan(
         method=method.name,
-        models=tuple(ModelEntry(str(ref), sources[ref].revision, planner.read_bytes.get(ref, 0)) for ref in refs),
+        models=tuple(ModelEntry(str(ref), sources[ref].revision, planner.read_bytes.get(ref, 0), bool(sources[ref].gated)) for ref in refs),
         jobs=jobs,
         shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
         config=config,
-        config_model=refs.index(config_ref),
-        vocab=planner.vocab,
+        config_model=str(config_ref),
+        base_model=str(recipe.base_model) if recipe.base_model else None,
         input_dtype=_DTYPE_CODES.get(recipe.dtype or ""),
         num_layers=layers.get(DEFAULT_MODULE, layers.get(TEXT_MODULE)),
         peak_memory_bytes=max(_job_memory(j) for j in jobs) + prefetch_bytes,
-        warnings=tuple(recipe.warnings) + tuple(planner.warnings),
+        recipe_text=recipe.text,
+        seed=seed,
+        max_shard_bytes=out_shard_bytes,
+        vocab=planner.vocab,
+        tokenizer_files=dict(tokenizer[0].files) if tokenizer is not None else dict(files_of(config_ref)),
+        chat_template=_chat_template(recipe, refs, files_of),
+        generation_config=sources[config_ref].read_file("generation_config.json"),
+        warnings=warnings,
         input_files=_input_files(jobs, refs, sources),
     )
 
 
+def _chat_template(recipe: Recipe, refs: Sequence[ModelRef], files_of: Callable[[ModelRef], Mapping[str, bytes]]) -> str | None:
+    """The recipe's `chat_template`, resolved against the models' own templates (read only when it is set)."""
+    if not recipe.chat_template:
+        return None
+    try:
+        return resolve_chat_template(recipe.chat_template, {str(ref): files_of(ref) for ref in refs})
+    except MergehubError as e:
+        raise recipe.locate(e, "chat_template")
+
+
 def _input_files(jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]) -> tuple[InputFile, ...]:
     """Each Hub model's weight files the jobs read from: verified when read whole and the Hub lists a sha256."""
-    read: dict[int, set[str]] = {}
+    read: dict[str, set[str]] = {}
     for job in jobs:
         for item in job.inputs:
             read.setdefault(item.model, set()).add(item.name)
     files = []
-    for index, ref in enumerate(refs):
-        source = sources[ref]
-        if source.revision is None or index not in read:
+    for ref in refs:
+        source, key = sources[ref], str(ref)
+        if source.revision is None or key not in read:
             continue
         by_file: dict[str, list[str]] = {}
         for info in source.tensors().values():
             by_file.setdefault(info.file, []).append(info.name)
         for file, names in sorted(by_file.items()):
-            used = sum(name in read[index] for name in names)
+            used = sum(name in read[key] for name in names)
             if not used:
                 continue
             whole = used == len(names)
             reason = "" if whole and file in source.checksums else "read in part" if not whole else "no sha256 in the repo listing, or checks are off"
-            files.append(InputFile(index, file, not reason, reason))
+            files.append(InputFile(key, file, not reason, reason))
     return tuple(files)
 
 
@@ -704,25 +868,32 @@ def embedding_rows(source: TensorSource) -> int | None:
     return None
 
 
-def output_vocabulary(recipe: Recipe, sources: Mapping[ModelRef, TensorSource]) -> tuple[OutputTokenizer, VocabAlignment] | None:
+def _output_vocabulary(
+    recipe: Recipe, sources: Mapping[ModelRef, TensorSource], files_of: Callable[[ModelRef], Mapping[str, bytes]]
+) -> tuple[OutputTokenizer, VocabAlignment] | None:
     """The output tokenizer and each model's row map, when the recipe sets `tokenizer_source` or `tokenizer`.
 
     Raises:
         RecipeError: the tokenizer source or a `tokens:` entry names something the models lack.
+        PlanError: a model has no input embedding.
     """
     settings = recipe.tokenizer
     spec = settings.source if settings else recipe.tokenizer_source
     if spec is None:
         return None
+    where = "tokenizer.source" if settings else "tokenizer_source"
     refs = recipe.referenced_models()
-    files = {str(ref): tokenizer_files(sources[ref]) for ref in refs}
     rows = {str(ref): embedding_rows(sources[ref]) for ref in refs}
     missing = [label for label, count in rows.items() if count is None]
     if missing:
-        raise PlanError(f"No input embedding found in {', '.join(missing)}.", hint="Vocabulary merging needs each model's embedding.")
+        raise PlanError(f"No input embedding found in {', '.join(missing)}.", hint="Vocabulary merging needs each model's embedding.",
+                        location=where, line=recipe.line_of(where))
     sizes = {str(ref): text_config(sources[ref].config()).get("vocab_size") or rows[str(ref)] for ref in refs}
     tokens = settings.tokens if settings else None
     base = str(recipe.base_model) if recipe.base_model else None
-    output = build_output_tokenizer(spec, base, files, list(tokens or {}), vocab_sizes=sizes)
-    alignment = align_vocabularies(output, rows, tokens, settings.pad_to_multiple_of if settings else None)
+    try:
+        output = build_output_tokenizer(spec, base, {str(ref): files_of(ref) for ref in refs}, list(tokens or {}), vocab_sizes=sizes)
+        alignment = align_vocabularies(output, rows, tokens, settings.pad_to_multiple_of if settings else None)
+    except MergehubError as e:
+        raise recipe.locate(e, where)
     return output, alignment

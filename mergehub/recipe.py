@@ -1,5 +1,8 @@
 """mergekit's YAML recipe as frozen, validated models, and the evaluation of parameter settings.
 
+Also the one grammar of Hub repo IDs (`HUB_ID`), the recipe's file name in a merged model
+(`RECIPE_FILE`), and mergekit's precedence of parameter settings (`first_setting`).
+
 Like mergekit's pydantic models, the schema ignores keys it does not know and reads numbers
 written as text (`1e-5`, which YAML 1.1 loads as a string) as numbers; unlike mergekit, each
 ignored key becomes a `RecipeWarning` with its location and line (`Recipe.warnings`).
@@ -14,7 +17,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -30,7 +33,7 @@ from pydantic import (
 )
 
 from mergehub import safe_yaml
-from mergehub.errors import RecipeError, RecipeWarning, excerpt
+from mergehub.errors import MergehubError, Problem, RecipeError, RecipeWarning, excerpt
 
 __all__ = [
     "ModelRef",
@@ -45,11 +48,27 @@ __all__ = [
     "load_recipe",
     "parse_recipe",
     "evaluate_setting",
+    "first_setting",
+    "precedence",
+    "Scope",
     "recipe_sha256",
+    "HUB_ID",
+    "is_hub_id",
+    "RECIPE_FILE",
     "format_location",
 ]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
+_HUB_NAME = r"[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9])?"
+HUB_ID = re.compile(rf"(?:{_HUB_NAME}/)?{_HUB_NAME}", re.ASCII)
+"""The one grammar of Hub repo IDs, `name` or `org/name`: each part 1 to 96 letters, digits, `_`, `-` or `.`,
+starting and ending with a letter or digit (with no `--` or `..`: see `is_hub_id`)."""
+RECIPE_FILE = "mergekit_config.yml"
+"""The recipe's file name in a merged model, as mergekit writes it."""
+
+
+def is_hub_id(text: str, *, namespaced: bool = False) -> bool:
+    """Whether `text` is a Hub repo ID (`HUB_ID`, without `--` or `..`); with `namespaced`, only `org/name`."""
+    return bool(HUB_ID.fullmatch(text)) and "--" not in text and ".." not in text and (not namespaced or "/" in text)
 
 
 def _exists(path: str, *, directory: bool = False) -> bool:
@@ -93,12 +112,13 @@ class ModelRef:
     @property
     def looks_like_hub_id(self) -> bool:
         """Whether the path has the shape of a Hub repo ID."""
-        return bool(_HUB_ID.match(self.path))
+        return is_hub_id(self.path)
 
     def __str__(self) -> str:
         return self.path if self.revision is None else f"{self.path}@{self.revision}"
 
 
+E = TypeVar("E", bound=MergehubError)
 Scalar = Union[bool, int, float, str]
 ScalarOrGradient = Union[Scalar, list[Scalar]]
 
@@ -216,6 +236,7 @@ class Recipe(_Lenient):
     name: str | None = None
     _warnings: tuple[RecipeWarning, ...] = PrivateAttr(default=())
     _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    _text: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_input_form(self) -> Recipe:
@@ -232,17 +253,49 @@ class Recipe(_Lenient):
     __hash__ = None  # type: ignore[assignment]  # its parameters are dicts
 
     @property
+    def text(self) -> str:
+        """The recipe's YAML as written (comments kept), or the recipe dumped as YAML when it was built in code."""
+        if self._text is not None:
+            return self._text
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+    @property
     def warnings(self) -> tuple[RecipeWarning, ...]:
         """What the recipe sets that mergehub ignores, as mergekit does (unknown keys), in document order."""
         return self._warnings
 
     def line_of(self, location: str) -> int | None:
         """The line of a location (`models[1].parameters.t`) in the recipe text, or of its nearest enclosing one."""
-        while location:
-            if location in self._lines:
-                return self._lines[location]
-            location = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", location)
-        return None
+        return _line_in(self._lines, location)
+
+    def location_of(self, ref: ModelRef) -> str:
+        """Where the recipe first names a model: `base_model`, `models[1].model`, `slices[0].sources[1].model`..."""
+        if ref == self.base_model:
+            return "base_model"
+        for where, models, slices, _ in self.input_blocks():
+            prefix = f"{where}." if where else ""
+            for i, entry in enumerate(models or []):
+                if entry.model == ref:
+                    return f"{prefix}models[{i}].model"
+            for i, out_slice in enumerate(slices or []):
+                if out_slice.base_model == ref:
+                    return f"{prefix}slices[{i}].base_model"
+                for j, source in enumerate(out_slice.sources):
+                    if source.model == ref:
+                        return f"{prefix}slices[{i}].sources[{j}].model"
+        return ""
+
+    def locate(self, error: E, location: str) -> E:
+        """The error, placed at `location` unless it already says where it is, and given its line in this recipe."""
+        if error.location is None:
+            error.location = location
+        if error.line is None:
+            error.line = self.line_of(error.location)
+        return error
+
+    def problem(self, location: str, message: str) -> Problem:
+        """A problem at `location`, with its line when known."""
+        return Problem(location, message, self.line_of(location))
 
     def warning(self, location: str, message: str) -> RecipeWarning:
         """A warning about `location`, with its line when known."""
@@ -284,6 +337,15 @@ class Recipe(_Lenient):
         return {name for _, block in self.parameter_blocks() for name in block}
 
 
+def _line_in(lines: dict[str, int], location: str) -> int | None:
+    """The line of `location` in a recipe's key lines, or of its nearest enclosing location."""
+    while location:
+        if location in lines:
+            return lines[location]
+        location = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", location)
+    return None
+
+
 def format_location(parts: tuple[str | int, ...]) -> str:
     """A document path as written in warnings and errors: `models[1].parameters.t`."""
     text = ""
@@ -295,17 +357,21 @@ def format_location(parts: tuple[str | int, ...]) -> str:
 _MAX_LISTED = 20
 
 
-def _describe_validation_error(error: ValidationError) -> str:
-    lines = []
+def _validation_problems(error: ValidationError, lines: dict[str, int]) -> tuple[Problem, ...]:
+    """Each problem pydantic found, at its location (`models[0].model`) and line."""
+    problems = []
     for item in error.errors(include_input=False):
         # pydantic names union members in the path (`float`, `list[...]`); keep the keys and indices
         parts = tuple(p for p in item["loc"] if isinstance(p, int) or not re.search(r"[\[\]()]|^(?:bool|int|float|str)$", p))
-        where = format_location(tuple(_short(p) for p in parts)) or "recipe"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}")
-    unique = list(dict.fromkeys(lines))
-    more = len(unique) - _MAX_LISTED
-    return "\n".join(unique[:_MAX_LISTED] + ([f"  ... and {more} more"] if more > 0 else []))
+        location = format_location(tuple(_short(p) for p in parts))
+        problems.append(Problem(location, item["msg"].removeprefix("Value error, "), _line_in(lines, location)))
+    return tuple(dict.fromkeys(problems))
+
+
+def _describe_problems(problems: tuple[Problem, ...]) -> str:
+    shown = [f"  {p.location or 'recipe'}: {p.message}" for p in problems[:_MAX_LISTED]]
+    more = len(problems) - _MAX_LISTED
+    return "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else []))
 
 
 _KNOWN_KEYS = sorted(k for k in Recipe.model_fields)
@@ -409,17 +475,24 @@ def parse_recipe(text: str) -> Recipe:
     try:
         data = safe_yaml.load(text)
     except yaml.YAMLError as e:
-        raise RecipeError(f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.") from e
+        mark = getattr(e, "problem_mark", None)
+        raise RecipeError(
+            f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.", location="",
+            line=mark.line + 1 if mark is not None else None,
+        ) from e
     if not isinstance(data, dict):
-        raise RecipeError("The recipe must be a YAML mapping.", hint=f"Top-level keys: {', '.join(_KNOWN_KEYS)}.")
+        raise RecipeError("The recipe must be a YAML mapping.", hint=f"Top-level keys: {', '.join(_KNOWN_KEYS)}.", location="", line=1)
+    lines = _key_lines(text)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
+        problems = _validation_problems(e, lines)
         raise RecipeError(
-            "The recipe is invalid:\n" + _describe_validation_error(e),
-            hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.",
+            "The recipe is invalid:\n" + _describe_problems(problems),
+            hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.", problems=problems,
         ) from e
-    recipe._lines = _key_lines(text)
+    recipe._lines = lines
+    recipe._text = text
     warnings = [
         RecipeWarning(*_ignored_key_warning(path, model), recipe.line_of(format_location(path)))
         for path, model in _unknown_keys(data, Recipe, ())
@@ -475,3 +548,32 @@ def evaluate_setting(setting: Setting, tensor_name: str, t: float, validate: Cal
             return validate((1 - frac) * values[low] + frac * values[high])
         return values[int(t * (len(values) - 1))]
     return validate(setting)
+
+
+Scope = tuple[str, Parameters | None]
+"""A `parameters:` mapping and its location (`models[1].parameters`)."""
+
+
+def precedence(model: Scope | None, out_slice: Scope, module: Scope, recipe: Recipe) -> list[Scope]:
+    """The scopes a parameter is looked up in, most specific first, as mergekit does.
+
+    A model's (or slice source's) own `parameters`, then its slice's, its module's, the recipe's.
+    """
+    return [*([model] if model else []), out_slice, module, ("parameters", recipe.parameters)]
+
+
+def first_setting(
+    scopes: list[Scope], name: str, tensor_name: str, t: float, validate: Callable[[Any, str], Any] = lambda v, _: v
+) -> tuple[Any, str] | None:
+    """The value of parameter `name` for one tensor, and its location, from the first scope that sets one.
+
+    `validate(value, location)` reads each scalar as the parameter's type. A scope whose setting does not
+    apply to this tensor (a `{filter, value}` list that matches nothing) passes to the next.
+    """
+    for where, scope in scopes:
+        if scope and name in scope:
+            location = f"{where}.{name}".lstrip(".")
+            value = evaluate_setting(scope[name], tensor_name, t, lambda v, at=location: validate(v, at))
+            if value is not None:
+                return value, location
+    return None

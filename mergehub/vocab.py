@@ -153,11 +153,11 @@ def vocab_of(files: Files, label: str = "model") -> dict[str, int]:
     return dict(_load(files, label).get_vocab())
 
 
-def _label(text: str, known: Mapping[str, Any], what: str) -> str:
+def _label(text: str, known: Mapping[str, Any], what: str, location: str | None = None) -> str:
     label = str(ModelRef.parse(text))
     if label not in known:
         hint = "Name one of: " + ", ".join(known) + "."
-        raise RecipeError(f"{what} names {excerpt(text)}, which is not one of the recipe's models.", hint=hint)
+        raise RecipeError(f"{what} names {excerpt(text)}, which is not one of the recipe's models.", hint=hint, location=location)
     return label
 
 
@@ -267,11 +267,11 @@ def token_overrides(
     """
     result, hint = [], "Write `{source: <model> | {kind: zero} | {kind: model_token, model, token}, force: bool}`."
     for token, entry in (tokens or {}).items():
-        where, entry = f"tokenizer.tokens[{excerpt(token)}]", dict(entry or {})
+        where, entry, location = f"tokenizer.tokens[{excerpt(token)}]", dict(entry or {}), f"tokenizer.tokens.{token}"
         if set(entry) - {"source", "force"} or not isinstance(entry.get("force", False), bool):
-            raise RecipeError(f"{where} is malformed: {excerpt(entry)}.", hint=hint)
+            raise RecipeError(f"{where} is malformed: {excerpt(entry)}.", hint=hint, location=location)
         if token not in output.vocab:
-            raise RecipeError(f"{where}: the output vocabulary lacks it.", hint="Pass the keys as `added_tokens`.")
+            raise RecipeError(f"{where}: the output vocabulary lacks it.", hint="Pass the keys as `added_tokens`.", location=location)
         src, force, row = entry.get("source"), entry.get("force", False), output.vocab[token]
         if src is None:
             result.append(TokenOverride(token, row, "auto", force=force))
@@ -280,17 +280,17 @@ def token_overrides(
             result.append(TokenOverride(token, row, "zero", force=force))
             continue
         if isinstance(src, str):
-            model, wanted = _label(src, output.inputs, where), token
+            model, wanted = _label(src, output.inputs, where, location), token
         elif isinstance(src, Mapping) and len(src) == 3 and set(src) - {"token", "token_id"} == {"kind", "model"} and (
             src["kind"] == "model_token"
         ):
-            model = _label(str(src.get("model")), output.inputs, where)
+            model = _label(str(src.get("model")), output.inputs, where, location)
             wanted = int(src["token_id"]) if "token_id" in src else str(src["token"])
         else:
-            raise RecipeError(f"{where}: source {excerpt(src)} is not understood.", hint=hint)
+            raise RecipeError(f"{where}: source {excerpt(src)} is not understood.", hint=hint, location=location)
         source_row = wanted if isinstance(wanted, int) else output.inputs[model].get(wanted, -1)
         if not 0 <= source_row < model_rows.get(model, source_row + 1):
-            raise RecipeError(f"{where}: {model} has no token {excerpt(wanted)} in its rows.", hint="Choose a token it has.")
+            raise RecipeError(f"{where}: {model} has no token {excerpt(wanted)} in its rows.", hint="Choose a token it has.", location=location)
         result.append(TokenOverride(token, row, "row", model, source_row, force))
     return tuple(sorted(result, key=lambda o: o.row))
 

@@ -1,8 +1,10 @@
-"""Sharded safetensors output written as tensors arrive, with headers laid out in advance.
+"""Sharded safetensors output written as tensors arrive, from the shard layout the plan made.
 
-Every output tensor's name, dtype and shape are known before merging starts, so each
-shard's header is written first and tensor bytes are appended in order: nothing is
+Every output tensor's name, dtype and shape are known before merging starts (`Plan.shards`), so
+each shard's header is written first and tensor bytes are appended in order: nothing is
 buffered beyond the tensor being written, and each shard's sha256 is computed on the way.
+The writer knows nothing of merging; `TensorSink` is what the executor writes to (this writer,
+GGUF files, or both through `FanOutWriter`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from typing import BinaryIO, Protocol
 import torch
 
 from mergehub.errors import OutputError
-from mergehub.sources.base import DTYPES
+from mergehub.plan import ShardLayout
+from mergehub.sources.base import DTYPES, INDEX_NAME
 
 __all__ = [
-    "TensorSlot", "ShardLayout", "ShardResult", "ShardSink", "TensorSink", "FanOutWriter", "layout_shards", "ShardedWriter",
-    "StateDictWriter", "INDEX_NAME", "writing",
+    "ShardResult", "ShardSink", "TensorSink", "FanOutWriter", "ShardedWriter", "StateDictWriter", "shard_header", "tensor_bytes",
+    "writing",
 ]
 
-INDEX_NAME = "model.safetensors.index.json"
 _ALIGNMENT = 8
 
 
@@ -54,41 +56,14 @@ def writing(path: Path) -> Iterator[None]:
         raise OutputError(f"Cannot write {path}: {e.strerror or e}.", hint=hint) from e
 
 
-def _itemsize(dtype: str) -> int:
-    return torch.empty((), dtype=DTYPES[dtype]).element_size()
-
-
-@dataclass(frozen=True)
-class TensorSlot:
-    """One tensor's place in a shard: name, dtype code, shape and data offsets."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """One output file and the tensors it holds, in write order."""
-
-    filename: str
-    slots: tuple[TensorSlot, ...]
-
-    @property
-    def data_bytes(self) -> int:
-        """Bytes of tensor data in the shard."""
-        return self.slots[-1].end if self.slots else 0
-
-    def header(self) -> bytes:
-        """The shard's length prefix and JSON header, padded to 8 bytes as safetensors does."""
-        entries: dict[str, dict] = {"__metadata__": {"format": "pt"}}
-        for slot in self.slots:
-            entries[slot.name] = {"dtype": slot.dtype, "shape": list(slot.shape), "data_offsets": [slot.start, slot.end]}
-        text = json.dumps(entries, separators=(",", ":")).encode()
-        text += b" " * (-len(text) % _ALIGNMENT)
-        return len(text).to_bytes(8, "little") + text
+def shard_header(shard: ShardLayout) -> bytes:
+    """A shard's length prefix and JSON header, padded to 8 bytes as safetensors does."""
+    entries: dict[str, dict] = {"__metadata__": {"format": "pt"}}
+    for slot in shard.slots:
+        entries[slot.name] = {"dtype": slot.dtype, "shape": list(slot.shape), "data_offsets": [slot.start, slot.end]}
+    text = json.dumps(entries, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % _ALIGNMENT)
+    return len(text).to_bytes(8, "little") + text
 
 
 @dataclass(frozen=True)
@@ -139,29 +114,6 @@ class FanOutWriter:
             sink.write(name, tensor)
 
 
-def layout_shards(entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> tuple[ShardLayout, ...]:
-    """Assign `(name, dtype, shape)` tensors in order to shards of at most `max_shard_bytes` of data.
-
-    A tensor larger than the limit gets a shard of its own. Files are named
-    `model-0000i-of-0000N.safetensors`, as transformers names them.
-    """
-    groups: list[list[TensorSlot]] = [[]]
-    offset = 0
-    for name, dtype, shape in entries:
-        nbytes = _itemsize(dtype)
-        for dim in shape:
-            nbytes *= dim
-        if groups[-1] and offset + nbytes > max_shard_bytes:
-            groups.append([])
-            offset = 0
-        groups[-1].append(TensorSlot(name, dtype, tuple(shape), offset, offset + nbytes))
-        offset += nbytes
-    total = len(groups)
-    return tuple(
-        ShardLayout(f"model-{i + 1:05d}-of-{total:05d}.safetensors", tuple(slots)) for i, slots in enumerate(groups)
-    )
-
-
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a CPU tensor."""
     flat = tensor.detach().contiguous().reshape(-1)
@@ -183,7 +135,7 @@ class ShardedWriter:
         self.bytes_written = 0
 
     def _open(self, index: int) -> None:
-        header = self.shards[index].header()
+        header = shard_header(self.shards[index])
         path = self.directory / self.shards[index].filename
         self._hash = hashlib.sha256()
         with writing(path):

@@ -78,7 +78,7 @@ def test_tensor_seed_is_stable_and_distinct():
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
 def test_chunked_elementwise_merge_is_bit_identical(family, write_recipe, method):
-    from mergehub.api import _prepare, open_sources
+    from mergehub.api import open_sources, plan_merge
     from mergehub.executor import merge_job
     from mergehub.methods import get_method
     from mergehub.recipe import load_recipe
@@ -86,12 +86,12 @@ def test_chunked_elementwise_merge_is_bit_identical(family, write_recipe, method
     recipe = {"merge_method": method, "base_model": str(family[0]), "dtype": "bfloat16",
               "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [0.5, 0.3, 0.2])]}
     parsed = load_recipe(write_recipe(recipe))
-    sources = open_sources(parsed)
-    plan = _prepare(parsed, sources).plan
-    ordered = list(sources.values())
-    for job in plan.jobs[:6]:
-        inputs = [ordered[i.model].read(i.name) for i in job.inputs]
-        cpu, method = torch.device("cpu"), get_method(job.method)
-        whole = merge_job(job, inputs, plan, method=method, device=cpu, seed=0)
-        chunked = merge_job(job, inputs, plan, method=method, device=cpu, seed=0, chunk_elements=100)
-        assert torch.equal(whole, chunked) and chunked.dtype == whole.dtype
+    with open_sources(parsed) as sources:
+        plan = plan_merge(parsed, sources)
+        by_key = sources.by_key()
+        for job in plan.jobs[:6]:
+            inputs = [by_key[i.model].read(i.name) for i in job.inputs]
+            cpu, method = torch.device("cpu"), get_method(job.method)
+            whole = merge_job(job, inputs, plan, method=method, device=cpu)
+            chunked = merge_job(job, inputs, plan, method=method, device=cpu, chunk_elements=100)
+            assert torch.equal(whole, chunked) and chunked.dtype == whole.dtype

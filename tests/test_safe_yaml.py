@@ -105,10 +105,10 @@ def test_excerpt_is_bounded_and_cheap(value, shown):
 
 
 def test_a_parents_recipe_and_card_with_aliases_are_read_as_unknown_not_expanded():
-    from mergehub.publish.card import parse_card_data
+    from mergehub.publish.card_data import read_card_data
     from mergehub.publish.lineage import _parse_recipe
 
     assert _parse_recipe(alias_bomb()) == (None, [])
     card = "---\nlicense: mit\ntags: &t [a, b]\nmore: *t\n---\n# Card\n"
-    assert parse_card_data(card) is None
-    assert parse_card_data("---\nlicense: mit\n---\n# Card\n").license == "mit"
+    assert read_card_data(card) is None
+    assert read_card_data("---\nlicense: mit\n---\n# Card\n").license == "mit"

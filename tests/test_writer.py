@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from mergehub.errors import OutputError
-from mergehub.writer import ShardedWriter, layout_shards
+from mergehub.plan import layout_shards
+from mergehub.writer import ShardedWriter
 
 
 def _tensors() -> dict[str, torch.Tensor]:

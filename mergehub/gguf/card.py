@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from huggingface_hub import ModelCard, ModelCardData
 
 from mergehub.gguf.export import GGUFFile
-from mergehub.publish.card import HUB_URL, _fence, card_license, parse_card_data
+from mergehub.publish.card import HUB_URL, _fence
+from mergehub.publish.card_data import card_license, mergehub_record, read_card_data
 from mergehub.publish.lineage import LineageEdge, LineageGraph, LineageNode
 
 __all__ = ["GGUFCard", "gguf_card", "quantized_lineage", "render_gguf_card", "GGUF_TAGS"]
@@ -42,10 +43,10 @@ def gguf_card(
     files: tuple[GGUFFile, ...], command: str, lineage: LineageGraph | None,
 ) -> GGUFCard:
     """The card data of a GGUF repo made from `source`; license and merge method come from the source's card."""
-    data = parse_card_data(source_readme)
+    data = read_card_data(source_readme)
     license_id = data.license if data and isinstance(data.license, str) else None
-    provenance = data.get("mergehub") if data else None
-    method = provenance.get("method") if isinstance(provenance, dict) else None
+    method = mergehub_record(data).get("method")
+    method = method if isinstance(method, str) else None
     name = data.license_name if data and isinstance(data.license_name, str) else None
     if data and license_id is None and card_license(data):
         license_id = card_license(data)

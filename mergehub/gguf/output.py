@@ -3,8 +3,9 @@ and its push to a Hub repo of its own."""
 
 from __future__ import annotations
 
+import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,17 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 
 from mergehub.errors import PublishError
-from mergehub.gguf.export import GGUFFile, GGUFPlan, GGUFSink
+from mergehub.gguf.card import gguf_card, render_gguf_card
+from mergehub.gguf.export import GGUFFile, GGUFPlan, GGUFSink, plan_gguf
+from mergehub.gguf.metadata import ModelInfo
 from mergehub.output import create_staging, move_into_place, resolve_target
+from mergehub.plan import Plan
+from mergehub.publish.lineage import LineageGraph
 from mergehub.writer import writing
 
-__all__ = ["GGUFResult", "GGUFOutput", "push_gguf"]
+__all__ = ["GGUFResult", "GGUFOutput", "open_gguf", "push_gguf"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,10 +61,39 @@ class GGUFOutput:
         move_into_place(self.staging, self.target)
         return GGUFResult(self.target, repo_id, files, self.plan.warnings)
 
+    def finish_card(
+        self, repo_id: str, source: str, *, source_on_hub: bool, readme: str | bytes | None, command: str,
+        lineage: LineageGraph | None,
+    ) -> GGUFResult:
+        """`finish`, with the card of a GGUF repo made from `source` (its `readme` gives the license and method)."""
+        arch = self.plan.model.family.arch.name.lower()
+        return self.finish(repo_id, lambda files: render_gguf_card(gguf_card(
+            repo_id, source, source_on_hub=source_on_hub, source_readme=readme, architecture=arch, files=files,
+            command=command, lineage=lineage,
+        )))
+
     def close(self) -> None:
         """Remove what a failed run left."""
         self.sink.close()
         shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def open_gguf(
+    plan: Plan, *, name: str, types: Sequence[str] | str, target: Path, overwrite: bool, base_models: Sequence[str] = (),
+    tags: Sequence[str] = (),
+) -> GGUFOutput:
+    """Lay out the GGUF files of the model a plan writes (from the plan alone, before any weight is read), open in staging.
+
+    The GGUF layout stays a plan of its own (`GGUFPlan`), derived from the `Plan` by this pure step: it needs the
+    optional `gguf` package, and its types are an output format chosen per run, not part of the merge.
+    """
+    gguf_plan = plan_gguf(
+        plan.config, [(job.name, job.shape) for job in plan.jobs], plan.output_files(), name=name, types=types,
+        info=ModelInfo(name, base_models=tuple(base_models), tags=tuple(tags)),
+    )
+    for warning in gguf_plan.warnings:
+        logger.warning("GGUF: %s", warning)
+    return GGUFOutput(gguf_plan, target, overwrite=overwrite)
 
 
 def push_gguf(api: HfApi, repo_id: str, result: GGUFResult) -> Any:

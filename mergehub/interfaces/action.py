@@ -44,9 +44,10 @@ from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from mergehub import api, safe_yaml
-from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError, RecipeWarning
+from mergehub.errors import MergehubError, ModelReferenceError, Problem, PublishError, RecipeError, RecipeWarning
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
-from mergehub.recipe import Recipe, recipe_sha256
+from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
+from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -72,9 +73,7 @@ DEFAULT_RECIPES = ("recipes/**/*.yml", "recipes/**/*.yaml")
 SPACE_ENDPOINTS = ("/merge", "/on_merge")  # mergehub's Space: a pinned name first, then gradio's default
 _ZERO = re.compile(r"^0*$")
 _REPO_COMMENT = re.compile(r"^\s*#\s*mergehub:\s*repo\s*=\s*(\S+)\s*$", re.MULTILINE)
-_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _COMMIT_LINK = re.compile(r"\]\(https?://[^/\s)]+/(?P<ref>[^\s)]+?)/commit/(?P<sha>[0-9a-f]{40})\)")
-_FRONT_MATTER = re.compile(r"\A\ufeff?---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
 Status = Literal["merged", "skipped", "failed", "validated"]
 
@@ -311,13 +310,13 @@ def target_repo(path: str, text: str, namespace: Callable[[], str]) -> str:
     """
     comment = _REPO_COMMENT.search(text)
     value = comment[1] if comment else _repo_name(PurePosixPath(path).stem)
-    parts = value.split("/")
-    if len(parts) > 2 or not all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts):
+    if not is_hub_id(value):
         raise RecipeError(
             f"{value!r} is not a valid Hub repo name.",
             hint="Add a line `# mergehub: repo=org/name` to the recipe (letters, digits, `-`, `_`, `.`).",
+            line=text.count("\n", 0, comment.start(1)) + 1 if comment else None,
         )
-    return value if len(parts) == 2 else f"{namespace()}/{value}"
+    return value if "/" in value else f"{namespace()}/{value}"
 
 
 @dataclass(frozen=True)
@@ -328,17 +327,6 @@ class Published:
     parents: dict[str, str] = field(default_factory=dict)
 
 
-def _front_matter(card: str) -> dict[str, Any]:
-    match = _FRONT_MATTER.match(card)
-    if not match:
-        return {}
-    try:
-        data = safe_yaml.load(match[1], what="The card's metadata")
-    except (RecipeError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def parse_published(card: str | None, recipe_text: str | None) -> Published | None:
     """A pushed merge's record, from its README.md and mergekit_config.yml; None when there is neither.
 
@@ -347,8 +335,8 @@ def parse_published(card: str | None, recipe_text: str | None) -> Published | No
     """
     if card is None and recipe_text is None:
         return None
-    record = _front_matter(card or "").get("mergehub")
-    if isinstance(record, dict) and isinstance(record.get("recipe_sha256"), str):
+    record = mergehub_record(read_card_data(card))
+    if isinstance(record.get("recipe_sha256"), str):
         parents = record.get("parents") if isinstance(record.get("parents"), dict) else {}
         return Published(record["recipe_sha256"], {str(k): str(v) for k, v in parents.items() if v})
     parents: dict[str, str] = {}
@@ -371,7 +359,7 @@ def fetch_published(repo_id: str, token: str | None) -> Published | None:
         except (EntryNotFoundError, RevisionNotFoundError):
             return None
 
-    return parse_published(read("README.md"), read("mergekit_config.yml"))
+    return parse_published(read("README.md"), read(RECIPE_FILE))
 
 
 def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
@@ -388,10 +376,11 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
         try:
             parents[ref.path] = hub.model_info(ref.path, revision=ref.revision).sha or ""
         except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-            raise ModelReferenceError(
+            error = ModelReferenceError(
                 f"Model '{ref}' was not found on the Hub.",
                 hint="Check the model ID and revision; a private or gated model needs an `hf-token` that can read it.",
-            ) from e
+            )
+            raise recipe.locate(error, recipe.location_of(ref)) from e
     return parents
 
 
@@ -430,105 +419,27 @@ def annotation(
     return f"::{kind}{' ' + props if props else ''}::{_escape_data(message)}"
 
 
-def _nodes(node: yaml.Node | None) -> Iterable[tuple[yaml.Node, bool]]:
-    """Every scalar node in document order, with whether it is a mapping key."""
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            yield key, True
-            yield from _nodes(value)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            yield from _nodes(item)
-    elif isinstance(node, yaml.ScalarNode):
-        yield node, False
+def _located(problem: Problem) -> str:
+    return f"{problem.location}: {problem.message}" if problem.location else problem.message
 
 
-def _walk(node: yaml.Node | None, parts: Sequence[str]) -> tuple[yaml.Node | None, int | None]:
-    """Follow a path of keys and indices; the deepest node reached and the line (1-based) where it starts."""
-    line = None
-    for part in parts:
-        if isinstance(node, yaml.MappingNode):
-            entry = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
-            if entry is None:
-                break
-            line, node = entry[0].start_mark.line + 1, entry[1]
-        elif isinstance(node, yaml.SequenceNode) and part.isdigit() and int(part) < len(node.value):
-            node = node.value[int(part)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return node, line
+def problem_lines(error: BaseException) -> list[tuple[int, str]]:
+    """(line, message) for each problem of a failed recipe, from the error's fields only (its wording is never parsed).
 
-
-def _find(node: yaml.Node | None, names: Iterable[str], *, keys_only: bool = False) -> int | None:
-    """The line of the first key (then, unless `keys_only`, value) equal to one of `names`."""
-    wanted = [n for n in names if n]
-    scalars = list(_nodes(node))
-    for want_key in (True, False) if not keys_only else (True,):
-        for name in wanted:
-            for scalar, is_key in scalars:
-                if is_key == want_key and scalar.value == name:
-                    return scalar.start_mark.line + 1
-    return None
-
-
-def _line_for(message: str, root: yaml.Node | None, text: str) -> int | None:
-    """The recipe line a problem message points at, when it can be told."""
-    loc = re.match(r"\s*([A-Za-z_][^\s:]*):\s", message)
-    if loc and re.search(r"[.\[]", loc[1]):
-        node, line = _walk(root, re.findall(r"[A-Za-z_]\w*|\d+", loc[1]))
-        rest = message[loc.end():]
-        deeper = _find(node, re.findall(r"[A-Za-z_]\w*", rest), keys_only=True) if node is not root else None
-        if deeper or line:
-            return deeper or line
-    named = re.search(r"parameters?(?:\(s\))? for [\w.-]+: ([\w, ]+)", message)
-    if named and (line := _find(root, [n.strip() for n in named[1].split(",")])):
-        return line
-    quoted = [next(filter(None, q)) for q in re.findall(r"'([^'\n]+)'|`([^`\n]+)`|\"([^\"\n]+)\"", message)]
-    if line := _find(root, quoted):
-        return line
-    if loc and (line := _find(root, [loc[1]], keys_only=True)):
-        return line
-    refs = sorted((s.value for s, key in _nodes(root) if not key and "/" in s.value and s.value in message), key=len)
-    if refs:
-        return _find(root, refs[-1:])
-    # Last, the raw text: a quoted name may sit in a comment (`# mergehub: repo=...`).
-    return next((i for i, row in enumerate(text.splitlines(), 1) for q in quoted if len(q) > 2 and q in row), None)
-
-
-def _located(warning: RecipeWarning) -> str:
-    return f"{warning.location}: {warning.message}" if warning.location else warning.message
-
-
-def _located_problems(error: BaseException) -> list[tuple[int, str]]:
-    """(line, message) from the fields of a recipe error that knows where it is: strict-mode warnings, or one located value."""
-    if not isinstance(error, RecipeError):
-        return []
-    hint = f"\nHint: {error.hint}" if error.hint else ""
-    if error.warnings:
-        return [(w.line or 1, f"strict: {_located(w)}{hint}") for w in error.warnings]
-    if error.line is not None:
-        return [(error.line, error.message + hint)]
-    return []
-
-
-def problem_lines(error: BaseException, text: str) -> list[tuple[int, str]]:
-    """(line, message) for each problem of a failed recipe: one per invalid key, else one for the error."""
-    message = error.message if isinstance(error, MergehubError) else f"{type(error).__name__}: {error}"
-    cause = error.__cause__
-    if isinstance(cause, yaml.MarkedYAMLError) and cause.problem_mark is not None:
-        return [(cause.problem_mark.line + 1, str(error))]
-    root = safe_yaml.compose(text)
-    hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
-    head, *items = message.split("\n")
-    entries = [item.strip() for item in items if re.match(r"\s+\S", item)] if head.endswith(":") else []
-    if entries:
+    Strict-mode warnings and an error's located `problems` each get their line; otherwise the error is
+    one problem at its `line` (the first line when it concerns no one place). Hints are not included.
+    """
+    if not isinstance(error, MergehubError):
+        return [(1, f"{type(error).__name__}: {error}. This is a bug in mergehub: please report it with the recipe.")]
+    if isinstance(error, RecipeError) and error.warnings:
+        return [(w.line or 1, f"strict: {_located(w)}") for w in error.warnings]
+    if error.problems:
+        head = error.message.split("\n")[0].rstrip(":")
         by_line: dict[int, list[str]] = {}
-        for entry in entries:
-            by_line.setdefault(_line_for(entry, root, text) or 1, []).append(entry)
-        return [(line, f"{head.rstrip(':')}: {'; '.join(found)}{hint}") for line, found in sorted(by_line.items())]
-    extra = [p for p in getattr(error, "problems", ()) or () if p not in message]
-    return [(_line_for(message, root, text) or 1, message + "".join(f"\n- {p}" for p in extra) + hint)]
+        for problem in error.problems:
+            by_line.setdefault(problem.line or error.line or 1, []).append(_located(problem))
+        return [(line, f"{head}: {'; '.join(found)}") for line, found in sorted(by_line.items())]
+    return [(error.line or 1, error.message)]
 
 
 # -- running a merge on a Space ----------------------------------------------------------------------
@@ -628,18 +539,11 @@ def _eval_options(tasks: Sequence[str], log: Callable[[str], None]) -> dict[str,
 
 def _card_scores(repo_id: str, revision: str, token: str | None) -> dict[str, float]:
     """The scores in the model-index of a pushed card, for the summary."""
-    from huggingface_hub import ModelCard
-
     try:
-        readme = HfApi(token=token).hf_hub_download(repo_id, "README.md", revision=revision)
-        card = ModelCard(Path(readme).read_text(encoding="utf-8"), ignore_metadata_errors=True)
-    except (HfHubHTTPError, OSError, ValueError):
+        readme = Path(HfApi(token=token).hf_hub_download(repo_id, "README.md", revision=revision)).read_bytes()
+    except (HfHubHTTPError, OSError):
         return {}
-    return {
-        f"{r.dataset_name} {r.metric_type}": float(r.metric_value)
-        for r in card.data.eval_results or []
-        if isinstance(r.metric_value, (int, float))
-    }
+    return {f"{r.dataset_name} {r.metric_type}": float(r.metric_value) for r in card_scores(read_card_data(readme))}
 
 
 class _Runner:
@@ -684,12 +588,13 @@ class _Runner:
             )
         return repo_id
 
-    def fail(self, path: str, text: str, error: BaseException, started: float, repo_id: str | None) -> Outcome:
-        """Annotate each problem at its line; the outcome lists them without hints."""
-        problems = _located_problems(error) or problem_lines(error, text)
+    def fail(self, path: str, error: BaseException, started: float, repo_id: str | None) -> Outcome:
+        """Annotate each problem at its line, with the error's hint; the outcome lists them without hints."""
+        problems = problem_lines(error)
+        hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
         for line, message in problems:
-            self.log(annotation("error", message, file=path, line=line))
-        detail = self.log.scrub("; ".join(m.split("\nHint:")[0] for _, m in problems))
+            self.log(annotation("error", message + hint, file=path, line=line))
+        detail = self.log.scrub("; ".join(message for _, message in problems))
         return Outcome(path, repo_id, "failed", time.monotonic() - started, detail)
 
     def validate(self, path: str) -> Outcome:
@@ -700,7 +605,7 @@ class _Runner:
             repo_id = self.target(path, text, lambda: self.inputs.namespace or "<your user>")
             plan = api.plan_merge(api.parse_recipe(text), token=self.inputs.token, strict=self.inputs.strict)
         except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
-            return self.fail(path, text, e, started, None)
+            return self.fail(path, e, started, None)
         self.log(f"{path}: {plan.method} merge of {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
         self.annotate_warnings(path, plan.warnings)
         detail = f"{plan.method}, {len(plan.jobs)} tensors"
@@ -731,7 +636,7 @@ class _Runner:
                 force=self.inputs.force, on_progress=self._progress(), strict=self.inputs.strict, **options,
             )
         except Exception as e:  # noqa: BLE001 - one recipe's failure does not stop the others
-            return self.fail(path, text, e, started, repo_id)
+            return self.fail(path, e, started, repo_id)
         self.annotate_warnings(path, result.plan.warnings)
         self.log(result.summary().splitlines()[0].split(" -> ")[0])
         for warning in result.stats.warnings():

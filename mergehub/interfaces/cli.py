@@ -123,7 +123,7 @@ def _report_warnings(warnings: Sequence[RecipeWarning]) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     if args.dry_run:
-        plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size, strict=args.strict)
+        plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size, seed=args.seed, strict=args.strict)
         print(plan.to_json() if args.json else plan.describe())
         ignored = f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it" if plan.warnings else ""
         print(f"Plan OK: no problems found{ignored}.", file=sys.stderr)

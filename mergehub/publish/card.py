@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from mergehub import safe_yaml
-from mergehub.errors import RecipeWarning
+from mergehub.errors import OutputError, RecipeWarning
 from mergehub.methods import get_method
 from mergehub.plan import Plan
-from mergehub.recipe import parse_recipe, recipe_sha256
+from mergehub.publish.card_data import MERGEHUB_KEY, card_license, card_scores, read_card_data
+from mergehub.publish.lineage import LineageGraph
+from mergehub.recipe import RECIPE_FILE, ModelRef, recipe_sha256
+from mergehub.sources import open_source
 from mergehub.writer import ShardResult
 
 __all__ = [
-    "TAGS", "ParentCard", "EvalScore", "MergeCard", "parse_card_data", "card_license", "parent_card",
-    "resolve_license", "merge_card", "render_card", "provenance", "eval_result",
+    "TAGS", "ParentCard", "EvalScore", "MergeCard", "parent_card",
+    "resolve_license", "merge_card", "plan_card", "merged_model_files", "render_card", "provenance", "eval_result",
 ]
 
 TAGS = ("merge", "mergekit", "mergehub")
@@ -90,37 +93,12 @@ class MergeCard:
         object.__setattr__(self, "parents", tuple(sorted(unique.values(), key=lambda p: p.ref != self.base)))
 
 
-def parse_card_data(readme: bytes | str | None) -> ModelCardData | None:
-    """The metadata of a README.md; None when it is absent or cannot be parsed."""
-    if readme is None:
-        return None
-    text = (readme.decode("utf-8", errors="replace") if isinstance(readme, bytes) else readme).lstrip("\ufeff")
-    front = re.match(r"---\s*\n(.*?)\n---", text, re.S)
-    try:
-        if front:  # a parent's card is someone else's YAML: no aliases, bounded size
-            safe_yaml.load(front[1], what="The card's metadata")
-        return ModelCard(text, ignore_metadata_errors=True).data
-    except (ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError):
-        return None
-
-
-def card_license(data: ModelCardData) -> str | None:
-    """The card's license id; `other` carries its `license_name` in parentheses when given."""
-    license_id = data.license if isinstance(data.license, str) else None
-    name = data.license_name
-    return f"other ({name})" if license_id == "other" and isinstance(name, str) and name else license_id
-
-
 def _non_commercial(name: object) -> bool:
     return isinstance(name, str) and (name.lower().startswith("cc-by-nc") or name.lower() in _NON_COMMERCIAL)
 
 
 def _scores(data: ModelCardData) -> dict[str, float]:
-    scores: dict[str, float] = {}
-    for result in data.eval_results or []:
-        if isinstance(result, EvalResult) and isinstance(result.metric_value, (int, float)):
-            scores[f"{result.dataset_name} ({result.metric_name or result.metric_type})"] = float(result.metric_value)
-    return scores
+    return {f"{r.dataset_name} ({r.metric_name or r.metric_type})": float(r.metric_value) for r in card_scores(data)}
 
 
 def parent_card(label: str, revision: str | None, readme: bytes | None, *, gated: bool = False) -> ParentCard:
@@ -128,7 +106,7 @@ def parent_card(label: str, revision: str | None, readme: bytes | None, *, gated
 
     `revision` is the commit of a Hub parent and None for a local directory (as `TensorSource.revision`).
     """
-    data = parse_card_data(readme)
+    data = read_card_data(readme)
     is_hub = revision is not None
     return ParentCard(
         ref=label.split("@")[0] if is_hub else label,
@@ -168,30 +146,74 @@ def _version(package: str) -> str:
 
 
 def merge_card(
-    repo_id: str, plan: Plan, shards: Iterable[ShardResult], *, recipe_yaml: str, seed: int, command: str,
-    parents: Iterable[ParentCard], lineage_mermaid: str | None = None, eval_results: Sequence[EvalScore] = (),
-    non_finite: Sequence[str] = (),
+    repo_id: str, plan: Plan, shards: Iterable[ShardResult], *, command: str, parents: Iterable[ParentCard],
+    lineage_mermaid: str | None = None, eval_results: Sequence[EvalScore] = (), non_finite: Sequence[str] = (),
 ) -> MergeCard:
     """The card data of a finished merge; parents follow the plan's models (base first, then recipe order)."""
-    order = {(m.ref.split("@")[0] if m.revision else m.ref): i for i, m in enumerate(plan.models)}
-    base = parse_recipe(recipe_yaml).base_model
+    order = {m.pinned.path: i for i, m in enumerate(plan.models)}
     return MergeCard(
         repo_id=repo_id,
         method=plan.method,
         paper=get_method(plan.method).paper,
-        base=base.path if base else None,
+        base=ModelRef.parse(plan.base_model).path if plan.base_model else None,
         parents=tuple(sorted(parents, key=lambda p: (order.get(p.ref, len(order)), p.ref))),
-        recipe_yaml=recipe_yaml,
-        seed=seed,
+        recipe_yaml=plan.recipe_text,
+        seed=plan.seed,
         shards=tuple((s.filename, s.sha256) for s in shards),
         versions=tuple((package, _version(package)) for package in ("mergehub", "torch", "transformers")),
         command=command,
         lineage_mermaid=lineage_mermaid,
         eval_results=tuple(eval_results),
         non_finite=tuple(non_finite),
-        checked=tuple((f"{plan.models[f.model].ref.split('@')[0]}/{f.file}", f.verified, f.reason) for f in plan.input_files),
+        checked=tuple((f"{plan.model(f.model).pinned.path}/{f.file}", f.verified, f.reason) for f in plan.input_files),
         warnings=plan.warnings,
     )
+
+
+def plan_card(
+    plan: Plan, shards: Iterable[ShardResult], *, repo_id: str, command: str, readmes: Mapping[str, bytes | None],
+    lineage: LineageGraph | None = None, non_finite: Sequence[str] = (),
+) -> ModelCard:
+    """The merged model's card, from its plan: parents with pinned revisions and licenses (from their `readmes`,
+    by plan key), recipe, seed, checksums, lineage, and the tensors found holding NaN or Inf values."""
+    parents = [parent_card(m.ref, m.revision, readmes.get(m.ref), gated=m.gated) for m in plan.models]
+    card = merge_card(repo_id, plan, shards, command=command, parents=parents,
+                      lineage_mermaid=lineage.to_mermaid() if lineage else None, non_finite=non_finite)
+    return render_card(card)
+
+
+def merged_model_files(target: str, token: str | bool | None) -> tuple[str, tuple[ShardResult, ...], str]:
+    """A merged model's recipe text, its shards' checksums, and its name: from a directory or a Hub repo.
+
+    Raises:
+        OutputError: the model has no mergekit_config.yml.
+        SourceError: the Hub repo cannot be read.
+    """
+    directory = Path(target)
+    if directory.is_dir():
+        recipe = directory / RECIPE_FILE
+        if not recipe.is_file():
+            raise OutputError(f"{directory} has no {RECIPE_FILE}.", hint="Give a directory made by mergehub or mergekit.")
+        shards = tuple(ShardResult(p.name, p.stat().st_size, _sha256(p)) for p in sorted(directory.glob("*.safetensors")))
+        return recipe.read_text(encoding="utf-8"), shards, directory.name
+    source = open_source(ModelRef.parse(target), token=token)
+    try:
+        text = source.read_file(RECIPE_FILE)
+        if text is None:
+            raise OutputError(f"{target} has no {RECIPE_FILE}.", hint="Only merges made by mergehub or mergekit can be re-carded.")
+        listed = getattr(source, "file_sizes", {})
+        shards = tuple(ShardResult(name, listed[name] or 0, source.lfs_sha256.get(name, "")) for name in sorted(listed) if name.endswith(".safetensors"))
+        return text.decode("utf-8"), shards, source.repo_id
+    finally:
+        source.close()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def eval_result(score: EvalScore) -> EvalResult:
@@ -317,6 +339,6 @@ def render_card(card: MergeCard) -> ModelCard:
         tags=list(TAGS),
         model_name=card.repo_id.split("/")[-1] if scores else None,
         eval_results=scores or None,
-        mergehub=provenance(card),
+        **{MERGEHUB_KEY: provenance(card)},
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(card, license_id, warnings)}")

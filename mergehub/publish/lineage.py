@@ -14,12 +14,15 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, RepositoryNotFoundError
 
 from mergehub import safe_yaml
-from mergehub.artifacts import RECIPE_FILENAME as RECIPE_FILE
 from mergehub.errors import RecipeError
-from mergehub.publish.card import card_license, parse_card_data
-from mergehub.recipe import ModelRef, parse_recipe
+from mergehub.plan import Plan
+from mergehub.publish.card_data import card_license, read_card_data
+from mergehub.recipe import RECIPE_FILE, ModelRef, parse_recipe
 
-__all__ = ["LineageNode", "LineageEdge", "LineageGraph", "walk_lineage", "hub_reader"]
+__all__ = ["LINEAGE_DEPTH", "LineageNode", "LineageEdge", "LineageGraph", "walk_lineage", "merge_lineage", "hub_reader"]
+
+LINEAGE_DEPTH = 4
+"""Generations a merge's card shows above it."""
 
 Reader = Callable[[str], str | None]
 
@@ -181,7 +184,7 @@ def _inspect(
     card: str | None, recipe: Callable[[], str | None]
 ) -> tuple[str | None, str | None, str | None, list[str]]:
     """A model's license, relation to its parents, merge method and parents."""
-    data = parse_card_data(card)
+    data = read_card_data(card)
     bases = data.base_model if data else None
     parents = [b for b in ([bases] if isinstance(bases, str) else bases or []) if isinstance(b, str)]
     relation = data.get("base_model_relation") if data else None
@@ -238,3 +241,16 @@ def walk_lineage(
                 seen.add(parent)
                 queue.append((parent, depth + 1))
     return LineageGraph(repo_id, tuple(nodes), tuple(edges))
+
+
+def merge_lineage(repo_id: str, plan: Plan, token: str | bool | None) -> LineageGraph:
+    """A merge's family tree for its card: its parents' Hub cards and recipes, walked up; local parents are leaves."""
+    local = {m.ref for m in plan.models if m.revision is None}
+
+    def hub_only(read: Reader) -> Reader:
+        return lambda model: None if model in local else read(model)
+
+    return walk_lineage(
+        repo_id, max_depth=LINEAGE_DEPTH, root_recipe=plan.recipe_text, token=token,
+        read_card=hub_only(hub_reader("README.md", token)), read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
+    )

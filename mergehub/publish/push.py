@@ -17,9 +17,10 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, Repo
 from mergehub.errors import PublishError
 from mergehub.output import remove_stale_directories
 from mergehub.workers import DaemonPool
-from mergehub.writer import INDEX_NAME, ShardResult
+from mergehub.sources.base import INDEX_NAME
+from mergehub.writer import ShardResult
 
-__all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "staging_directory", "MERGEHUB_TAG"]
+__all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "push_card", "staging_directory", "MERGEHUB_TAG"]
 
 MERGEHUB_TAG = "mergehub"
 _SCRATCH_PREFIX = "mergehub-push-"
@@ -176,3 +177,26 @@ def staging_directory(out_dir: str | os.PathLike | None) -> tuple[Path, tempfile
     remove_stale_directories(Path(tempfile.gettempdir()), _SCRATCH_PREFIX, "push directories")
     scratch = tempfile.TemporaryDirectory(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
     return Path(scratch.name) / "model", scratch
+
+
+def push_card(repo_id: str, card: Any, *, token: str | bool | None = None) -> str:
+    """Commit a card as README.md: to main when the token may write there, else as a pull request; returns its URL.
+
+    Raises:
+        PublishError: no token, no such repo, or the Hub refused the commit.
+    """
+    api = HfApi(token=token)
+    try:
+        who = api.whoami()
+        owners = {who["name"], *(org["name"] for org in who.get("orgs", []))}
+        commit = api.create_commit(
+            repo_id, [CommitOperationAdd("README.md", str(card).encode())], commit_message="Model card by mergehub",
+            create_pr=repo_id.split("/")[0] not in owners,
+        )
+    except LocalTokenNotFoundError as e:
+        raise PublishError("Pushing a card needs a Hugging Face token.", hint="Log in with `hf auth login`, or set HF_TOKEN.") from e
+    except RepositoryNotFoundError as e:
+        raise PublishError(f"{repo_id} was not found, or the token cannot read it.", hint="Check the repo ID and the token.") from e
+    except (HfHubHTTPError, OSError) as e:
+        raise PublishError(f"Pushing the card to {repo_id} failed: {e}.", hint="Nothing was committed; check the token's rights and try again.") from e
+    return commit.pr_url or commit.commit_url

@@ -14,6 +14,7 @@ from mergehub.errors import SourceError, excerpt
 
 __all__ = [
     "DTYPES",
+    "INDEX_NAME",
     "MAX_HEADER_BYTES",
     "TensorInfo",
     "TensorSource",
@@ -41,6 +42,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 """safetensors dtype codes and the torch dtypes they map to: the one dtype table."""
 
+INDEX_NAME = "model.safetensors.index.json"
+"""The index of a sharded safetensors model: which file holds each tensor (read by sources, written by the writer)."""
 _CODES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 _CORRUPT_HINT = "The file is corrupt or is not a safetensors file: download it again, or tell the model's authors."
@@ -122,7 +125,7 @@ def weight_files(names: list[str], index: object, label: str) -> list[str]:
     if index is not None:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise SourceError(f"{label}: model.safetensors.index.json has no `weight_map`.", hint="The index is corrupt; check the model.")
+            raise SourceError(f"{label}: {INDEX_NAME} has no `weight_map`.", hint="The index is corrupt; check the model.")
         return sorted({check_repo_file(file, label) for file in weight_map.values()})
     if "model.safetensors" in names:
         return ["model.safetensors"]

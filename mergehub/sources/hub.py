@@ -43,8 +43,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from mergehub.errors import MissingTensorError, SourceError
 from mergehub.recipe import ModelRef
-from mergehub.sources.base import TensorInfo, check_repo_file, header_length, parse_json, parse_safetensors_header, weight_files
-from mergehub.sources.local import INDEX_NAME
+from mergehub.sources.base import INDEX_NAME, TensorInfo, check_repo_file, header_length, parse_json, parse_safetensors_header, weight_files
 from mergehub.sources.stream_hash import OrderedHash
 
 __all__ = ["HubSource", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES", "DEFAULT_MAX_RETRY_AFTER", "hub_timeout", "max_retry_after"]
@@ -119,8 +118,9 @@ class HubSource:
         token: str | bool | None = None,
         endpoint: str | None = None,
         cache_dir: str | Path | None = None,
+        label: str | None = None,
     ) -> None:
-        self.label = str(ref)
+        self.label = label or str(ref)
         self.repo_id = ref.path
         self.token = token
         self.endpoint = _endpoint(endpoint)
@@ -139,11 +139,13 @@ class HubSource:
         self.gated = bool(info.gated)
         siblings = info.siblings or []
         self.file_sizes = {s.rfilename: s.size for s in siblings}
-        self._lfs_sha256 = {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs and s.lfs.sha256}
+        self.lfs_sha256 = {s.rfilename: s.lfs.sha256 for s in siblings if s.lfs and s.lfs.sha256}
+        """The sha256 the Hub lists for each LFS file of the commit."""
+        """The sha256 the Hub lists for each LFS file of the commit."""
         self._blob_ids = {s.rfilename: s.blob_id for s in siblings if s.blob_id and not s.lfs}
         self.verify_enabled = _verification_enabled()
         self.checksums: dict[str, str] = {
-            f: sha for f, sha in self._lfs_sha256.items() if f.endswith(".safetensors") and self.file_sizes.get(f) is not None
+            f: sha for f, sha in self.lfs_sha256.items() if f.endswith(".safetensors") and self.file_sizes.get(f) is not None
         } if self.verify_enabled else {}
         """The LFS sha256 of each weight file whose size is listed too: those can be verified as they stream."""
         self._tensors: dict[str, TensorInfo] | None = None
@@ -229,8 +231,8 @@ class HubSource:
         if filename not in self.file_sizes:
             return None
         data = self._fetch(filename)
-        if filename in self._lfs_sha256:
-            actual, expected = hashlib.sha256(data).hexdigest(), self._lfs_sha256[filename]
+        if filename in self.lfs_sha256:
+            actual, expected = hashlib.sha256(data).hexdigest(), self.lfs_sha256[filename]
         elif filename in self._blob_ids:
             actual, expected = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest(), self._blob_ids[filename]
         else:
@@ -245,8 +247,9 @@ class HubSource:
     def verify(self, files: Iterable[str]) -> None:
         """Hash these weight files as their bytes arrive, and compare each with the listing's sha256 once complete.
 
-        Call it after `tensors()` and before the reads; only for files the merge reads whole (else a gap stays open).
+        Call it before the reads; only for files the merge reads whole (else a gap stays open).
         """
+        self.tensors()  # the headers, which are the first bytes hashed
         for file in files:
             if file not in self.checksums:
                 continue

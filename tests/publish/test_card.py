@@ -46,7 +46,8 @@ model-index:
 def _plan() -> Plan:
     models = (ModelEntry("org/base@main", SHA_BASE, 1), ModelEntry("org/b", SHA_B, 1),
               ModelEntry("/data/local-model", None, 1))
-    return Plan("slerp", models, (), (), {}, 0, 0, None, None, 0)
+    return Plan("slerp", models, jobs=(), shards=(), config={}, config_model="org/base@main", base_model="org/base@main",
+                input_dtype=None, num_layers=None, peak_memory_bytes=0, recipe_text=RECIPE, seed=3)
 
 
 def _parents() -> list[ParentCard]:
@@ -59,7 +60,7 @@ def _parents() -> list[ParentCard]:
 
 def _card(parents=None, **changes) -> MergeCard:
     card = merge_card(
-        "alice/merged", _plan(), [], recipe_yaml=RECIPE, seed=3,
+        "alice/merged", _plan(), [],
         command="mergehub merge mergekit_config.yml ./out --seed 3",
         parents=_parents() if parents is None else parents, lineage_mermaid="graph TD\n  n0 --> n1",
     )
@@ -191,8 +192,8 @@ def test_card_of_a_real_merge(family, write_recipe, tmp_path):
     result = run_merge(write_recipe(recipe), tmp_path / "out")
     text = (result.out_dir / "mergekit_config.yml").read_text()
     parents = {parent_card(m.ref, m.revision, None) for m in result.plan.models}
-    card = merge_card("alice/m", result.plan, result.shards, recipe_yaml=text, seed=result.seed, command="x",
-                      parents=parents)
+    card = merge_card("alice/m", result.plan, result.shards, command="x", parents=parents)
+    assert card.recipe_yaml == text and card.seed == 0
     assert [p.ref for p in card.parents] == [str(family[0]), str(family[2]), str(family[1])]
     assert card.shards == tuple((s.filename, s.sha256) for s in result.shards)
     assert [name for name, _ in card.versions] == ["mergehub", "torch", "transformers"]

@@ -15,7 +15,7 @@ from mergehub import api
 from mergehub import safe_yaml
 from mergehub.errors import MergehubError, RecipeError
 from mergehub.interfaces.space.safety import check_hub_reference, check_recipe_text, refuse_local_shadows, user_message
-from mergehub.interfaces.space.units import format_count, format_size
+from mergehub.units import format_count, format_size
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")

@@ -26,7 +26,7 @@ from mergehub.interfaces.space.safety import (
     scrub,
     user_message,
 )
-from mergehub.interfaces.space.units import format_duration, format_size
+from mergehub.units import format_duration, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +76,14 @@ def estimate_gpu_seconds(nbytes: int) -> int:
 
 
 def _merge_stream(
-    recipe_path: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
+    plan_json: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
 ) -> Iterator[tuple[str, Any]]:
-    """Run `push_merge` in a thread, yielding ("progress", Progress) and ("tick", None) every 0.25 s until
-    ("done", info) or ("error", info).
+    """Run `push_merge` on the plan the page showed, in a thread, yielding ("progress", Progress) and ("tick", None)
+    every 0.25 s until ("done", info) or ("error", info).
 
-    Arguments are plain values so that ZeroGPU can run this in its GPU worker. The merge stops
-    when `alive_path` disappears (Cancel) or when this generator is closed.
+    Arguments are plain values (the plan as JSON) so that ZeroGPU can run this in its GPU worker; the models
+    are read at the commits the plan pinned. The merge stops when `alive_path` disappears (Cancel) or when
+    this generator is closed.
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     closed = threading.Event()
@@ -93,7 +94,7 @@ def _merge_stream(
     def work() -> None:
         try:
             result, pushed = api.push_merge(
-                recipe_path,
+                api.Plan.from_json(plan_json),
                 repo_id,
                 token=token,
                 private=private,
@@ -143,7 +144,7 @@ def job_runner() -> Callable[..., Iterator[tuple[str, Any]]]:
         return _merge_stream
 
     def duration(
-        recipe_path: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
+        plan_json: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
     ) -> int:
         return estimate_gpu_seconds(nbytes)
 
@@ -253,14 +254,12 @@ def merge(
                 f"this Space merges at most {format_size(MAX_MERGE_BYTES)} at a time.",
                 hint="Run `mergehub merge --push` on your own machine for merges this large.",
             )
-        recipe_path = scratch / "recipe.yml"
-        recipe_path.write_text(recipe_text, encoding="utf-8")
         log.append(f"Merging into {repo_id} ({'private' if private else 'public'}); shards upload as they are written.")
         yield out("⏳ Merging...")
         started = last = time.monotonic()
         live = ""
         for kind, payload in runner(
-            str(recipe_path), repo_id, bool(private), token, device, str(alive), plan.read_bytes + plan.write_bytes
+            plan.to_json(), repo_id, bool(private), token, device, str(alive), plan.read_bytes + plan.write_bytes
         ):
             if kind == "progress":
                 live = _progress_line(payload, time.monotonic() - started)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
-from mergehub.recipe import Recipe, parse_recipe
+from mergehub.recipe import Recipe, is_hub_id, parse_recipe
 
 MAX_RECIPE_BYTES = 20_000
 """The largest recipe the Space accepts, in UTF-8 bytes."""
@@ -26,9 +26,7 @@ MAX_MERGE_BYTES = 400 * 10**9
 
 # -- references and recipes -----------------------------------------------------------------------
 
-_HUB_PART = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}$", re.ASCII)
 _REVISION = re.compile(r"^[\w.\-/]{1,128}$", re.ASCII)
-_REPO_NAME = re.compile(r"^[A-Za-z0-9](?:[\w.\-]{0,94}[A-Za-z0-9])?$", re.ASCII)
 
 
 def check_hub_reference(text: str) -> str:
@@ -57,8 +55,7 @@ def check_hub_reference(text: str) -> str:
         reasons.append("it contains spaces or control characters")
     if not reasons:
         path, at, revision = value.partition("@")
-        parts = path.split("/")
-        if len(parts) != 2 or not all(_HUB_PART.match(p) for p in parts):
+        if not is_hub_id(path, namespaced=True):
             reasons.append("it is not of the form `org/name`")
         elif at and (not _REVISION.match(revision) or revision.startswith(("/", ".")) or revision.endswith("/")):
             reasons.append("its revision is malformed")
@@ -137,8 +134,7 @@ def check_repo_name(text: str) -> str:
         PublishError: the name is empty or not a valid Hub repo name.
     """
     value = (text or "").strip()
-    parts = value.split("/")
-    if not value or len(parts) > 2 or not all(_REPO_NAME.match(p) and "--" not in p and ".." not in p for p in parts):
+    if not is_hub_id(value):
         raise PublishError(
             f"{value[:80]!r} is not a valid repo name." if value else "The output repo name is empty.",
             hint="Use letters, digits, `-`, `_` and `.` (at most 96), like `my-merge` or `you/my-merge`.",

@@ -1,6 +1,8 @@
-"""Figures as the page shows them: parameter counts, byte sizes and durations."""
+"""Figures as people read them: parameter counts, byte sizes (the one size formatter) and durations."""
 
 from __future__ import annotations
+
+__all__ = ["format_count", "format_size", "format_duration"]
 
 
 def format_count(n: int) -> str:
