@@ -28,7 +28,16 @@ from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
 from mergehub.plan import plan_merge as _plan_merge
 from mergehub.publish.card import merged_model_files, plan_card
 from mergehub.publish.lineage import LINEAGE_DEPTH, LineageGraph, merge_lineage, walk_lineage
-from mergehub.publish.push import PushResult, ShardUploader, commit_merge, full_repo_id, prepare_repo, push_card, staging_directory
+from mergehub.publish.push import (
+    PushResult,
+    ShardUploader,
+    commit_merge,
+    delete_created_repo,
+    full_repo_id,
+    prepare_repo,
+    push_card,
+    staging_directory,
+)
 from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import INDEX_NAME, Sources, TensorSource, open_source
 from mergehub.sources import open_sources as _open_sources
@@ -345,10 +354,7 @@ def push_merge(
     except BaseException:
         uploader.close()
         if created:
-            try:
-                api.delete_repo(full_id, missing_ok=True)
-            except Exception as cleanup:  # keep the real error; say what was left behind
-                logger.warning("Could not delete %s after the failed merge: %s", full_id, cleanup)
+            delete_created_repo(api, full_id)
         if scratch is not None:
             scratch.cleanup()
         raise
@@ -381,7 +387,7 @@ def push_gguf_files(result: GGUFResult, *, private: bool = False, force: bool = 
         commit = push_gguf(api, repo_id, result)
     except BaseException:
         if created:
-            api.delete_repo(repo_id, missing_ok=True)
+            delete_created_repo(api, repo_id)
         raise
     return PushResult(repo_id, commit.oid, commit.commit_url, created)
 

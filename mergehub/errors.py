@@ -56,6 +56,7 @@ __all__ = [
     "UnknownTaskError",
     "excerpt",
     "ExperimentError",
+    "listing",
 ]
 
 EXCERPT_CHARS = 80
@@ -115,17 +116,31 @@ class RecipeWarning(Problem):
     """Something a recipe sets that is accepted but ignored (as mergekit ignores it), and where it is."""
 
 
+MAX_LISTED = 20
+"""The most problems or warnings a message lists (the error object holds them all)."""
+
+
+def listing(items: tuple[object, ...]) -> str:
+    """Items as indented lines under a headline, at most `MAX_LISTED` of them and a count of the rest."""
+    shown = [f"\n  {item}" for item in items[:MAX_LISTED]]
+    more = len(items) - MAX_LISTED
+    return "".join(shown) + (f"\n  ... and {more} more" if more > 0 else "")
+
+
 class MergehubError(Exception):
     """Base of every mergehub error; `hint` says what the user can do about it.
 
-    `location` and `line` say where in the recipe the problem is, when it is one place; `problems`
-    lists each problem, located, when the error gathers several.
+    `location` and `line` say where in the recipe the problem is, when it is one place. An error that
+    gathers several problems has them in `problems`, each located; its `headline` is the message
+    without their listing.
     """
 
     def __init__(
         self, message: str, *, hint: str | None = None, location: str | None = None, line: int | None = None,
         problems: tuple[Problem, ...] = (),
     ) -> None:
+        self.headline = message
+        message += listing(problems)
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -137,6 +152,12 @@ class MergehubError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
+
+    def where(self) -> str | None:
+        """Where the problem is in the recipe, for people: `line 7 (models[1].model)`; None when it is not one line."""
+        if self.line is None:
+            return None
+        return f"line {self.line}" + (f" ({self.location})" if self.location else "")
 
 
 class RecipeError(MergehubError, ValueError):

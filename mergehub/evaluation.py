@@ -31,6 +31,7 @@ from mergehub.publish.card import EvalScore, eval_result
 from mergehub.publish.card_data import card_scores, read_card_data
 from mergehub.recipe import ModelRef
 from mergehub.sources import open_source
+from mergehub.sources.hub import HTTPError
 
 __all__ = [
     "INSTALL_HINT",
@@ -172,7 +173,7 @@ def _local_model(model: str | os.PathLike, token: str | None) -> tuple[Path, str
 
     try:
         local = Path(snapshot_download(ref.path, revision=ref.revision, token=token, allow_patterns=_MODEL_FILES))
-    except (OSError, ValueError) as e:  # huggingface_hub's HTTP, not-found, offline and validation errors
+    except (OSError, ValueError, HTTPError) as e:  # huggingface_hub's HTTP, network, not-found, offline and validation errors
         raise EvaluationError(
             f"Could not download {model} from the Hub: {e}",
             hint="Check the repo id, the revision, your token (HF_TOKEN) and the network.",

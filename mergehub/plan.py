@@ -38,7 +38,7 @@ from mergehub.architecture import (
     text_config,
 )
 from mergehub.architecture import num_layers as config_num_layers
-from mergehub.errors import MergehubError, PlanError, Problem, RecipeError, RecipeWarning, UnknownMethodError, excerpt
+from mergehub.errors import MergehubError, PlanError, Problem, RecipeError, RecipeWarning, UnknownMethodError, excerpt, listing
 from mergehub.methods import MethodSpec, ParamSpec, get_method
 from mergehub.recipe import (
     RECIPE_FILE,
@@ -83,8 +83,6 @@ PLAN_FORMAT = 1
 """The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
-_MAX_PROBLEMS = 20
-_MAX_LISTED = 20
 _COPY = get_method("passthrough")
 """The method of tensors copied unchanged (not floating point, or outside the merge)."""
 
@@ -661,7 +659,7 @@ def _with_ignored(error: RecipeError, warnings: Sequence[RecipeWarning]) -> Reci
         return error
     ignored = "; ".join(str(w) for w in warnings[:3]) + (f"; and {len(warnings) - 3} more" if len(warnings) > 3 else "")
     hint = f"{error.hint + ' ' if error.hint else ''}Ignored in this recipe: {ignored}"
-    return type(error)(error.message, hint=hint, location=error.location, line=error.line, problems=error.problems, warnings=error.warnings)
+    return type(error)(error.headline, hint=hint, location=error.location, line=error.line, problems=error.problems, warnings=error.warnings)
 
 
 @functools.cache
@@ -769,10 +767,8 @@ def plan_merge(
         planner.add_copy(config_ref, name)  # towers and projectors beside sliced language layers: the base model's, unmerged
 
     if planner.problems:
-        shown = [p.message for p in planner.problems[:_MAX_PROBLEMS]]
-        more = len(planner.problems) - len(shown)
         raise PlanError(
-            f"The merge cannot be planned ({len(planner.problems)} problem(s)):\n  " + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""),
+            f"The merge cannot be planned ({len(planner.problems)} problem(s)):",
             hint="Check that the models share an architecture and sizes, and that the recipe names the right layers.",
             problems=tuple(planner.problems),
         )
@@ -780,11 +776,8 @@ def plan_merge(
         raise PlanError("The merge produces no tensors.", hint="Check the recipe's models and layer ranges.")
     warnings = tuple(recipe.warnings) + tuple(planner.warnings)
     if strict and warnings:
-        shown = [f"  {w}" for w in warnings[:_MAX_LISTED]]
-        more = len(warnings) - len(shown)
         raise RecipeError(
-            f"The recipe sets {len(warnings)} thing(s) that would be ignored (strict mode):\n"
-            + "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else [])),
+            f"The recipe sets {len(warnings)} thing(s) that would be ignored (strict mode):" + listing(warnings),
             hint="Remove or fix them, or merge without strict mode to ignore them as mergekit does.",
             warnings=warnings,
         )

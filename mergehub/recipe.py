@@ -354,7 +354,6 @@ def format_location(parts: tuple[str | int, ...]) -> str:
     return text
 
 
-_MAX_LISTED = 20
 
 
 def _validation_problems(error: ValidationError, lines: dict[str, int]) -> tuple[Problem, ...]:
@@ -368,10 +367,6 @@ def _validation_problems(error: ValidationError, lines: dict[str, int]) -> tuple
     return tuple(dict.fromkeys(problems))
 
 
-def _describe_problems(problems: tuple[Problem, ...]) -> str:
-    shown = [f"  {p.location or 'recipe'}: {p.message}" for p in problems[:_MAX_LISTED]]
-    more = len(problems) - _MAX_LISTED
-    return "\n".join(shown + ([f"  ... and {more} more"] if more > 0 else []))
 
 
 _KNOWN_KEYS = sorted(k for k in Recipe.model_fields)
@@ -488,7 +483,7 @@ def parse_recipe(text: str) -> Recipe:
     except ValidationError as e:
         problems = _validation_problems(e, lines)
         raise RecipeError(
-            "The recipe is invalid:\n" + _describe_problems(problems),
+            "The recipe is invalid:",
             hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.", problems=problems,
         ) from e
     recipe._lines = lines

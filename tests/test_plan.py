@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mergehub import Plan, PlanError, RecipeError, UnknownMethodError, plan_merge, run_merge
+from mergehub import ModelReferenceError, Plan, PlanError, RecipeError, UnknownMethodError, plan_merge, run_merge
 from mergehub.sources.local import LocalSource
 
 
@@ -221,3 +221,54 @@ def test_a_missing_parameter_names_the_ignored_key_that_was_probably_meant(famil
     with pytest.raises(RecipeError, match="Missing required parameter 't'") as info:
         plan_merge(write_recipe(text))
     assert "Ignored in this recipe: t (line 7): `t` is not a recipe key" in (info.value.hint or "")
+
+
+# -- errors say where they are: location and line are fields, not words -------------------------------
+
+
+def _text(family: list[Path], lines: list[str]) -> str:
+    return "\n".join(lines).format(*family) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("lines", "error", "location", "line"),
+    [
+        (["merge_method: lienar", "models:", "  - model: {0}"], UnknownMethodError, "merge_method", 1),
+        (["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  - model: {1}"],
+         RecipeError, "models[1].parameters", 5),
+        (["merge_method: passthrough", "slices:", "  - sources:", "      - model: {0}", "        layer_range: [2, 9]"],
+         RecipeError, "slices[0].sources[0].layer_range", 5),
+        (["merge_method: task_arithmetic", "models:", "  - model: {1}", "    parameters: {{weight: 1}}"], RecipeError, "merge_method", 1),
+        (["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  - model: ./nowhere",
+          "    parameters: {{weight: 1}}"], ModelReferenceError, "models[1].model", 5),
+        (["merge_method: linear", "chat_template: nonsense", "models:", "  - model: {0}", "    parameters: {{weight: 1}}"],
+         RecipeError, "chat_template", 2),
+        (["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  bad: [", "dtype: x"], RecipeError, "", 5),
+    ],
+)
+def test_an_error_at_one_place_carries_its_location_and_line(family, write_recipe, lines, error, location, line):
+    with pytest.raises(error) as info:
+        plan_merge(write_recipe(_text(family, lines)))
+    assert (info.value.location, info.value.line) == (location, line)
+    assert info.value.where() == f"line {line}" + (f" ({location})" if location else "")
+
+
+def test_each_problem_of_a_failed_plan_carries_its_location_and_line(family, write_recipe, tmp_path):
+    from mergehub.demo import make_tiny_llama
+
+    bigger = make_tiny_llama(tmp_path / "big", vocab=320)
+    broken = _copy_without(family[1], tmp_path / "broken", "model.layers.2.mlp.up_proj.weight")
+    lines = ["merge_method: linear", "models:"] + [f"  - model: {m}\n    parameters: {{weight: 1}}" for m in (family[0], bigger, broken)]
+    with pytest.raises(PlanError) as info:
+        plan_merge(write_recipe("\n".join(lines) + "\n"))
+    located = {(p.location, p.line) for p in info.value.problems}
+    assert located == {("models[1]", 5), ("models[2]", 7)} and len(info.value.problems) == 3
+    assert info.value.headline == "The merge cannot be planned (3 problem(s)):"
+    assert all(str(p) in info.value.message for p in info.value.problems)
+
+
+def test_an_invalid_recipe_lists_each_problem_at_its_line(family, write_recipe):
+    text = f"merge_method: linear\nmodels:\n  - parameters: {{weight: 1}}\n  - model: {family[0]}\n    layer_range: 3\ndtype: float8\n"
+    with pytest.raises(RecipeError) as info:
+        plan_merge(write_recipe(text))
+    assert {(p.location, p.line) for p in info.value.problems} == {("models[0].model", 3), ("dtype", 6)}

@@ -10,6 +10,7 @@ from mergehub.gguf.export import GGUFFile
 from mergehub.publish.card import HUB_URL, _fence
 from mergehub.publish.card_data import card_license, mergehub_record, read_card_data
 from mergehub.publish.lineage import LineageEdge, LineageGraph, LineageNode
+from mergehub.units import format_size
 
 __all__ = ["GGUFCard", "gguf_card", "quantized_lineage", "render_gguf_card", "GGUF_TAGS"]
 
@@ -54,10 +55,6 @@ def gguf_card(
                     quantized_lineage(repo_id, lineage) if lineage else None)
 
 
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
-
-
 def _body(card: GGUFCard) -> str:
     name = card.repo_id.split("/")[-1]
     source = f"[{card.source}]({HUB_URL}/{card.source})" if card.source_on_hub else f"`{card.source}`"
@@ -65,7 +62,7 @@ def _body(card: GGUFCard) -> str:
     lines = [f"# {name}", "", f"GGUF files of {source} ({what}, {card.architecture} architecture) for llama.cpp, "
              "Ollama and LM Studio, written by mergehub from the model's tensors as they were produced.", ""]
     lines += ["## Files", "", "| File | Type | Size | sha256 |", "|---|---|---|---|"]
-    lines += [f"| [{f.filename}]({HUB_URL}/{card.repo_id}/blob/main/{f.filename}) | {f.file_type} | {_size(f.size)} | `{f.sha256}` |"
+    lines += [f"| [{f.filename}]({HUB_URL}/{card.repo_id}/blob/main/{f.filename}) | {f.file_type} | {format_size(f.size)} | `{f.sha256}` |"
               for f in card.files]
     default = next((f for f in card.files if f.file_type == "Q8_0"), card.files[0])
     lines += ["", "## Run", "", "llama.cpp:", "", _fence(f"llama-cli -hf {card.repo_id}:{default.file_type}", "bash"), "",

@@ -11,15 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
-from huggingface_hub.errors import HfHubHTTPError
-
-from mergehub.errors import PublishError
 from mergehub.gguf.card import gguf_card, render_gguf_card
 from mergehub.gguf.export import GGUFFile, GGUFPlan, GGUFSink, plan_gguf
 from mergehub.gguf.metadata import ModelInfo
 from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import Plan
 from mergehub.publish.lineage import LineageGraph
+from mergehub.publish.push import hub_errors
 from mergehub.writer import writing
 
 __all__ = ["GGUFResult", "GGUFOutput", "open_gguf", "push_gguf"]
@@ -102,8 +100,6 @@ def push_gguf(api: HfApi, repo_id: str, result: GGUFResult) -> Any:
     Raises:
         PublishError: the upload failed.
     """
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(result.out_dir.iterdir()) if p.is_file()]
-    try:
+    with hub_errors(f"Pushing the GGUF files to {repo_id}", hint="Nothing was committed; rerun to try again."):
+        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(result.out_dir.iterdir()) if p.is_file()]
         return api.create_commit(repo_id, operations, commit_message="Add GGUF files made with mergehub")
-    except HfHubHTTPError as e:
-        raise PublishError(f"Pushing the GGUF files to {repo_id} failed: {e}.", hint="Nothing was committed; rerun to try again.") from e

@@ -33,6 +33,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,12 +42,16 @@ from typing import Any, Literal
 
 import yaml
 from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from mergehub import api, safe_yaml
 from mergehub.errors import MergehubError, ModelReferenceError, Problem, PublishError, RecipeError, RecipeWarning
+from mergehub.interfaces.cli import BUG_EXIT_CODE
+from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
+from mergehub.publish.push import hub_errors
+from mergehub.sources.hub import HTTPError
 from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256
 
 __all__ = [
@@ -346,20 +351,25 @@ def parse_published(card: str | None, recipe_text: str | None) -> Published | No
 
 
 def fetch_published(repo_id: str, token: str | None) -> Published | None:
-    """The record of the merge at `repo_id` on the Hub; None when the repo does not exist."""
-    hub = HfApi(token=token)
-    try:
-        sha = hub.model_info(repo_id).sha
-    except RepositoryNotFoundError:
-        return None
+    """The record of the merge at `repo_id` on the Hub; None when the repo does not exist.
 
-    def read(filename: str) -> str | None:
+    Raises:
+        PublishError: the Hub cannot be reached, or refuses the token.
+    """
+    hub = HfApi(token=token)
+    with hub_errors(f"Reading {repo_id}"):
         try:
-            return Path(hub.hf_hub_download(repo_id, filename, revision=sha)).read_text(encoding="utf-8")
-        except (EntryNotFoundError, RevisionNotFoundError):
+            sha = hub.model_info(repo_id).sha
+        except RepositoryNotFoundError:
             return None
 
-    return parse_published(read("README.md"), read(RECIPE_FILE))
+        def read(filename: str) -> str | None:
+            try:
+                return Path(hub.hf_hub_download(repo_id, filename, revision=sha)).read_text(encoding="utf-8")
+            except (EntryNotFoundError, RevisionNotFoundError):
+                return None
+
+        return parse_published(read("README.md"), read(RECIPE_FILE))
 
 
 def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
@@ -367,6 +377,7 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
 
     Raises:
         ModelReferenceError: a parent, or its revision, is not on the Hub (or the token cannot read it).
+        PublishError: the Hub cannot be reached.
     """
     hub = HfApi(token=token)
     parents: dict[str, str] = {}
@@ -374,13 +385,16 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
         if ref.is_local or not ref.looks_like_hub_id or ref.path in parents:
             continue
         try:
-            parents[ref.path] = hub.model_info(ref.path, revision=ref.revision).sha or ""
-        except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-            error = ModelReferenceError(
-                f"Model '{ref}' was not found on the Hub.",
-                hint="Check the model ID and revision; a private or gated model needs an `hf-token` that can read it.",
-            )
-            raise recipe.locate(error, recipe.location_of(ref)) from e
+            with hub_errors(f"Reading {ref}"):
+                try:
+                    parents[ref.path] = hub.model_info(ref.path, revision=ref.revision).sha or ""
+                except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+                    raise ModelReferenceError(
+                        f"Model '{ref}' was not found on the Hub.",
+                        hint="Check the model ID and revision; a private or gated model needs an `hf-token` that can read it.",
+                    ) from e
+        except MergehubError as e:
+            raise recipe.locate(e, recipe.location_of(ref))
     return parents
 
 
@@ -434,7 +448,7 @@ def problem_lines(error: BaseException) -> list[tuple[int, str]]:
     if isinstance(error, RecipeError) and error.warnings:
         return [(w.line or 1, f"strict: {_located(w)}") for w in error.warnings]
     if error.problems:
-        head = error.message.split("\n")[0].rstrip(":")
+        head = error.headline.rstrip(":")
         by_line: dict[int, list[str]] = {}
         for problem in error.problems:
             by_line.setdefault(problem.line or error.line or 1, []).append(_located(problem))
@@ -515,13 +529,11 @@ class _Console:
     """Prints to the job log with the token scrubbed out."""
 
     def __init__(self, secrets: Iterable[str | None], stream: Any = None) -> None:
-        self.secrets = [s for s in secrets if s and len(s) >= 4]
+        self.secrets = list(secrets)
         self.stream = stream
 
     def scrub(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub_tokens(text, self.secrets)
 
     def __call__(self, text: str) -> None:
         print(self.scrub(text), file=self.stream or sys.stdout, flush=True)
@@ -541,7 +553,7 @@ def _card_scores(repo_id: str, revision: str, token: str | None) -> dict[str, fl
     """The scores in the model-index of a pushed card, for the summary."""
     try:
         readme = Path(HfApi(token=token).hf_hub_download(repo_id, "README.md", revision=revision)).read_bytes()
-    except (HfHubHTTPError, OSError):
+    except (HTTPError, OSError):
         return {}
     return {f"{r.dataset_name} {r.metric_type}": float(r.metric_value) for r in card_scores(read_card_data(readme))}
 
@@ -594,6 +606,8 @@ class _Runner:
         hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
         for line, message in problems:
             self.log(annotation("error", message + hint, file=path, line=line))
+        if not isinstance(error, MergehubError):
+            _log_traceback(self.log, error)
         detail = self.log.scrub("; ".join(message for _, message in problems))
         return Outcome(path, repo_id, "failed", time.monotonic() - started, detail)
 
@@ -714,10 +728,27 @@ def main(env: Mapping[str, str] | None = None, *, space_client: Callable[[str, s
         space_client: Builds the gradio client for dispatch-to-space, `(space_id, token) -> client`.
 
     Returns:
-        0, 1 when any recipe failed, 2 when the inputs or the event cannot be used.
+        0, 1 when any recipe failed, 2 when the inputs or the event cannot be used, 70 on an unexpected
+        error (a bug: the log shows its traceback), 130 or 143 when stopped by SIGINT or SIGTERM.
     """
     env = os.environ if env is None else env
     log = _Console([_input(env, "hf-token"), env.get("HF_TOKEN")])
+    try:
+        return _run(env, log, space_client)
+    except Exception as e:  # noqa: BLE001 - anything not handled below is a bug: say so, with the traceback
+        log(annotation("error", f"{type(e).__name__}: {e}. This is a bug in mergehub: please report it with the traceback below."))
+        _log_traceback(log, e)
+        return BUG_EXIT_CODE
+
+
+def _log_traceback(log: _Console, error: BaseException) -> None:
+    """The traceback of an unexpected error, scrubbed, in a collapsed group of the job log."""
+    log("::group::Traceback (for the bug report)")
+    log("".join(traceback.format_exception(error)).rstrip())
+    log("::endgroup::")
+
+
+def _run(env: Mapping[str, str], log: _Console, space_client: Callable[[str, str], Any] | None) -> int:
     try:
         inputs = read_inputs(env)
         mode, recipes = select_recipes(inputs, _event(inputs), log)

@@ -1,21 +1,31 @@
-"""The `mergehub` command line: errors become a message, a hint and an exit code."""
+"""The `mergehub` command line: every expected failure becomes one message, where it is, a hint, and an exit code.
+
+Exit codes: 0 done; 1 a mergehub error (the message says what, the hint what to do); 2 a usage error
+(argparse); 70 an unexpected error, which is a bug (rerun with `--debug` for the traceback); 130 Ctrl-C;
+143 SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shlex
 import sys
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from mergehub import api
 from mergehub.errors import MergehubError, RecipeWarning
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.interfaces import experiments
 from mergehub.methods import all_methods
+from mergehub.writer import writing
 
-__all__ = ["main", "parse_size"]
+__all__ = ["main", "parse_size", "BUG_EXIT_CODE"]
+
+BUG_EXIT_CODE = 70
+"""The exit code of an unexpected error (sysexits' EX_SOFTWARE): a bug in mergehub, not in the user's input."""
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -199,9 +209,7 @@ def _eval(args: argparse.Namespace) -> int:
     if comparison:
         print("\n" + comparison)
     if args.write_card:
-        card = api.card_with_scores(args.model, report, comparison)
-        (Path(args.model) / "README.md").write_text(str(card), encoding="utf-8")
-        print(f"Wrote {Path(args.model) / 'README.md'}")
+        _write_card(Path(args.model), api.card_with_scores(args.model, report, comparison))
     elif args.push_card:
         print(f"Card pushed: {api.push_card(args.model.split('@')[0], api.card_with_scores(args.model, report, comparison))}")
     return 0
@@ -212,11 +220,16 @@ def _card(args: argparse.Namespace) -> int:
     if args.push:
         print(f"Card pushed: {api.push_card(args.target, card)}")
     elif Path(args.target).is_dir():
-        (Path(args.target) / "README.md").write_text(str(card), encoding="utf-8")
-        print(f"Wrote {Path(args.target) / 'README.md'}")
+        _write_card(Path(args.target), card)
     else:
         print(card)
     return 0
+
+
+def _write_card(directory: Path, card: object) -> None:
+    with writing(directory / "README.md"):
+        (directory / "README.md").write_text(str(card), encoding="utf-8")
+    print(f"Wrote {directory / 'README.md'}")
 
 
 def _lineage(args: argparse.Namespace) -> int:
@@ -225,8 +238,18 @@ def _lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(error: MergehubError, args: argparse.Namespace) -> None:
+    """The error's message, where it is in the recipe (`recipe.yml:7 (models[1].model)`), and its hint."""
+    print(f"error: {error.message}", file=sys.stderr)
+    if error.line is not None and getattr(args, "recipe", None):
+        print(f"  at {args.recipe}:{error.line}" + (f" ({error.location})" if error.location else ""), file=sys.stderr)
+    if error.hint:
+        print(f"hint: {error.hint}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (1 for a mergehub error, 130 on Ctrl-C, 143 on SIGTERM)."""
+    """Run the CLI; returns the process exit code (see the module's docstring)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         with stop_on_signals():
@@ -235,14 +258,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MergehubError as e:
         if args.debug:
             raise
-        print(f"error: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
+        _report(e, args)
         return 1
     except KeyboardInterrupt as e:
         print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: stopped and cleaned up; no output was left behind.",
               file=sys.stderr)
         return exit_code(e)
+    except Exception as e:  # noqa: BLE001 - anything else is a bug: say so, and how to see the traceback
+        if args.debug:
+            raise
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        print("this is a bug in mergehub: please report it with the traceback that this command prints:", file=sys.stderr)
+        print(f"  mergehub --debug {shlex.join(a for a in argv if a != '--debug')}", file=sys.stderr)
+        return BUG_EXIT_CODE
 
 
 if __name__ == "__main__":

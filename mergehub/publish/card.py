@@ -11,7 +11,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from mergehub.errors import OutputError, RecipeWarning
+from mergehub import safe_yaml
+from mergehub.errors import OutputError, RecipeWarning, SourceError
 from mergehub.methods import get_method
 from mergehub.plan import Plan
 from mergehub.publish.card_data import MERGEHUB_KEY, card_license, card_scores, read_card_data
@@ -187,15 +188,20 @@ def merged_model_files(target: str, token: str | bool | None) -> tuple[str, tupl
 
     Raises:
         OutputError: the model has no mergekit_config.yml.
-        SourceError: the Hub repo cannot be read.
+        RecipeError: the recipe file cannot be read.
+        SourceError: the weights or the Hub repo cannot be read.
     """
     directory = Path(target)
     if directory.is_dir():
         recipe = directory / RECIPE_FILE
         if not recipe.is_file():
             raise OutputError(f"{directory} has no {RECIPE_FILE}.", hint="Give a directory made by mergehub or mergekit.")
-        shards = tuple(ShardResult(p.name, p.stat().st_size, _sha256(p)) for p in sorted(directory.glob("*.safetensors")))
-        return recipe.read_text(encoding="utf-8"), shards, directory.name
+        text = safe_yaml.read_text(recipe)
+        try:
+            shards = tuple(ShardResult(p.name, p.stat().st_size, _sha256(p)) for p in sorted(directory.glob("*.safetensors")))
+        except OSError as e:
+            raise SourceError(f"Cannot read the weights in {directory}: {e.strerror or e}.", hint="Check the files' permissions.") from e
+        return text, shards, directory.name
     source = open_source(ModelRef.parse(target), token=token)
     try:
         text = source.read_file(RECIPE_FILE)

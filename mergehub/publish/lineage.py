@@ -18,6 +18,7 @@ from mergehub.errors import RecipeError
 from mergehub.plan import Plan
 from mergehub.publish.card_data import card_license, read_card_data
 from mergehub.recipe import RECIPE_FILE, ModelRef, parse_recipe
+from mergehub.sources.hub import HTTPError
 
 __all__ = ["LINEAGE_DEPTH", "LineageNode", "LineageEdge", "LineageGraph", "walk_lineage", "merge_lineage", "hub_reader"]
 
@@ -137,7 +138,7 @@ def hub_reader(filename: str, token: str | bool | None) -> Reader:
     return read
 
 
-def _unavailable_reason(error: OSError) -> str:
+def _unavailable_reason(error: Exception) -> str:
     if isinstance(error, GatedRepoError):
         return "gated, access not granted"
     if isinstance(error, RepositoryNotFoundError):
@@ -228,7 +229,7 @@ def walk_lineage(
                 license_id, relation, method, parents = _inspect(root_card, lambda: root_recipe)
             else:
                 license_id, relation, method, parents = _inspect(read_card(model), lambda: read_recipe(model))
-        except OSError as e:  # huggingface_hub's HTTP errors are OSErrors
+        except (OSError, HTTPError) as e:  # huggingface_hub's HTTP errors are OSErrors; network errors are not
             nodes.append(LineageNode(model, depth, unavailable=_unavailable_reason(e)))
             continue
         parents = [p for p in dict.fromkeys(parents) if p != model]

@@ -6,25 +6,45 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, RepositoryNotFoundError
+from huggingface_hub.errors import LocalTokenNotFoundError, RepositoryNotFoundError
 
-from mergehub.errors import PublishError
+from mergehub.errors import MergehubError, PublishError
 from mergehub.output import remove_stale_directories
 from mergehub.workers import DaemonPool
 from mergehub.sources.base import INDEX_NAME
+from mergehub.sources.hub import HTTPError
 from mergehub.writer import ShardResult
 
-__all__ = ["ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "push_card", "staging_directory", "MERGEHUB_TAG"]
+__all__ = [
+    "ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "delete_created_repo", "push_card",
+    "staging_directory", "hub_errors", "MERGEHUB_TAG",
+]
 
 MERGEHUB_TAG = "mergehub"
 _SCRATCH_PREFIX = "mergehub-push-"
 logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def hub_errors(action: str, hint: str = "Check the network and your token, then rerun.") -> Iterator[None]:
+    """The one place where a failed Hub call while publishing (HTTP status, network, a local file) becomes a
+    `PublishError`; `action` says what failed (`Uploading model-00001-of-00002.safetensors to alice/m`)."""
+    try:
+        yield
+    except MergehubError:
+        raise
+    except LocalTokenNotFoundError as e:
+        raise PublishError("No Hugging Face token found.", hint="Log in with `hf auth login` or set HF_TOKEN.") from e
+    except (HTTPError, OSError) as e:
+        raise PublishError(f"{action} failed: {e}.", hint=hint) from e
 
 
 @dataclass(frozen=True)
@@ -61,21 +81,19 @@ class ShardUploader:
 
     def _upload(self, path: Path) -> CommitOperationAdd:
         try:
-            operation = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
-            self.api.preupload_lfs_files(self.repo_id, [operation])
-            if not self.keep_local:
-                path.unlink()
-            return operation
+            with hub_errors(f"Uploading {path.name} to {self.repo_id}"):
+                operation = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
+                self.api.preupload_lfs_files(self.repo_id, [operation])
+                if not self.keep_local:
+                    path.unlink()
+                return operation
         finally:
             self._slots.release()
 
     def flush(self) -> None:
-        """Wait for every queued upload; raise the first failure."""
+        """Wait for every queued upload; raise the first failure (a `PublishError`)."""
         for upload in self._uploads:
-            try:
-                upload.result()
-            except HfHubHTTPError as e:
-                raise PublishError(f"Uploading a shard to {self.repo_id} failed: {e}.", hint="Check the network and your token, then rerun.") from e
+            upload.result()
 
     def operations(self) -> list[CommitOperationAdd]:
         """The uploaded shards, as commit operations."""
@@ -88,12 +106,8 @@ class ShardUploader:
 
 
 def _username(api: HfApi) -> str:
-    try:
+    with hub_errors("Reading the token's account", hint="Check HF_TOKEN (it needs write access) and the network."):
         return api.whoami()["name"]
-    except LocalTokenNotFoundError as e:
-        raise PublishError("No Hugging Face token found.", hint="Log in with `hf auth login` or set HF_TOKEN.") from e
-    except HfHubHTTPError as e:
-        raise PublishError(f"The Hub refused the token: {e}.", hint="Check HF_TOKEN (it needs write access).") from e
 
 
 def full_repo_id(api: HfApi, repo_id: str) -> str:
@@ -116,13 +130,14 @@ def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tup
     """
     user = _username(api)  # checks the token even for `org/name`
     repo_id = repo_id if "/" in repo_id else f"{user}/{repo_id}"
-    try:
-        info = api.model_info(repo_id)
-    except RepositoryNotFoundError:
+    with hub_errors(f"Reading {repo_id}"):
         try:
+            info = api.model_info(repo_id)
+        except RepositoryNotFoundError:
+            info = None
+    if info is None:
+        with hub_errors(f"Creating {repo_id}", hint="Check the namespace: your token must be allowed to write there."):
             api.create_repo(repo_id, private=private, repo_type="model")
-        except HfHubHTTPError as e:
-            raise PublishError(f"Cannot create {repo_id}: {e}.", hint="Check the namespace: your token must be allowed to write there.") from e
         return repo_id, True, True
     tags = (info.card_data.tags if info.card_data else None) or []
     files = {s.rfilename for s in info.siblings or []} - {".gitattributes"}
@@ -156,14 +171,20 @@ def commit_merge(
         if p.is_file() and p.name not in shards
     ]
     written = shards | {op.path_in_repo for op in others}
-    try:
+    with hub_errors(f"The commit to {repo_id}", hint="Nothing was committed; rerun to try again."):
         stale = sorted(f for f in api.list_repo_files(repo_id) if _is_weight_file(f) and f not in written)
         deletes = [CommitOperationDelete(path_in_repo=f) for f in stale] if replace_weights else []
         if stale and not replace_weights:
             logger.warning("%s keeps weight files this merge does not have (the repo was not made by mergehub): %s", repo_id, ", ".join(stale))
         return api.create_commit(repo_id, shard_operations + others + deletes, commit_message=f"Add {method} merge made with mergehub")
-    except HfHubHTTPError as e:
-        raise PublishError(f"The commit to {repo_id} failed: {e}.", hint="Nothing was committed; rerun to try again.") from e
+
+
+def delete_created_repo(api: HfApi, repo_id: str) -> None:
+    """Delete a repo this run created, after a failure; if that fails too, say what was left behind (the first error stands)."""
+    try:
+        api.delete_repo(repo_id, missing_ok=True)
+    except Exception as cleanup:  # noqa: BLE001 - the caller re-raises the real error
+        logger.warning("Could not delete %s after the failed push: %s", repo_id, cleanup)
 
 
 def staging_directory(out_dir: str | os.PathLike | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:
@@ -186,17 +207,11 @@ def push_card(repo_id: str, card: Any, *, token: str | bool | None = None) -> st
         PublishError: no token, no such repo, or the Hub refused the commit.
     """
     api = HfApi(token=token)
-    try:
+    with hub_errors(f"Pushing the card to {repo_id}", hint="Nothing was committed; check the repo ID and the token's rights, then rerun."):
         who = api.whoami()
         owners = {who["name"], *(org["name"] for org in who.get("orgs", []))}
         commit = api.create_commit(
             repo_id, [CommitOperationAdd("README.md", str(card).encode())], commit_message="Model card by mergehub",
             create_pr=repo_id.split("/")[0] not in owners,
         )
-    except LocalTokenNotFoundError as e:
-        raise PublishError("Pushing a card needs a Hugging Face token.", hint="Log in with `hf auth login`, or set HF_TOKEN.") from e
-    except RepositoryNotFoundError as e:
-        raise PublishError(f"{repo_id} was not found, or the token cannot read it.", hint="Check the repo ID and the token.") from e
-    except (HfHubHTTPError, OSError) as e:
-        raise PublishError(f"Pushing the card to {repo_id} failed: {e}.", hint="Nothing was committed; check the token's rights and try again.") from e
     return commit.pr_url or commit.commit_url

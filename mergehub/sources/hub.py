@@ -46,7 +46,7 @@ from mergehub.recipe import ModelRef
 from mergehub.sources.base import INDEX_NAME, TensorInfo, check_repo_file, header_length, parse_json, parse_safetensors_header, weight_files
 from mergehub.sources.stream_hash import OrderedHash
 
-__all__ = ["HubSource", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES", "DEFAULT_MAX_RETRY_AFTER", "hub_timeout", "max_retry_after"]
+__all__ = ["HubSource", "HTTPError", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES", "DEFAULT_MAX_RETRY_AFTER", "hub_timeout", "max_retry_after"]
 
 HEADER_PROBE_BYTES = 100_000
 MAX_COALESCED_BYTES = 64 * 1024**2
@@ -65,6 +65,8 @@ except ImportError:  # pragma: no cover
     import httpx as _httpx
 
 _TRANSIENT = (_httpx.TimeoutException, _httpx.NetworkError, _httpx.RemoteProtocolError)
+HTTPError = _httpx.HTTPError
+"""The base of every error of huggingface_hub's HTTP client (its own `HfHubHTTPError` too): network, timeout, status."""
 
 
 def _endpoint(endpoint: str | None) -> str:

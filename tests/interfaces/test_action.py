@@ -303,6 +303,22 @@ def test_two_recipes_for_one_repo_and_a_bad_repo_comment_fail_where_they_are_wri
     assert "::error file=recipes/odd.yml,line=2::'a/b/c' is not a valid Hub repo name." in log
 
 
+def test_an_unexpected_error_is_reported_as_a_bug_with_its_traceback(repo, capsys, monkeypatch):
+    from mergehub.interfaces import action
+
+    head = commit(repo, {"recipes/a.yml": "merge_method: linear\nmodels:\n  - model: org/a\n"})
+    monkeypatch.setattr(action, "target_repo", lambda *args: 1 / 0)
+    code, log, summary, _ = run(repo, "workflow_dispatch", {"after": head}, capsys, namespace="team", hf_token="tok-secret")
+    assert code == 1 and "❌ failed" in summary  # one recipe's bug does not stop the others
+    assert "::error file=recipes/a.yml,line=1::ZeroDivisionError: division by zero. This is a bug in mergehub" in log
+    assert "::group::Traceback (for the bug report)" in log and 'File "' in log
+
+    monkeypatch.setattr(action, "summary_markdown", lambda *args: 1 / 0)
+    code, log, _, _ = run(repo, "workflow_dispatch", {"after": head}, capsys, namespace="team", hf_token="tok-secret")
+    assert code == 70 and "::error::ZeroDivisionError: division by zero. This is a bug in mergehub" in log
+    assert "tok-secret" not in log
+
+
 # -- dispatching to a Space ------------------------------------------------------------------------------
 
 

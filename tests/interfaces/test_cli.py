@@ -74,3 +74,62 @@ def test_strict_refuses_a_recipe_with_warnings(family, write_recipe, tmp_path, c
     assert main(["merge", "--strict", recipe, str(tmp_path / "out")]) == 1 and not (tmp_path / "out").exists()
     assert main(["merge", recipe, str(tmp_path / "out"), "--no-progress"]) == 0
     assert "warning: parameters.embed_slerp (line " in capsys.readouterr().err
+
+
+# -- every failure is one message and a hint; anything else is a bug ------------------------------------
+
+
+def test_an_error_at_one_place_of_the_recipe_names_its_line(family, write_recipe, capsys):
+    text = "merge_method: linear\nmodels:\n" + "".join(f"  - model: {m}\n    parameters: {{weight: heavy}}\n" for m in family)
+    recipe = write_recipe(text)
+    assert main(["merge", "--dry-run", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert f"  at {recipe}:4 (models[0].parameters.weight)" in err and "hint: Write `weight` as a float" in err
+
+
+def test_an_unexpected_error_is_reported_as_a_bug_with_the_debug_command(family, write_recipe, monkeypatch, capsys):
+    from mergehub import api
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(api, "plan_merge", broken)
+    recipe = str(write_recipe(_recipe(family)))
+    assert main(["merge", "--dry-run", recipe]) == 70
+    err = capsys.readouterr().err
+    assert err.startswith("error: ZeroDivisionError: division by zero\nthis is a bug in mergehub")
+    assert f"  mergehub --debug merge --dry-run {recipe}\n" in err and "Traceback" not in err
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "merge", "--dry-run", recipe])
+
+
+def test_a_card_that_cannot_be_written_is_one_message(family, write_recipe, tmp_path, capsys):
+    from mergehub import run_merge
+
+    merged = run_merge(write_recipe(_recipe(family[:2])), tmp_path / "merged").out_dir
+    (merged / "README.md").unlink()
+    (merged / "README.md").mkdir()  # writing the card fails as a full or read-only disk would
+    assert main(["card", str(merged)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: Cannot write {merged / 'README.md'}") and "hint:" in err and "Traceback" not in err
+    assert main(["card", str(tmp_path)]) == 1
+    assert "has no mergekit_config.yml" in capsys.readouterr().err
+
+
+def test_hub_failures_while_pushing_a_card_are_one_message(family, write_recipe, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    from mergehub import api, run_merge
+    from mergehub.sources.hub import HTTPError
+
+    merged = run_merge(write_recipe(_recipe(family[:2])), tmp_path / "merged").out_dir
+    monkeypatch.setattr(api, "build_card", lambda target, **kwargs: "card")
+    for failure in (HTTPError("connection refused"), OSError("network is unreachable")):
+        def whoami(self, *args, failure=failure, **kwargs):
+            raise failure
+
+        monkeypatch.setattr(HfApi, "whoami", whoami)
+        assert main(["card", "alice/merged", "--push"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: Pushing the card to alice/merged failed:") and "hint:" in err and "Traceback" not in err
+    assert merged.is_dir()

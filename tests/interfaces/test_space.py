@@ -368,7 +368,7 @@ def test_summary_from_config_headers_and_card():
     tensors = {"a": info(shape=(4, 8), dtype="BF16", nbytes=64), "b": info(shape=(8,), dtype="F32", nbytes=32)}
     config = {"architectures": ["MistralForCausalLM"], "num_hidden_layers": 2, "hidden_size": 8, "vocab_size": 4}
     summary = summarize_model("org/m", config, tensors, b"---\nlicense: other\nlicense_name: my-license\n---\n# card")
-    assert summary == ModelSummary("org/m", "MistralForCausalLM", 2, 8, 4, "BF16", 40, 96, "my-license")
+    assert summary == ModelSummary("org/m", "MistralForCausalLM", 2, 8, 4, "BF16", 40, 96, "other (my-license)")
     assert summarize_model("org/m", {"model_type": "gpt2", "n_layer": 3}, {}, None).layers == 3
 
 

@@ -64,6 +64,22 @@ def test_failure_in_an_existing_repo_leaves_it_untouched(hub, family, write_reci
     assert HfApi().list_repo_commits("alice/again") == before
 
 
+@pytest.mark.parametrize("failure", [OSError("connection reset by peer"), "network"])
+def test_an_upload_failing_outside_http_is_a_publish_error_and_leaves_nothing(hub, family, write_recipe, monkeypatch, failure):
+    from mergehub.sources.hub import HTTPError
+
+    error = HTTPError("connection refused") if failure == "network" else failure
+
+    def preupload(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(HfApi, "preupload_lfs_files", preupload)
+    with pytest.raises(PublishError, match=r"Uploading model-00001-of-\d+\.safetensors to alice/cut failed") as info:
+        push_merge(write_recipe(_recipe(family)), "alice/cut", out_shard_bytes=100_000)
+    assert info.value.hint and info.value.__cause__ is error
+    assert not HfApi().repo_exists("alice/cut")
+
+
 def test_refuses_a_repo_mergehub_did_not_make(hub, family, write_recipe):
     hub.add_repo("alice/handmade", {"README.md": b"---\nlicense: mit\n---\nmine"})
     with pytest.raises(PublishError, match="not made by mergehub") as info:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from mergehub import api
-from mergehub import safe_yaml
-from mergehub.errors import MergehubError, RecipeError
+from mergehub.errors import MergehubError
 from mergehub.interfaces.space.safety import check_hub_reference, check_recipe_text, refuse_local_shadows, user_message
+from mergehub.publish.card_data import card_license, read_card_data
 from mergehub.units import format_count, format_size
 
 _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
@@ -47,21 +44,9 @@ def _config_value(config: Mapping[str, Any], keys: Sequence[str]) -> int | None:
 
 
 def _card_license(readme: bytes | None) -> str:
-    """The license in a model card's metadata (its name when `other`), or `?`."""
-    if not readme:
-        return "?"
-    text = readme.decode("utf-8", errors="replace")
-    match = re.match(r"\A---\s*\n(.*?)\n---\s*(\n|\Z)", text, re.S)
-    if not match:
-        return "?"
-    try:
-        meta = safe_yaml.load(match[1], what="The card's metadata")
-    except (RecipeError, yaml.YAMLError):
-        return "?"
-    if not isinstance(meta, dict) or not meta.get("license"):
-        return "?"
-    license_ = str(meta["license"])
-    return str(meta.get("license_name") or license_) if license_ == "other" else license_
+    """The license in a model card's metadata (`other (name)` with its name), or `?`."""
+    data = read_card_data(readme)
+    return (card_license(data) if data else None) or "?"
 
 
 def summarize_model(

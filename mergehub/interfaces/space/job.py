@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import re
 import shutil
 import tempfile
 import threading
@@ -14,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import ModelCard
 
 from mergehub import api
 from mergehub.errors import Cancelled, MergehubError, RecipeError
@@ -182,10 +183,10 @@ def _read_card(repo_id: str, revision: str, token: str, directory: Path) -> str:
 
 def _render_card(text: str) -> str:
     """Show a card's YAML metadata as a code block, then its body."""
-    match = re.match(r"\A---\s*\n(.*?)\n---\s*\n?", text, re.S)
-    if not match:
+    card = ModelCard(text, ignore_metadata_errors=True)  # a card mergehub has just pushed
+    if not card.data.to_dict():
         return text
-    return f"```yaml\n{match[1]}\n```\n\n{text[match.end() :]}"
+    return f"```yaml\n{card.data.to_yaml()}\n```\n\n{card.text.lstrip(chr(10))}"
 
 
 def merge(

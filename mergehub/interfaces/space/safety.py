@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
+from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.recipe import Recipe, is_hub_id, parse_recipe
 
 MAX_RECIPE_BYTES = 20_000
@@ -150,11 +151,6 @@ def read_token(oauth_token: Any) -> str | bool:
 
 # -- what a visitor may see -----------------------------------------------------------------------
 
-_TOKEN_PATTERNS = (
-    re.compile(r"\bhf_(?:oauth_)?[A-Za-z0-9]{16,}\b"),
-    re.compile(r"\bapi_org_[A-Za-z0-9]{16,}\b"),
-    re.compile(r"(?i)\b(bearer|token)([=:\s]+)[A-Za-z0-9._\-]{16,}"),
-)
 _FILE_URL = re.compile(r"\bfile:\S+")
 _HOME_PATH = re.compile(r"(?<![\w/])~/\S*")
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.:/~\-])/(?:[\w.\-+@%=~]+/?)+")
@@ -163,21 +159,17 @@ _PATH_SHOWN = "<server path>"
 
 def scrub(text: str, secrets: Sequence[str | bool | None] = ()) -> str:
     """Remove what a visitor must never see: tokens (`hf_...`, the session's own) and server paths."""
-    for secret in secrets:
-        if isinstance(secret, str) and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    text = _TOKEN_PATTERNS[0].sub("hf_***", text)
-    text = _TOKEN_PATTERNS[1].sub("api_org_***", text)
-    text = _TOKEN_PATTERNS[2].sub(lambda m: f"{m[1]}{m[2]}***", text)
+    text = scrub_tokens(text, secrets)
     text = _FILE_URL.sub(_PATH_SHOWN, text)
     text = _HOME_PATH.sub(_PATH_SHOWN, text)
     return _ABSOLUTE_PATH.sub(_PATH_SHOWN, text)
 
 
 def user_message(error: BaseException, secrets: Sequence[str | bool | None] = ()) -> str:
-    """What the page shows for an error: mergehub's message and hint, scrubbed; nothing else leaks."""
+    """What the page shows for an error: mergehub's message, where it is in the recipe, and hint, scrubbed; nothing else leaks."""
     if isinstance(error, MergehubError):
-        text = error.message + (f"\nHint: {error.hint}" if error.hint else "")
+        where = error.where()
+        text = error.message + (f"\nAt {where} of the recipe." if where else "") + (f"\nHint: {error.hint}" if error.hint else "")
     else:
         text = f"The server failed unexpectedly ({type(error).__name__}). Try again; if it keeps failing, report it."
     return scrub(text, secrets)
