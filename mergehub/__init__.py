@@ -1,6 +1,32 @@
-"""mergehub: merge language models from mergekit recipes, streaming tensor by tensor."""
+"""mergehub: merge language models from mergekit recipes, streaming tensor by tensor.
 
-from mergehub.api import MergeResult, PushResult, load_recipe, open_sources, parse_recipe, plan_merge, push_merge, run_merge
+The pipeline, one step per module (imports point down it; `tests/test_imports.py` checks):
+
+- `recipe`: mergekit YAML → a validated `Recipe` (warnings for what is ignored, with lines);
+- `sources`: `open_sources` opens each model once, keyed by `ModelRef`: headers, configs, small files, tensors;
+- `plan`: `plan_merge(recipe, sources)` → the whole merge as a `Plan` (jobs, shards, vocabulary, files to
+  write, pinned parents, warnings), checked before any weight is read; it round-trips through JSON;
+- `methods`: the merge kernels, declared with their parameter specs, by mergekit name;
+- `executor`: walks the plan tensor by tensor, reading ahead and merging with `methods`;
+- `writer`: the safetensors shards (and `gguf` the GGUF files) as tensors arrive; `output` stages and swaps;
+- `publish`: the model card, lineage and push to the Hub; `evaluation` scores with lm-eval;
+- `api`: the public surface strings these together; `experiments`: sweeps and searches over many merges;
+  `interfaces`: the CLI, the Space and the Action.
+
+`errors` holds every exception (each with a hint, and where in the recipe it is); this module
+re-exports the public surface, pinned by `__all__`.
+"""
+
+from mergehub.api import (
+    MergeResult,
+    PushResult,
+    load_recipe,
+    open_sources,
+    parse_recipe,
+    plan_merge,
+    push_merge,
+    run_merge,
+)
 from mergehub.errors import (
     Cancelled,
     GGUFError,
@@ -17,6 +43,7 @@ from mergehub.errors import (
 )
 from mergehub.executor import Progress
 from mergehub.plan import Plan
+from mergehub.sources import Sources
 
 __version__ = "0.1.0"
 
@@ -36,6 +63,7 @@ __all__ = [
     "PushResult",
     "RecipeError",
     "SourceError",
+    "Sources",
     "UnknownMethodError",
     "load_recipe",
     "open_sources",

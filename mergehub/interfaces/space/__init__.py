@@ -9,8 +9,9 @@ One job per module; imports point down this list, and only `page` and `view` nee
 - `compat`: the compatibility table, from configs and safetensors headers;
 - `presets`: the preset recipes and the default output repo name;
 - `form`: the form <-> recipe YAML mapping (`Form`, `form_to_yaml`, `yaml_to_form`);
-- `safety`: what a visitor may ask for (Hub references, limits, repo names) and see (`scrub`, `user_message`);
-- `units`: counts, sizes and durations as the page shows them.
+- `safety`: what a visitor may ask for (Hub references, limits, repo names) and see (`scrub`, `user_message`).
+
+Counts, sizes and durations are formatted by `mergehub.units`, as everywhere else.
 """
 
 from mergehub.interfaces.space.compat import ModelSummary, check_models, compatibility_markdown, summarize_model
