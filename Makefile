@@ -9,13 +9,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,space,eval,experiments]'
+	$(PY) -m pip install --quiet -e '.[dev,space,eval,experiments]' 'ruff==0.17.6'  # one ruff for all: its format changes between releases
 	touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m mergehub.demo demo-out
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 test-all: $(VENV)/.installed

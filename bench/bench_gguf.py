@@ -34,14 +34,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_merge import (  # noqa: E402
     RESULTS_DIR,
     SMALL_SHAPE,
-    LlamaShape,
     ChildRun,
+    LlamaShape,
     ensure_models,
     output_bytes,
     run_child,
     source_state,
     warm_cache,
 )
+
 from tests.test_real_model import smollm2_gguf  # noqa: E402
 
 RECIPE = """\
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         busy = f"{row.others_cores:.2f}" if row.others_cores is not None else "?"
-        print(f"| {row.name} | {row.seconds:.1f} | {row.seconds / reference.seconds:.2f} | {row.peak_rss_bytes / 2**30:.2f} | "
+        print(f"| {row.name} | {row.seconds:.1f} | {row.seconds / reference.seconds:.2f} | " f"{row.peak_rss_bytes / 2**30:.2f} | "
               f"{row.peak_rss_bytes / reference.peak_rss_bytes:.2f} | {row.bytes_written / 1e9:.2f} | {busy} |")
     RESULTS_DIR.mkdir(exist_ok=True)
     path = args.json or RESULTS_DIR / f"bench_gguf-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -184,7 +184,8 @@ def ensure_models(root: Path, shape: LlamaShape, *, noise: float, shard_bytes: i
 
 @dataclass(frozen=True)
 class BenchRecipe:
-    """A mergekit YAML recipe with `{base}`, `{ft1}`, `{ft2}` for the models and `{layers}`, and which models it reads."""
+    """A mergekit YAML recipe with `{base}`, `{ft1}`, `{ft2}` for the models and `{layers}`, and which models it
+    reads."""
 
     template: str
     reads: tuple[str, ...]

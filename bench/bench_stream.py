@@ -161,13 +161,13 @@ def _print(r: dict) -> None:
         print(f"| mergehub, streaming, shards not verified (MERGEHUB_VERIFY=0) | {r['mergehub_noverify_s']:.1f} "
               f"| {r['mergehub_noverify_s'] / limit:.2f} |")
     if "mergekit_way_s" in r:
-        print(f"| snapshot_download + mergekit-yaml | {r['mergekit_way_s']:.1f} ({r['download_s']:.1f} + {r['mergekit_merge_s']:.1f}) "
+        print(f"| snapshot_download + mergekit-yaml | {r['mergekit_way_s']:.1f} ({r['download_s']:.1f} + " f"{r['mergekit_merge_s']:.1f}) "
               f"| {r['mergekit_way_s'] / limit:.2f} |")
         print(f"\nmergehub / mergekit's way: {r['mergehub_s'] / r['mergekit_way_s']:.2f}")
     if "verify_overhead" in r:
         print(f"\nVerified streaming costs {100 * r['verify_overhead']:+.1f} % of the streaming time (target: under 5 %)")
     if r["first_shard_at_fraction"] is not None:
-        print(f"First output shard complete after {r['first_shard_s']:.1f} s, when {100 * r['first_shard_at_fraction']:.0f} % "
+        print(f"First output shard complete after {r['first_shard_s']:.1f} s, when " f"{100 * r['first_shard_at_fraction']:.0f} % "
               "of the needed input bytes had been sent")
 
 

@@ -101,7 +101,7 @@ class MergeResult:
         rate = (s.bytes_read + s.bytes_written) / max(s.seconds, 1e-9) / 1e9
         lines = [
             f"Merged {len(self.plan.jobs)} tensors in {s.seconds:.1f} s: read {s.bytes_read / 1e9:.2f} GB, "
-            f"wrote {s.bytes_written / 1e9:.2f} GB ({rate:.2f} GB/s), peak RSS {s.peak_rss_bytes / 2**30:.2f} GiB -> {self.out_dir}"
+            f"wrote {s.bytes_written / 1e9:.2f} GB ({rate:.2f} GB/s), peak RSS {s.peak_rss_bytes / 2**30:.2f} " f"GiB -> {self.out_dir}"
         ]
         lines += [f"  sha256 {shard.sha256}  {shard.filename}" for shard in self.shards]
         lines += [f"Warning: {w}" for w in self.stats.warnings()]
@@ -200,7 +200,8 @@ def merge_in_memory(
 
 def _planned(recipe: RecipeLike | Plan, sources: Mapping[ModelRef, TensorSource], *, seed: int | None, out_shard_bytes: int | None,
              strict: bool) -> Plan:
-    """The plan to run: `recipe` itself when it is one (whose seed and shard size cannot be changed), else planned now."""
+    """The plan to run: `recipe` itself when it is one (whose seed and shard size cannot be changed), else planned
+    now."""
     if not isinstance(recipe, Plan):
         return plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES, seed=seed or 0, strict=strict)
     changed = [f"{name} {given} (the plan has {planned})" for name, given, planned in
@@ -241,7 +242,8 @@ def run_merge(
     The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
     NaN or Inf values in inputs or outputs are warnings in the summary and recorded in the card; `strict`
     makes them an error, and refuses a recipe with
-    warnings (keys or parameters that would be ignored). `overwrite` replaces only a previous merge's directory (see `mergehub.output`).
+    warnings (keys or parameters that would be ignored). `overwrite` replaces only a previous merge's directory (see
+    `mergehub.output`).
     With `gguf_types` (`"f16,q8_0"` or a list), the same pass also writes one GGUF file per type into `gguf_dir`
     (default: `{out_dir}-GGUF`), with a card naming `gguf_repo_id` (default: `{repo_id}-GGUF`).
 

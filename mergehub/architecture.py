@@ -98,7 +98,8 @@ def module_of(name: str) -> str:
 
 
 def module_group(name: str) -> Group:
-    """Like `tensor_group`, within the tensor's own module: a tower's patch embedding is "pre", its final norm "post"."""
+    """Like `tensor_group`, within the tensor's own module: a tower's patch embedding is "pre", its final norm
+    "post"."""
     if is_language_model_tensor(name):
         return tensor_group(name)
     if split_layer_name(name) is not None:

@@ -27,7 +27,8 @@ Every error that is also an `OSError` carries its message in `strerror` too, so 
 formats `e.strerror` (as one does for an `OSError`) shows it instead of `None`.
 `excerpt` is how an error quotes a user's value: never whole, at most a line's worth.
 
-`Problem` is one located problem; `RecipeWarning` is not an exception either: it records something a recipe sets that mergehub (like
+`Problem` is one located problem; `RecipeWarning` is not an exception either: it records something a recipe sets that
+mergehub (like
 mergekit) accepts but ignores, and where; `--strict` turns warnings into a `RecipeError` carrying them.
 
 Nothing in mergehub is imported here.

@@ -180,7 +180,7 @@ def _strict_error(found: NonFinite) -> MergeMethodError:
     where = f"Input {found.tensor} of {found.model}" if found.model else f"The merged {found.tensor}"
     return MergeMethodError(
         f"{where} holds {found.count:,} NaN or Inf values.",
-        hint="--strict makes this an error; without it the merge finishes and the card records it. Check the model's weights.",
+        hint="--strict makes this an error; without it the merge finishes and the card records it. Check the " "model's weights.",
     )
 
 

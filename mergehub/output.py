@@ -66,7 +66,7 @@ def resolve_target(
         raise OutputError(f"--overwrite would replace {target}, which holds the recipe.", hint=hint)
     if not all(next(target.glob(pattern), None) for pattern in markers):
         raise OutputError(
-            f"--overwrite would replace {target}, which does not hold a previous output (it lacks {' or '.join(markers)}).",
+            f"--overwrite would replace {target}, which does not hold a previous output (it lacks " f"{' or '.join(markers)}).",
             hint=hint,
         )
     return target
@@ -129,7 +129,8 @@ def create_staging(target: Path) -> Path:
 
 
 def move_into_place(staging: Path, target: Path) -> None:
-    """Make the complete `staging` directory the `target`: the old one is renamed aside, the new one in, the old one deleted.
+    """Make the complete `staging` directory the `target`: the old one is renamed aside, the new one in, the old one
+    deleted.
 
     Raises:
         OutputError: a rename failed; the previous target is then back in place.

@@ -20,7 +20,7 @@ import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
@@ -38,7 +38,16 @@ from mergehub.architecture import (
     text_config,
 )
 from mergehub.architecture import num_layers as config_num_layers
-from mergehub.errors import MergehubError, PlanError, Problem, RecipeError, RecipeWarning, UnknownMethodError, excerpt, listing
+from mergehub.errors import (
+    MergehubError,
+    PlanError,
+    Problem,
+    RecipeError,
+    RecipeWarning,
+    UnknownMethodError,
+    excerpt,
+    listing,
+)
 from mergehub.methods import MethodSpec, ParamSpec, get_method
 from mergehub.recipe import (
     RECIPE_FILE,
@@ -86,8 +95,8 @@ _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
 _COPY = get_method("passthrough")
 """The method of tensors copied unchanged (not floating point, or outside the merge)."""
 
-Scalar = Union[bool, int, float, str, None]
-ParamValue = Union[Scalar, tuple[Scalar, ...]]
+Scalar = bool | int | float | str | None
+ParamValue = Scalar | tuple[Scalar, ...]
 """A resolved parameter: one value, or one per input model (None at the base for `non_base` parameters)."""
 
 
@@ -117,7 +126,8 @@ class TensorJob:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """An input model: its key (the reference as the recipe writes it), the commit it is pinned to, and what is read from it."""
+    """An input model: its key (the reference as the recipe writes it), the commit it is pinned to, and what is read
+    from it."""
 
     ref: str
     revision: str | None
@@ -219,7 +229,8 @@ class Plan:
     vocab: VocabAlignment | None = None
     """Each model's row map onto the output vocabulary, when the recipe merges vocabularies."""
     tokenizer_files: dict[str, bytes] = field(default_factory=dict, hash=False)
-    """The tokenizer files to write, by name: the output tokenizer built for the recipe, else the config model's files."""
+    """The tokenizer files to write, by name: the output tokenizer built for the recipe, else the config model's
+    files."""
     chat_template: str | None = None
     """The recipe's `chat_template`, resolved (written as chat_template.jinja); None keeps the tokenizer's own."""
     generation_config: bytes | None = None
@@ -245,7 +256,8 @@ class Plan:
         return next(m for m in self.models if m.ref == key)
 
     def output_files(self) -> dict[str, bytes]:
-        """The files written beside the weights, by name: config, recipe, generation config, tokenizer, chat template."""
+        """The files written beside the weights, by name: config, recipe, generation config, tokenizer, chat
+        template."""
         files = {"config.json": (json.dumps(self.config, indent=2) + "\n").encode(), RECIPE_FILE: self.recipe_text.encode()}
         if self.generation_config is not None:
             files["generation_config.json"] = self.generation_config
@@ -284,7 +296,7 @@ class Plan:
         files = self.output_files()
         lines.append("Files: " + ", ".join(f"{name} ({format_size(len(data))})" for name, data in sorted(files.items())))
         if self.vocab is not None:
-            lines.append(f"Vocabulary: {self.vocab.size} tokens in {self.vocab.rows} rows, each model's rows re-indexed onto them")
+            lines.append(f"Vocabulary: {self.vocab.size} tokens in {self.vocab.rows} rows, each model's rows re-indexed " "onto them")
         lines.append(f"Estimated peak memory for tensors: {format_size(self.peak_memory_bytes)}")
         lines += [f"Warning: {w}" for w in self.warnings]
         lines.append("Tensors:")
@@ -429,7 +441,7 @@ class _Planner:
             for name in available:
                 if name not in recipe.modules:
                     count = sum(self.in_module(n, name) for n in self.sources[config_ref].tensors())
-                    self.warnings.append(recipe.warning("modules", f"module `{name}` is not listed: its {count} tensors are left out of the output, as mergekit does."))
+                    self.warnings.append(recipe.warning("modules", f"module `{name}` is not listed: its {count} tensors are left out of the output, " "as mergekit does."))
             return modules, []
         if recipe.models:
             return [_Module(name, (self.slices_from_models(recipe.models, "", name),), None, "", False) for name in available], []
@@ -449,7 +461,7 @@ class _Planner:
             count = self.layers_of(source.model, module.name)
             if source.layer_range[1] > count:
                 raise RecipeError(
-                    f"{label}: layer_range {list(source.layer_range)} of {source.model} is out of bounds: it has {count} layers.",
+                    f"{label}: layer_range {list(source.layer_range)} of {source.model} is out of bounds: it " f"has {count} layers.",
                     hint=f"Use a range within [0, {count}].", location=f"{source.location}.layer_range",
                     line=self.recipe.line_of(f"{source.location}.layer_range"),
                 )
@@ -493,7 +505,8 @@ class _Planner:
         return base
 
     def scopes(self, module: _Module, out_slice: _Slice, source: _Source | None = None) -> list[Scope]:
-        """Where a parameter of this slice (and of `source`, for a per-model one) may be set, by mergekit's precedence."""
+        """Where a parameter of this slice (and of `source`, for a per-model one) may be set, by mergekit's
+        precedence."""
         own = (f"{source.location}.parameters", source.parameters) if source else None
         return precedence(own, (f"{out_slice.location}.parameters", out_slice.parameters),
                           (f"{module.location}.parameters".lstrip("."), module.parameters), self.recipe)
@@ -600,7 +613,8 @@ class _Planner:
         )
 
     def plan_module(self, module: _Module, bases: list[ModelRef | None]) -> int:
-        """Jobs for one module: the tensors before its layers, each output layer, the tensors after; returns its layer count."""
+        """Jobs for one module: the tensors before its layers, each output layer, the tensors after; returns its layer
+        count."""
         first, last = module.slices[0], module.slices[-1]
 
         def add_outside_layers(group: str, out_slice: _Slice, base: ModelRef | None) -> None:
@@ -630,7 +644,8 @@ class _Planner:
         return out_layer
 
     def parameter_warnings(self, modules: list[_Module], bases: dict[_Slice, ModelRef | None]) -> None:
-        """A warning for each parameter mergekit would ignore: unknown to the method, shared but set per model, or per model on the base."""
+        """A warning for each parameter mergekit would ignore: unknown to the method, shared but set per model, or per
+        model on the base."""
         method, recipe = self.method, self.recipe
         known = [p.name for p in method.params]
         per_model = {f"{s.location}.parameters": s.model for m in modules for sl in m.slices for s in sl.sources}
@@ -645,7 +660,7 @@ class _Planner:
                     self.warnings.append(recipe.warning(location, f"`{name}` is not a {method.name} parameter: ignored ({takes})."))
                 elif where in per_model and spec.scope == "shared":
                     self.warnings.append(recipe.warning(
-                        location, f"`{name}` is one value for all models in {method.name}, so a model's own `{name}` is ignored "
+                        location, f"`{name}` is one value for all models in {method.name}, so a model's own `{name}` " "is ignored "
                         "(set it in the recipe's or the slice's `parameters`).",
                     ))
                 elif where in per_model and spec.scope == "non_base" and per_model[where] == base_of[where]:
@@ -688,7 +703,8 @@ def _example(kind: type) -> str:
 
 def _output_config(planner: _Planner, modules: list[_Module], bases: dict[_Slice, ModelRef | None], ref: ModelRef,
                    dtype: str | None) -> dict:
-    """The merged model's config: the reference model's, with each sliced module's layer count and per-layer lists rebuilt."""
+    """The merged model's config: the reference model's, with each sliced module's layer count and per-layer lists
+    rebuilt."""
     config = copy.deepcopy(planner.configs[ref])
     for module in modules:
         total = sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in module.slices)
@@ -744,7 +760,8 @@ def plan_merge(
     try:
         method = get_method(recipe.merge_method)
     except UnknownMethodError as e:
-        raise recipe.locate(e, "merge_method")
+        recipe.locate(e, "merge_method")
+        raise
     refs = recipe.referenced_models()
     missing = [str(ref) for ref in refs if ref not in sources]
     if missing:
@@ -817,7 +834,8 @@ def _chat_template(recipe: Recipe, refs: Sequence[ModelRef], files_of: Callable[
     try:
         return resolve_chat_template(recipe.chat_template, {str(ref): files_of(ref) for ref in refs})
     except MergehubError as e:
-        raise recipe.locate(e, "chat_template")
+        recipe.locate(e, "chat_template")
+        raise
 
 
 def _input_files(jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]) -> tuple[InputFile, ...]:
@@ -888,5 +906,6 @@ def _output_vocabulary(
         output = build_output_tokenizer(spec, base, {str(ref): files_of(ref) for ref in refs}, list(tokens or {}), vocab_sizes=sizes)
         alignment = align_vocabularies(output, rows, tokens, settings.pad_to_multiple_of if settings else None)
     except MergehubError as e:
-        raise recipe.locate(e, where)
+        recipe.locate(e, where)
+        raise
     return output, alignment

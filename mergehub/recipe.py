@@ -119,8 +119,8 @@ class ModelRef:
 
 
 E = TypeVar("E", bound=MergehubError)
-Scalar = Union[bool, int, float, str]
-ScalarOrGradient = Union[Scalar, list[Scalar]]
+Scalar = bool | int | float | str
+ScalarOrGradient = Scalar | list[Scalar]
 
 
 class _Lenient(BaseModel):
@@ -136,7 +136,7 @@ class ConditionalValue(_Lenient):
     filter: str | None = None
 
 
-Setting = Union[ScalarOrGradient, ConditionalValue, list[ConditionalValue]]
+Setting = ScalarOrGradient | ConditionalValue | list[ConditionalValue]
 Parameters = dict[str, Setting]
 
 
@@ -208,7 +208,8 @@ DtypeName = Annotated[Literal["float32", "float16", "bfloat16", "float64"], Befo
 
 
 class TokenizerSettings(_Lenient):
-    """The `tokenizer:` block: where the vocabulary comes from (mergekit's default: `union`) and how tokens are filled."""
+    """The `tokenizer:` block: where the vocabulary comes from (mergekit's default: `union`) and how tokens are
+    filled."""
 
     source: str = "union"
     tokens: dict[str, Any] | None = None
@@ -398,7 +399,8 @@ def _holds(annotation: Any, value: Any) -> bool:
 
 
 def _unknown_keys(value: Any, annotation: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], type[BaseModel]]]:
-    """The path of every key that no model of the schema knows, and the model it is in, walking data and types together."""
+    """The path of every key that no model of the schema knows, and the model it is in, walking data and types
+    together."""
     for member in _members(annotation):
         if not _holds(member, value):
             continue

@@ -169,7 +169,7 @@ class ShardedWriter:
         shard_index, slot = self._order[self._next]
         if name != slot.name or tuple(tensor.shape) != slot.shape or tensor.dtype != DTYPES[slot.dtype]:
             raise OutputError(
-                f"Writer expected {slot.name!r} {slot.dtype}{list(slot.shape)}, got {name!r} {tensor.dtype}{list(tensor.shape)}."
+                f"Writer expected {slot.name!r} {slot.dtype}{list(slot.shape)}, got {name!r} " f"{tensor.dtype}{list(tensor.shape)}."
             )
         if self._file is None:
             self._open(shard_index)

@@ -43,7 +43,8 @@ def write_recipe(tmp_path: Path):
 
 @pytest.fixture
 def hub(tmp_path: Path):
-    """A Hub-compatible server on 127.0.0.1 with users alice (`tok-alice`) and bob, and huggingface_hub pointed at it as alice."""
+    """A Hub-compatible server on 127.0.0.1 with users alice (`tok-alice`) and bob, and huggingface_hub pointed at it
+    as alice."""
     from tests.hubserver import hub_client_env, start_hub_server
 
     with start_hub_server(tmp_path / "hub", {"tok-alice": "alice", "tok-bob": "bob"}, {"org": ["alice"]}) as server, hub_client_env(

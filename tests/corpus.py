@@ -364,7 +364,7 @@ def main() -> int:
                 state = "skipped"
             else:
                 assert r.mergekit is not None and r.mergehub is not None
-                state = f"mergekit {'merges' if r.mergekit.accepted else 'refuses'}, mergehub {'merges' if r.mergehub.accepted else 'refuses'}"
+                state = f"mergekit {'merges' if r.mergekit.accepted else 'refuses'}, mergehub " f"{'merges' if r.mergehub.accepted else 'refuses'}"
                 for w in r.mergehub.warnings:
                     kind = next((k for pattern, k in _WARNING_KINDS if re.search(pattern, w)), w)
                     warnings[kind] = warnings.get(kind, 0) + 1

@@ -20,7 +20,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from mergehub import run_merge
+from mergehub import UnknownMethodError, run_merge
 from mergehub.architecture import is_language_model_tensor, parse_layer_name, per_layer_keys, tensor_group
 from mergehub.methods import get_method
 from tests.helpers import load_tensors
@@ -256,7 +256,7 @@ METHODS = [
 def _registered(method: str) -> bool:
     try:
         get_method(method)
-    except Exception:
+    except UnknownMethodError:
         return False
     return True
 
@@ -298,7 +298,7 @@ def test_merge_matches_formula_and_loads(family: Family, case: MethodCase, write
         assert "lm_head.weight" not in merged
     for name, tensor in merged.items():
         expected = case.expected([x[name] for x in inputs])
-        torch.testing.assert_close(tensor, expected, rtol=0, atol=case.atol, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(tensor, expected, rtol=0, atol=case.atol, msg=lambda m, name=name: f"{name}: {m}")
     _load_and_run(out, arch)
 
 

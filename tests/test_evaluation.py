@@ -11,8 +11,8 @@ from huggingface_hub import ModelCard
 
 import mergehub
 from mergehub.demo import DEMO_RECIPE
-from mergehub.eval_tasks import SHIPPED_TASKS, TASKS_DIR
 from mergehub.errors import EvaluationError, UnknownTaskError
+from mergehub.eval_tasks import SHIPPED_TASKS, TASKS_DIR
 from mergehub.evaluation import (
     INSTALL_HINT,
     EvalReport,

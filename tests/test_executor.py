@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -89,9 +91,26 @@ def test_chunked_elementwise_merge_is_bit_identical(family, write_recipe, method
     with open_sources(parsed) as sources:
         plan = plan_merge(parsed, sources)
         by_key = sources.by_key()
+        assert sum(math.prod(job.shape) > 100 for job in plan.jobs[:6]) >= 2  # these are merged in chunks
         for job in plan.jobs[:6]:
             inputs = [by_key[i.model].read(i.name) for i in job.inputs]
             cpu, method = torch.device("cpu"), get_method(job.method)
             whole = merge_job(job, inputs, plan, method=method, device=cpu)
             chunked = merge_job(job, inputs, plan, method=method, device=cpu, chunk_elements=100)
             assert torch.equal(whole, chunked) and chunked.dtype == whole.dtype
+
+
+def test_sources_are_matched_to_the_plan_by_key_not_by_position(family, write_recipe, tmp_path):
+    from mergehub import PlanError, open_sources, plan_merge
+    from mergehub.recipe import load_recipe
+
+    recipe = load_recipe(write_recipe({"merge_method": "task_arithmetic", "base_model": str(family[0]),
+                                       "models": [{"model": str(m), "parameters": {"weight": 0.5}} for m in family[1:]]}))
+    with open_sources(recipe) as sources:
+        plan = plan_merge(recipe, sources)
+        as_opened = run_merge(plan, tmp_path / "as-opened", sources=sources)
+        reordered = run_merge(plan, tmp_path / "reordered", sources=dict(reversed(list(sources.items()))))
+        assert [s.sha256 for s in reordered.shards] == [s.sha256 for s in as_opened.shards]
+        with pytest.raises(PlanError, match=f"reads {family[0]}, but no source was given"):
+            run_merge(plan, tmp_path / "missing", sources={ref: s for ref, s in sources.items() if str(ref) != str(family[0])})
+    assert not (tmp_path / "missing").exists()

@@ -1,4 +1,5 @@
-"""NaN and Inf: counted in inputs and outputs, reported by name (an error with --strict), recorded in the card; no method crashes on them."""
+"""NaN and Inf: counted in inputs and outputs, reported by name (an error with --strict), recorded in the card; no
+method crashes on them."""
 
 from __future__ import annotations
 

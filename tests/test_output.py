@@ -1,4 +1,5 @@
-"""The output directory: --overwrite replaces only a previous merge, staging beside the target, stale staging removed, write errors."""
+"""The output directory: --overwrite replaces only a previous merge, staging beside the target, stale staging removed,
+write errors."""
 
 from __future__ import annotations
 

@@ -217,7 +217,7 @@ def test_base_model_of_a_models_recipe_is_an_input_for_every_method(family, writ
 
 def test_a_missing_parameter_names_the_ignored_key_that_was_probably_meant(family, write_recipe):
     """A `t:` indented at the top level (as published in some cards) is ignored, so slerp has no t."""
-    text = f"merge_method: slerp\nbase_model: {family[0]}\nmodels:\n  - model: {family[0]}\n  - model: {family[1]}\nparameters:\nt: 0.5\n"
+    text = f"merge_method: slerp\nbase_model: {family[0]}\nmodels:\n  - model: {family[0]}\n  - model: " f"{family[1]}\nparameters:\nt: 0.5\n"
     with pytest.raises(RecipeError, match="Missing required parameter 't'") as info:
         plan_merge(write_recipe(text))
     assert "Ignored in this recipe: t (line 7): `t` is not a recipe key" in (info.value.hint or "")
@@ -268,7 +268,7 @@ def test_each_problem_of_a_failed_plan_carries_its_location_and_line(family, wri
 
 
 def test_an_invalid_recipe_lists_each_problem_at_its_line(family, write_recipe):
-    text = f"merge_method: linear\nmodels:\n  - parameters: {{weight: 1}}\n  - model: {family[0]}\n    layer_range: 3\ndtype: float8\n"
+    text = f"merge_method: linear\nmodels:\n  - parameters: {{weight: 1}}\n  - model: {family[0]}\n    " "layer_range: 3\ndtype: float8\n"
     with pytest.raises(RecipeError) as info:
         plan_merge(write_recipe(text))
     assert {(p.location, p.line) for p in info.value.problems} == {("models[0].model", 3), ("dtype", 6)}

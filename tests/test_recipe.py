@@ -49,7 +49,7 @@ def test_gradients_and_filters(name, t, expected):
 
 
 def test_first_matching_filter_wins_and_unmatched_is_none():
-    setting = parse_recipe("merge_method: x\nmodels: [{model: a}]\nparameters: {w: [{filter: attn, value: 1}, {filter: self_attn, value: 2}]}").parameters["w"]
+    setting = parse_recipe("merge_method: x\nmodels: [{model: a}]\nparameters: {w: [{filter: attn, value: 1}, {filter: self_attn, " "value: 2}]}").parameters["w"]
     assert evaluate_setting(setting, "self_attn.q", 0) == 1
     assert evaluate_setting(setting, "mlp", 0) is None
 

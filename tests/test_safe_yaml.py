@@ -35,7 +35,7 @@ def test_alias_bomb_is_refused_at_once_by_the_cli_with_a_short_message(tmp_path)
 def test_aliases_are_refused_even_when_harmless():
     from mergehub import safe_yaml
 
-    text = "merge_method: linear\nmodels:\n  - {model: org/a, parameters: &w {weight: 1}}\n  - {model: org/b, parameters: *w}\n"
+    text = "merge_method: linear\nmodels:\n  - {model: org/a, parameters: &w {weight: 1}}\n  - {model: org/b, " "parameters: *w}\n"
     with pytest.raises(RecipeError, match="anchors and aliases .* at line 4") as info:
         parse_recipe(text)
     assert isinstance(info.value.__cause__, safe_yaml.AliasRefused) and info.value.__cause__.problem_mark.line == 3

@@ -331,8 +331,9 @@ def _render(template: str, conversation: list[dict], generation: bool) -> str:
 @pytest.mark.parametrize("name", ["chatml", "mistral"])
 def test_builtin_templates_render_like_mergekits(name):
     pytest.importorskip("mergekit")
-    import mergekit._data.chat_templates as mk_templates
     from importlib.resources import files as resource_files
+
+    import mergekit._data.chat_templates as mk_templates
 
     theirs = resource_files(mk_templates).joinpath(f"{name}.jinja").read_text()
     for conversation in CONVERSATIONS:

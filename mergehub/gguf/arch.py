@@ -139,7 +139,7 @@ def family_of(config: Mapping[str, Any]) -> Family:
     found = ", ".join(names) or f"model_type {config.get('model_type')!r}"
     raise GGUFError(
         f"mergehub does not write GGUF for {found}.",
-        hint=f"Supported: {supported}. For another architecture, write safetensors and use llama.cpp's convert_hf_to_gguf.py.",
+        hint=f"Supported: {supported}. For another architecture, write safetensors and use llama.cpp's " "convert_hf_to_gguf.py.",
     )
 
 
@@ -242,7 +242,8 @@ def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def prepare_tensor(target: TensorTarget, tensor: torch.Tensor | None = None) -> torch.Tensor:
-    """The tensor as llama.cpp stores it, in float32 (or float16 when the source is float16, as the converter keeps it)."""
+    """The tensor as llama.cpp stores it, in float32 (or float16 when the source is float16, as the converter keeps
+    it)."""
     if tensor is None:
         return torch.tensor(target.values, dtype=torch.float32)
     if tensor.dtype not in (torch.float16, torch.float32):

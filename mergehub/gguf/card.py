@@ -62,7 +62,7 @@ def _body(card: GGUFCard) -> str:
     lines = [f"# {name}", "", f"GGUF files of {source} ({what}, {card.architecture} architecture) for llama.cpp, "
              "Ollama and LM Studio, written by mergehub from the model's tensors as they were produced.", ""]
     lines += ["## Files", "", "| File | Type | Size | sha256 |", "|---|---|---|---|"]
-    lines += [f"| [{f.filename}]({HUB_URL}/{card.repo_id}/blob/main/{f.filename}) | {f.file_type} | {format_size(f.size)} | `{f.sha256}` |"
+    lines += [f"| [{f.filename}]({HUB_URL}/{card.repo_id}/blob/main/{f.filename}) | {f.file_type} | " f"{format_size(f.size)} | `{f.sha256}` |"
               for f in card.files]
     default = next((f for f in card.files if f.file_type == "Q8_0"), card.files[0])
     lines += ["", "## Run", "", "llama.cpp:", "", _fence(f"llama-cli -hf {card.repo_id}:{default.file_type}", "bash"), "",

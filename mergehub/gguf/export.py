@@ -18,7 +18,7 @@ import gguf
 import numpy as np
 import torch
 
-from mergehub.errors import GGUFError, OutputError
+from mergehub.errors import OutputError
 from mergehub.gguf.arch import ModelMap, TensorTarget, map_model, prepare_tensor
 from mergehub.gguf.metadata import Metadata, ModelInfo, model_metadata
 from mergehub.gguf.quant import FILE_TYPE_IDS, QType, encode, tensor_nbytes, tensor_type
@@ -67,7 +67,7 @@ class GGUFPlan:
             for qtype in file.tensor_types:
                 counts[qtype.name] = counts.get(qtype.name, 0) + 1
             mix = ", ".join(f"{n} {name}" for name, n in counts.items())
-            lines.append(f"{file.filename}: {self.model.family.arch.name.lower()}, {mix} tensors, {file.size(self.model) / 1e9:.2f} GB")
+            lines.append(f"{file.filename}: {self.model.family.arch.name.lower()}, {mix} tensors, " f"{file.size(self.model) / 1e9:.2f} GB")
         return "\n".join(lines)
 
 
@@ -199,7 +199,7 @@ class GGUFSink:
             OutputError: some tensors were never written.
         """
         if self._next != len(self._order):
-            raise OutputError(f"{len(self._order) - self._next} GGUF tensors were never written, starting with {self._order[self._next].name!r}.")
+            raise OutputError(f"{len(self._order) - self._next} GGUF tensors were never written, starting with " f"{self._order[self._next].name!r}.")
         return tuple(file.finish() for file in self._files)
 
     def close(self) -> None:

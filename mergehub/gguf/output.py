@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+
 from mergehub.gguf.card import gguf_card, render_gguf_card
 from mergehub.gguf.export import GGUFFile, GGUFPlan, GGUFSink, plan_gguf
 from mergehub.gguf.metadata import ModelInfo
@@ -80,7 +81,8 @@ def open_gguf(
     plan: Plan, *, name: str, types: Sequence[str] | str, target: Path, overwrite: bool, base_models: Sequence[str] = (),
     tags: Sequence[str] = (),
 ) -> GGUFOutput:
-    """Lay out the GGUF files of the model a plan writes (from the plan alone, before any weight is read), open in staging.
+    """Lay out the GGUF files of the model a plan writes (from the plan alone, before any weight is read), open in
+    staging.
 
     The GGUF layout stays a plan of its own (`GGUFPlan`), derived from the `Plan` by this pure step: it needs the
     optional `gguf` package, and its types are an output format chosen per run, not part of the merge.

@@ -34,7 +34,8 @@ Types = gguf.TokenType
 
 @dataclass(frozen=True)
 class GGUFVocab:
-    """The tokenizer keys of a GGUF file; `size` is the token count llama.cpp's converter takes as the real vocabulary."""
+    """The tokenizer keys of a GGUF file; `size` is the token count llama.cpp's converter takes as the real
+    vocabulary."""
 
     model: str
     pre: str

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -51,8 +50,8 @@ from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
 from mergehub.publish.push import hub_errors
-from mergehub.sources.hub import HTTPError
 from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256
+from mergehub.sources.hub import HTTPError
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -391,10 +390,11 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
                 except (RepositoryNotFoundError, RevisionNotFoundError) as e:
                     raise ModelReferenceError(
                         f"Model '{ref}' was not found on the Hub.",
-                        hint="Check the model ID and revision; a private or gated model needs an `hf-token` that can read it.",
+                        hint="Check the model ID and revision; a private or gated model needs an `hf-token` " "that can read it.",
                     ) from e
         except MergehubError as e:
-            raise recipe.locate(e, recipe.location_of(ref))
+            recipe.locate(e, recipe.location_of(ref))
+            raise
     return parents
 
 
@@ -769,7 +769,7 @@ def _run(env: Mapping[str, str], log: _Console, space_client: Callable[[str, str
                 log("::endgroup::")
     except KeyboardInterrupt as e:
         log("::endgroup::")
-        log(annotation("error", f"The run was stopped ({'SIGTERM' if isinstance(e, Terminated) else 'SIGINT'}) during {path or 'setup'}; "
+        log(annotation("error", f"The run was stopped ({'SIGTERM' if isinstance(e, Terminated) else 'SIGINT'}) during " f"{path or 'setup'}; "
                                 "its partial output and any repo it had just created were removed."))
         return exit_code(e)
     for o in outcomes:

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
     merge.add_argument("--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)")
     merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
-    merge.add_argument("--strict", action="store_true", help="warnings become errors: keys or parameters the recipe sets that would be ignored, NaN or Inf in an input or the output")
+    merge.add_argument("--strict", action="store_true", help="warnings become errors: keys or parameters the recipe sets that would be ignored, NaN or Inf in " "an input or the output")
     merge.add_argument("--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)")
     merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
     merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
@@ -211,7 +211,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.write_card:
         _write_card(Path(args.model), api.card_with_scores(args.model, report, comparison))
     elif args.push_card:
-        print(f"Card pushed: {api.push_card(args.model.split('@')[0], api.card_with_scores(args.model, report, comparison))}")
+        print("Card pushed: " f"{api.push_card(args.model.split('@')[0], api.card_with_scores(args.model, report, comparison))}")
     return 0
 
 
@@ -261,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(e, args)
         return 1
     except KeyboardInterrupt as e:
-        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: stopped and cleaned up; no output was left behind.",
+        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: stopped and cleaned up; no " "output was left behind.",
               file=sys.stderr)
         return exit_code(e)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: say so, and how to see the traceback

@@ -304,7 +304,8 @@ def magnitude_mask(score: Score, like: torch.Tensor, density: float) -> Mask | N
 
 
 def outlier_mask(score: Score, like: torch.Tensor, density: float, gamma: float) -> Mask | None:
-    """Model Breadcrumbs: drop the `int(gamma * numel)` largest scores, then the smallest, keeping `int(density * numel)`.
+    """Model Breadcrumbs: drop the `int(gamma * numel)` largest scores, then the smallest, keeping `int(density *
+    numel)`.
 
     The outlier cut shrinks when it and the kept part do not fit together.
     """

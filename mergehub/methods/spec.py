@@ -48,7 +48,8 @@ class ParamSpec:
         return self.name + "_" if keyword.iskeyword(self.name) else self.name
 
     def default_for(self, count: int, base_index: int | None) -> Any:
-        """The default as a kernel receives it for `count` inputs: per-model defaults once per input, None at the base."""
+        """The default as a kernel receives it for `count` inputs: per-model defaults once per input, None at the
+        base."""
         if self.scope == "shared":
             return self.default
         return tuple(None if self.scope == "non_base" and i == base_index else self.default for i in range(count))

@@ -228,7 +228,7 @@ def walk_lineage(
             if given_root and model == repo_id:
                 license_id, relation, method, parents = _inspect(root_card, lambda: root_recipe)
             else:
-                license_id, relation, method, parents = _inspect(read_card(model), lambda: read_recipe(model))
+                license_id, relation, method, parents = _inspect(read_card(model), lambda model=model: read_recipe(model))
         except (OSError, HTTPError) as e:  # huggingface_hub's HTTP errors are OSErrors; network errors are not
             nodes.append(LineageNode(model, depth, unavailable=_unavailable_reason(e)))
             continue

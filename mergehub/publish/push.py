@@ -18,9 +18,9 @@ from huggingface_hub.errors import LocalTokenNotFoundError, RepositoryNotFoundEr
 
 from mergehub.errors import MergehubError, PublishError
 from mergehub.output import remove_stale_directories
-from mergehub.workers import DaemonPool
 from mergehub.sources.base import INDEX_NAME
 from mergehub.sources.hub import HTTPError
+from mergehub.workers import DaemonPool
 from mergehub.writer import ShardResult
 
 __all__ = [
@@ -180,7 +180,8 @@ def commit_merge(
 
 
 def delete_created_repo(api: HfApi, repo_id: str) -> None:
-    """Delete a repo this run created, after a failure; if that fails too, say what was left behind (the first error stands)."""
+    """Delete a repo this run created, after a failure; if that fails too, say what was left behind (the first error
+    stands)."""
     try:
         api.delete_repo(repo_id, missing_ok=True)
     except Exception as cleanup:  # noqa: BLE001 - the caller re-raises the real error

@@ -100,7 +100,9 @@ def open_sources(
             try:
                 opened._sources[key] = open_source(ref, token=token, cache_dir=cache_dir, label=str(key))
             except MergehubError as e:
-                raise recipe.locate(e, recipe.location_of(key)) if recipe is not None else e
+                if recipe is not None:
+                    recipe.locate(e, recipe.location_of(key))
+                raise
     except BaseException:
         opened.close()
         raise

@@ -144,7 +144,8 @@ def weight_files(names: list[str], index: object, label: str) -> list[str]:
 
 
 def header_length(prefix: bytes, file: str, file_size: int | None = None) -> int:
-    """The JSON header length stored in a safetensors file's first 8 bytes (checked against the file's size when known)."""
+    """The JSON header length stored in a safetensors file's first 8 bytes (checked against the file's size when
+    known)."""
     if len(prefix) < 8 or (file_size is not None and file_size < 8):
         raise SourceError(f"{file} is too short to be a safetensors file.", hint="The file may be truncated.")
     (length,) = struct.unpack("<Q", prefix[:8])
@@ -264,7 +265,8 @@ class TensorSource(Protocol):
     """The sha256 of each weight file that can be verified as it streams (empty for a local directory)."""
 
     def verify(self, files: Iterable[str]) -> None:
-        """Hash these files (keys of `checksums`, each read whole by the merge) as they stream; a mismatch raises SourceError."""
+        """Hash these files (keys of `checksums`, each read whole by the merge) as they stream; a mismatch raises
+        SourceError."""
         ...
 
     def verified_files(self) -> list[str]:

@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -43,7 +43,15 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 
 from mergehub.errors import MissingTensorError, SourceError
 from mergehub.recipe import ModelRef
-from mergehub.sources.base import INDEX_NAME, TensorInfo, check_repo_file, header_length, parse_json, parse_safetensors_header, weight_files
+from mergehub.sources.base import (
+    INDEX_NAME,
+    TensorInfo,
+    check_repo_file,
+    header_length,
+    parse_json,
+    parse_safetensors_header,
+    weight_files,
+)
 from mergehub.sources.stream_hash import OrderedHash
 
 __all__ = ["HubSource", "HTTPError", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES", "DEFAULT_MAX_RETRY_AFTER", "hub_timeout", "max_retry_after"]
@@ -74,7 +82,8 @@ def _endpoint(endpoint: str | None) -> str:
 
 
 def hub_timeout() -> _httpx.Timeout:
-    """Connect within `HF_HUB_ETAG_TIMEOUT` seconds; wait at most `HF_HUB_DOWNLOAD_TIMEOUT` for each read (as huggingface_hub)."""
+    """Connect within `HF_HUB_ETAG_TIMEOUT` seconds; wait at most `HF_HUB_DOWNLOAD_TIMEOUT` for each read (as
+    huggingface_hub)."""
     return _httpx.Timeout(float(constants.HF_HUB_DOWNLOAD_TIMEOUT), connect=float(constants.HF_HUB_ETAG_TIMEOUT))
 
 
@@ -102,7 +111,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds()) if when.tzinfo else None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds()) if when.tzinfo else None
 
 
 def _verification_enabled() -> bool:
@@ -163,7 +172,7 @@ class HubSource:
         except GatedRepoError as e:
             raise SourceError(
                 f"{self.label} is a gated repo and this token has not been granted access.",
-                hint=f"Accept its conditions at {self.endpoint}/{self.repo_id}, then use a token of that account (HF_TOKEN).",
+                hint=f"Accept its conditions at {self.endpoint}/{self.repo_id}, then use a token of that " "account (HF_TOKEN).",
             ) from e
         except RevisionNotFoundError as e:
             raise SourceError(f"{self.label}: revision not found in {self.repo_id}.", hint="Check the branch, tag or commit after `@`.") from e
@@ -241,7 +250,7 @@ class HubSource:
             return data
         if actual != expected:
             raise SourceError(
-                f"{self.label}: {filename} arrived with content {actual[:12]}…, but the repo lists {expected[:12]}…: it was changed in transit.",
+                f"{self.label}: {filename} arrived with content {actual[:12]}…, but the repo lists " f"{expected[:12]}…: it was changed in transit.",
                 hint="Try again; if it persists, a proxy or the network corrupts downloads.",
             )
         return data
@@ -361,7 +370,7 @@ class HubSource:
             except _httpx.TimeoutException as e:
                 kind = "connecting" if isinstance(e, _httpx.ConnectTimeout) else "waiting for data"
                 problem = f"no progress for {timeout.connect if kind == 'connecting' else timeout.read:.0f} s while {kind}"
-                hint = "The server stopped answering. Try again later; on a slow link raise HF_HUB_DOWNLOAD_TIMEOUT (seconds)."
+                hint = "The server stopped answering. Try again later; on a slow link raise " "HF_HUB_DOWNLOAD_TIMEOUT (seconds)."
             except (_httpx.NetworkError, _httpx.RemoteProtocolError) as e:
                 problem, hint = f"the connection failed ({e or type(e).__name__})", "Check the network connection, then try again."
             else:
@@ -370,13 +379,13 @@ class HubSource:
                     asked = _retry_after(response.headers)
                     if asked is not None and asked > max_retry_after():
                         raise SourceError(
-                            f"{self.label}: reading {what}: the server answered {response.status_code} and asks to wait "
+                            f"{self.label}: reading {what}: the server answered {response.status_code} and asks " "to wait "
                             f"{asked:.0f} s (Retry-After), more than mergehub waits ({max_retry_after():.0f} s).",
                             hint="Try again later, or raise MERGEHUB_MAX_RETRY_AFTER (seconds).",
                         )
                     wait = wait if asked is None else asked
                 elif response.status_code >= 400:
-                    self._call(lambda: hf_raise_for_status(response))
+                    self._call(lambda answer=response: hf_raise_for_status(answer))
                     problem = f"the server answered {response.status_code}"
                 else:
                     content = response.content
@@ -384,7 +393,7 @@ class HubSource:
                         problem = _range_problem(
                             response.status_code, response.headers.get("Content-Range"), len(content), start, end, may_end_early
                         )
-                        hint = "The server or a proxy does not honour HTTP Range requests; mergehub refuses to guess the weights."
+                        hint = "The server or a proxy does not honour HTTP Range requests; mergehub refuses to " "guess the weights."
                     elif self.file_sizes.get(file) not in (None, len(content)):
                         problem = f"the body has {len(content)} bytes, but the repo lists {self.file_sizes[file]}"
                         hint = "The download was cut short or altered; try again."

@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 from mergehub.errors import MissingTensorError, SourceError
-from mergehub.sources.base import INDEX_NAME, TensorInfo, header_length, parse_json, parse_safetensors_header, weight_files
+from mergehub.sources.base import (
+    INDEX_NAME,
+    TensorInfo,
+    header_length,
+    parse_json,
+    parse_safetensors_header,
+    weight_files,
+)
 
 __all__ = ["LocalSource"]
 

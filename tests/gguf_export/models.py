@@ -41,7 +41,8 @@ def bpe_tokenizer_files(vocab: int = VOCAB) -> dict[str, bytes]:
 
 
 def spm_tokenizer_files(vocab: int = VOCAB) -> dict[str, bytes]:
-    """A SentencePiece tokenizer as Llama 2, Mistral and Gemma repos ship it: tokenizer.model (byte fallback) + tokenizer.json."""
+    """A SentencePiece tokenizer as Llama 2, Mistral and Gemma repos ship it: tokenizer.model (byte fallback) +
+    tokenizer.json."""
     import sentencepiece
     from transformers import AutoTokenizer
 
@@ -90,7 +91,7 @@ def make_family_model(family: str, directory: Path, *, seed: int, base: Path | N
     with torch.no_grad():
         if base is not None:
             model.load_state_dict(getattr(transformers, model_class).from_pretrained(base).state_dict())
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             scale = noise if base is not None else 0.05
             parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
     model.to(dtype).save_pretrained(directory)

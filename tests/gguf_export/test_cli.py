@@ -63,7 +63,7 @@ def test_merge_refuses_a_k_quant_before_merging(family, write_recipe, tmp_path, 
 
 
 def test_without_the_gguf_package_the_command_says_how_to_install(tmp_path):
-    code = "import sys; sys.modules['gguf'] = None; from mergehub.interfaces.cli import main; sys.exit(main(['gguf', 'x', 'y', '--types', 'f16']))"
+    code = "import sys; sys.modules['gguf'] = None; from mergehub.interfaces.cli import main; " "sys.exit(main(['gguf', 'x', 'y', '--types', 'f16']))"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1 and "pip install 'mergehub[gguf]'" in run.stderr
 

@@ -149,12 +149,12 @@ def test_target_repo_from_comment_or_stem():
 def test_published_record_from_front_matter_or_from_the_card_body():
     recipe = "merge_method: linear\n"
     sha_a, sha_b = "a" * 40, "b" * 40
-    with_block = f"---\nmergehub:\n  recipe_sha256: {recipe_sha256(recipe)}\n  parents:\n    org/a: {sha_a}\n    ./local: null\n---\n# x\n"
+    with_block = f"---\nmergehub:\n  recipe_sha256: {recipe_sha256(recipe)}\n  parents:\n    org/a: {sha_a}\n   " " ./local: null\n---\n# x\n"
     assert parse_published(with_block, None) == Published(recipe_sha256(recipe), {"org/a": sha_a})
     body = (
         "---\nlicense: mit\n---\n## Parents\n\n| Model | Revision | License | Scores |\n|---|---|---|---|\n"
-        f"| [org/a](https://huggingface.co/org/a) (base) | [`{sha_a[:10]}`](https://huggingface.co/org/a/commit/{sha_a}) | mit | — |\n"
-        f"| [org/b](https://huggingface.co/org/b) | [`{sha_b[:10]}`](https://huggingface.co/org/b/commit/{sha_b}) | mit | — |\n"
+        "| [org/a](https://huggingface.co/org/a) (base) | " f"[`{sha_a[:10]}`](https://huggingface.co/org/a/commit/{sha_a}) | mit | — |\n"
+        "| [org/b](https://huggingface.co/org/b) | " f"[`{sha_b[:10]}`](https://huggingface.co/org/b/commit/{sha_b}) | mit | — |\n"
         "| `./local` (local) | — | unknown | — |\n"
     )
     published = parse_published(body, recipe)
@@ -183,7 +183,7 @@ def test_action_yml_passes_every_input_and_the_shim_runs_main(repo, monkeypatch,
     metadata = yaml.safe_load((Path(__file__).parents[2] / "action.yml").read_text())
     step = next(s for s in metadata["runs"]["steps"] if s.get("id") == "mergehub")
     assert step["run"] == "python -m mergehub.action"
-    for name, spec in metadata["inputs"].items():
+    for name in metadata["inputs"]:
         if name != "python-version":
             assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}"
     defaults = {f"INPUT_{n.upper().replace('-', '_')}": spec["default"] for n, spec in metadata["inputs"].items()}
@@ -265,7 +265,7 @@ def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(hub, par
     assert code == 1
     assert "::error file=recipes/bad-method.yml,line=2::Unknown merge_method 'nope'.%0AHint: Use one of:" in log
     # what mergekit ignores is a warning at its line, from the warning's fields
-    assert "::warning file=recipes/bad-param.yml,line=10::models[1].parameters.density: `density` is not a linear parameter" in log
+    assert "::warning file=recipes/bad-param.yml,line=10::models[1].parameters.density: `density` is not a linear " "parameter" in log
     assert "::warning file=recipes/bad-key.yml,line=10::tokenizer_sorce: `tokenizer_sorce` is not a recipe key" in log
     assert "did you mean `tokenizer_source`?" in log
     assert "recipes/old.yml" not in log  # unchanged by the pull request
@@ -275,7 +275,7 @@ def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(hub, par
 
     code, log, summary, _ = run(repo, "pull_request", event, capsys, strict="true")
     assert code == 1 and summary.count("❌ failed") == 3
-    assert "::error file=recipes/bad-param.yml,line=10::strict: models[1].parameters.density: `density` is not a linear parameter" in log
+    assert "::error file=recipes/bad-param.yml,line=10::strict: models[1].parameters.density: `density` is not a " "linear parameter" in log
     assert "::error file=recipes/bad-key.yml,line=10::strict: tokenizer_sorce: " in log
 
 

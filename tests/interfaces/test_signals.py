@@ -33,7 +33,8 @@ def stuck(hub, family, tmp_path):
 
 
 def _stop_when_stuck(hub, args: list[str], env: dict, cwd: Path, sig: int) -> tuple[subprocess.CompletedProcess, float]:
-    """Start `mergehub ARGS`, wait until the server holds one of its reads, send `sig`; the result and seconds to exit."""
+    """Start `mergehub ARGS`, wait until the server holds one of its reads, send `sig`; the result and seconds to
+    exit."""
     proc = subprocess.Popen([sys.executable, "-m", "mergehub", *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 90

@@ -14,7 +14,6 @@ from huggingface_hub import HfApi
 
 from mergehub.errors import ModelReferenceError, PublishError, RecipeError, SourceError
 from mergehub.interfaces import space
-from mergehub.interfaces.space import job as space_job
 from mergehub.interfaces.space import (
     MAX_MODELS,
     MAX_RECIPE_BYTES,
@@ -36,6 +35,7 @@ from mergehub.interfaces.space import (
     user_message,
     yaml_to_form,
 )
+from mergehub.interfaces.space import job as space_job
 from mergehub.recipe import parse_recipe
 
 ALICE = types.SimpleNamespace(token="tok-alice", scope="openid profile contribute-repos", expires_at=2**31)

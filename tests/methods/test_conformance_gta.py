@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-mergekit_api = pytest.importorskip("mergekit.merge_methods.api")
-mergekit_methods = pytest.importorskip("mergekit.merge_methods")
-
 from mergehub.methods import get_method
 from mergehub.methods.ties_family import SPECS
+
+mergekit_api = pytest.importorskip("mergekit.merge_methods.api")
+mergekit_methods = pytest.importorskip("mergekit.merge_methods")
 
 ATOL = 1e-6
 NAMES = tuple(spec.name for spec in SPECS)

@@ -48,7 +48,7 @@ CRAFTED = {
 def test_crafted_headers_are_refused_like_safetensors_refuses_them(tmp_path, case):
     header, data_bytes, pattern = CRAFTED[case]
     path = write_raw(tmp_path / "model.safetensors", header, bytes(data_bytes))
-    with pytest.raises(Exception):  # the oracle: safetensors refuses the file too
+    with pytest.raises(Exception):  # noqa: B017 - the oracle: safetensors refuses the file too, with errors of its own
         with safe_open(path, "pt") as f:
             [f.get_tensor(k) for k in f.keys()]
     (tmp_path / "config.json").write_text("{}")
@@ -96,7 +96,7 @@ def test_dry_run_refuses_an_overlapping_file_with_a_message_not_a_traceback(tmp_
     text = json.dumps(header).encode()
     target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {family[0]}\n    parameters: {{weight: 1}}\n  - model: {broken}\n    parameters: {{weight: 1}}\n")
+    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {family[0]}\n    parameters: {{weight: 1}}\n  - model: " f"{broken}\n    parameters: {{weight: 1}}\n")
     run = subprocess.run([sys.executable, "-m", "mergehub", "merge", "--dry-run", str(recipe)], capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "error:" in run.stderr and "model.safetensors: tensor" in run.stderr

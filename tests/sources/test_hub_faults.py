@@ -159,7 +159,7 @@ def test_flipped_bytes_in_a_shard_read_whole_stop_the_merge_before_any_output(on
     plan = plan_merge(write_recipe(_linear(["org/base", "org/ft"])))
     assert [(f.file, f.verified) for f in plan.input_files] == [("model.safetensors", True)] * 2
     on_hub.fail_next(f"org/ft/resolve/{on_hub.revision_sha('org/ft')}/model.safetensors", "flip", times=10)
-    with pytest.raises(SourceError, match=r"org/ft: model\.safetensors was changed in transit: its bytes hash to [0-9a-f]{64}, but the repo lists sha256"):
+    with pytest.raises(SourceError, match=r"org/ft: model\.safetensors was changed in transit: its bytes hash to [0-9a-f]{64}, but the " r"repo lists sha256"):
         run_merge(write_recipe(_linear(["org/base", "org/ft"])), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 

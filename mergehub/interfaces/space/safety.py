@@ -92,7 +92,8 @@ def check_recipe_text(text: str) -> Recipe:
     """Parse a visitor's recipe and enforce the Space's limits: size, model count, Hub references only.
 
     Raises:
-        RecipeError: too large, too many models or slices, YAML aliases (refused by `parse_recipe`), or an invalid recipe.
+        RecipeError: too large, too many models or slices, YAML aliases (refused by `parse_recipe`), or an invalid
+        recipe.
         ModelReferenceError: a model reference is not a Hub ID.
     """
     size = len(text.encode("utf-8"))
@@ -166,7 +167,8 @@ def scrub(text: str, secrets: Sequence[str | bool | None] = ()) -> str:
 
 
 def user_message(error: BaseException, secrets: Sequence[str | bool | None] = ()) -> str:
-    """What the page shows for an error: mergehub's message, where it is in the recipe, and hint, scrubbed; nothing else leaks."""
+    """What the page shows for an error: mergehub's message, where it is in the recipe, and hint, scrubbed; nothing
+    else leaks."""
     if isinstance(error, MergehubError):
         where = error.where()
         text = error.message + (f"\nAt {where} of the recipe." if where else "") + (f"\nHint: {error.hint}" if error.hint else "")
