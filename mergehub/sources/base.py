@@ -21,6 +21,7 @@ __all__ = [
     "check_repo_file",
     "dtype_code",
     "header_length",
+    "parse_config",
     "parse_json",
     "weight_files",
     "parse_safetensors_header",
@@ -111,6 +112,20 @@ def parse_json(data: bytes | str, file: str, label: str) -> object:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SourceError(f"{label}: {file} is not valid JSON: {e}.", hint="The file is corrupt; check the model.") from e
+
+
+def parse_config(raw: bytes | None, label: str, *, missing_hint: str) -> dict:
+    """A model's config.json, parsed: a JSON object, or a SourceError naming the model.
+
+    Raises:
+        SourceError: the model has no config.json (`raw` is None), or it is not a JSON object.
+    """
+    if raw is None:
+        raise SourceError(f"{label} has no config.json.", hint=missing_hint)
+    config = parse_json(raw, "config.json", label)
+    if not isinstance(config, dict):
+        raise SourceError(f"{label}: config.json is not a JSON object.", hint="Check the model's config.json.")
+    return config
 
 
 def weight_files(names: list[str], index: object, label: str) -> list[str]:

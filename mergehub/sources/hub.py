@@ -48,6 +48,7 @@ from mergehub.sources.base import (
     TensorInfo,
     check_repo_file,
     header_length,
+    parse_config,
     parse_json,
     parse_safetensors_header,
     weight_files,
@@ -225,13 +226,7 @@ class HubSource:
 
     def config(self) -> dict:
         """The model's config.json."""
-        raw = self.read_file("config.json")
-        if raw is None:
-            raise SourceError(f"{self.label} has no config.json.", hint="mergehub merges transformers models with a config.json.")
-        config = parse_json(raw, "config.json", self.label)
-        if not isinstance(config, dict):
-            raise SourceError(f"{self.label}: config.json is not a JSON object.", hint="Check the model's config.json.")
-        return config
+        return parse_config(self.read_file("config.json"), self.label, missing_hint="mergehub merges transformers models with a config.json.")
 
     def read_file(self, filename: str) -> bytes | None:
         """A small file of the repo at the pinned commit, or None when absent; checked against the listing's id.

@@ -14,6 +14,7 @@ from mergehub.sources.base import (
     INDEX_NAME,
     TensorInfo,
     header_length,
+    parse_config,
     parse_json,
     parse_safetensors_header,
     weight_files,
@@ -61,13 +62,7 @@ class LocalSource:
 
     def config(self) -> dict:
         """The model's config.json."""
-        raw = self.read_file("config.json")
-        if raw is None:
-            raise SourceError(f"{self.label} has no config.json.", hint="A model directory needs its config.json.")
-        config = parse_json(raw, "config.json", self.label)
-        if not isinstance(config, dict):
-            raise SourceError(f"{self.label}: config.json is not a JSON object.", hint="Check the model's config.json.")
-        return config
+        return parse_config(self.read_file("config.json"), self.label, missing_hint="A model directory needs its config.json.")
 
     def read_file(self, filename: str) -> bytes | None:
         """A small file from the model directory, or None when absent."""
