@@ -41,6 +41,7 @@ from mergehub.publish.push import (
 from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import INDEX_NAME, Sources, TensorSource, open_source
 from mergehub.sources import open_sources as _open_sources
+from mergehub.units import format_size
 from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, StateDictWriter, TensorSink, writing
 
 if TYPE_CHECKING:
@@ -95,14 +96,18 @@ class MergeResult:
         """The seed the merge used (`plan.seed`)."""
         return self.plan.seed
 
-    def summary(self) -> str:
-        """One line of figures, then each shard's sha256, any warning (NaN or Inf found), and the GGUF files."""
+    def figures(self) -> str:
+        """What the merge took, in one line: tensors, time, bytes read and written, rate, peak memory."""
         s = self.stats
-        rate = (s.bytes_read + s.bytes_written) / max(s.seconds, 1e-9) / 1e9
-        lines = [
-            f"Merged {len(self.plan.jobs)} tensors in {s.seconds:.1f} s: read {s.bytes_read / 1e9:.2f} GB, "
-            f"wrote {s.bytes_written / 1e9:.2f} GB ({rate:.2f} GB/s), peak RSS {s.peak_rss_bytes / 2**30:.2f} " f"GiB -> {self.out_dir}"
-        ]
+        rate = (s.bytes_read + s.bytes_written) / max(s.seconds, 1e-9)
+        return (
+            f"Merged {len(self.plan.jobs)} tensors in {s.seconds:.1f} s: read {format_size(s.bytes_read)}, "
+            f"wrote {format_size(s.bytes_written)} ({format_size(rate)}/s), peak RSS {format_size(s.peak_rss_bytes)}"
+        )
+
+    def summary(self) -> str:
+        """The figures and the output directory, then each shard's sha256, any warning (NaN or Inf found), and the GGUF files."""
+        lines = [f"{self.figures()} -> {self.out_dir}"]
         lines += [f"  sha256 {shard.sha256}  {shard.filename}" for shard in self.shards]
         lines += [f"Warning: {w}" for w in self.stats.warnings()]
         if self.gguf is not None:

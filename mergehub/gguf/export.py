@@ -24,6 +24,7 @@ from mergehub.gguf.metadata import Metadata, ModelInfo, model_metadata
 from mergehub.gguf.quant import FILE_TYPE_IDS, QType, encode, tensor_nbytes, tensor_type
 from mergehub.gguf.tokenizer import GGUFVocab, build_vocab
 from mergehub.gguf.types import parse_types
+from mergehub.units import format_size
 
 __all__ = ["GGUFFilePlan", "GGUFPlan", "GGUFFile", "GGUFSink", "plan_gguf"]
 
@@ -67,7 +68,7 @@ class GGUFPlan:
             for qtype in file.tensor_types:
                 counts[qtype.name] = counts.get(qtype.name, 0) + 1
             mix = ", ".join(f"{n} {name}" for name, n in counts.items())
-            lines.append(f"{file.filename}: {self.model.family.arch.name.lower()}, {mix} tensors, " f"{file.size(self.model) / 1e9:.2f} GB")
+            lines.append(f"{file.filename}: {self.model.family.arch.name.lower()}, {mix} tensors, " f"{format_size(file.size(self.model))}")
         return "\n".join(lines)
 
 

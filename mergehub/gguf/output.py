@@ -19,6 +19,7 @@ from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import Plan
 from mergehub.publish.lineage import LineageGraph
 from mergehub.publish.push import hub_errors
+from mergehub.units import format_size
 from mergehub.writer import writing
 
 __all__ = ["GGUFResult", "GGUFOutput", "open_gguf", "push_gguf"]
@@ -38,7 +39,7 @@ class GGUFResult:
     def summary(self) -> str:
         """One line per file: type, size, sha256."""
         lines = [f"GGUF -> {self.out_dir}"]
-        lines += [f"  {f.file_type:5} {f.size / 1e9:6.2f} GB  sha256 {f.sha256}  {f.filename}" for f in self.files]
+        lines += [f"  {f.file_type:5} {format_size(f.size):>9}  sha256 {f.sha256}  {f.filename}" for f in self.files]
         return "\n".join(lines + [f"  note: {w}" for w in self.warnings])
 
 

@@ -52,6 +52,7 @@ from mergehub.publish.card_data import card_scores, mergehub_record, read_card_d
 from mergehub.publish.push import hub_errors
 from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256
 from mergehub.sources.hub import HTTPError
+from mergehub.units import format_size
 
 __all__ = [
     "DEFAULT_RECIPES",
@@ -68,7 +69,7 @@ __all__ = [
     "match_recipes",
     "merge_reason",
     "parse_published",
-    "problem_lines",
+    "error_lines",
     "read_inputs",
     "target_repo",
 ]
@@ -437,7 +438,7 @@ def _located(problem: Problem) -> str:
     return f"{problem.location}: {problem.message}" if problem.location else problem.message
 
 
-def problem_lines(error: BaseException) -> list[tuple[int, str]]:
+def error_lines(error: BaseException) -> list[tuple[int, str]]:
     """(line, message) for each problem of a failed recipe, from the error's fields only (its wording is never parsed).
 
     Strict-mode warnings and an error's located `problems` each get their line; otherwise the error is
@@ -602,7 +603,7 @@ class _Runner:
 
     def fail(self, path: str, error: BaseException, started: float, repo_id: str | None) -> Outcome:
         """Annotate each problem at its line, with the error's hint; the outcome lists them without hints."""
-        problems = problem_lines(error)
+        problems = error_lines(error)
         hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
         for line, message in problems:
             self.log(annotation("error", message + hint, file=path, line=line))
@@ -652,7 +653,7 @@ class _Runner:
         except Exception as e:  # noqa: BLE001 - one recipe's failure does not stop the others
             return self.fail(path, e, started, repo_id)
         self.annotate_warnings(path, result.plan.warnings)
-        self.log(result.summary().splitlines()[0].split(" -> ")[0])
+        self.log(result.figures())
         for warning in result.stats.warnings():
             self.log(annotation("warning", warning, file=path))
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
@@ -684,7 +685,7 @@ class _Runner:
                 step[0] = tenth
                 self.log(
                     f"  {p.tensors_done}/{p.tensors_total} tensors, "
-                    f"read {p.bytes_read / 1e9:.2f} of {p.bytes_total / 1e9:.2f} GB"
+                    f"read {format_size(p.bytes_read)} of {format_size(p.bytes_total)}"
                 )
 
         return report

@@ -111,7 +111,7 @@ def _merge_stream(
                         "commit_sha": pushed.commit_sha,
                         "commit_url": pushed.commit_url,
                         "created": pushed.created,
-                        "summary": result.summary(),
+                        "figures": result.figures(),
                     },
                 )
             )
@@ -280,7 +280,7 @@ def merge(
                 return
             elif kind == "done":
                 url = _repo_url(payload["repo_id"])
-                log.append(payload["summary"].splitlines()[0].split(" -> ")[0])
+                log.append(payload["figures"])
                 log.append(f"Pushed commit {payload['commit_sha'][:10]}: {url}")
                 card = _render_card(_read_card(payload["repo_id"], payload["commit_sha"], token, scratch)).replace(
                     token, "***"
