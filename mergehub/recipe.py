@@ -54,6 +54,7 @@ __all__ = [
     "recipe_sha256",
     "HUB_ID",
     "is_hub_id",
+    "repo_name",
     "RECIPE_FILE",
     "format_location",
 ]
@@ -69,6 +70,14 @@ RECIPE_FILE = "mergekit_config.yml"
 def is_hub_id(text: str, *, namespaced: bool = False) -> bool:
     """Whether `text` is a Hub repo ID (`HUB_ID`, without `--` or `..`); with `namespaced`, only `org/name`."""
     return bool(HUB_ID.fullmatch(text)) and "--" not in text and ".." not in text and (not namespaced or "/" in text)
+
+
+def repo_name(text: str) -> str:
+    """A Hub repo name made from free text (a file stem, model names): other characters become `-`, without `--` or
+    `..`, at most 96 characters, starting and ending with a letter or digit; "" when nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name))
+    return name[:96].strip("-._")
 
 
 def _exists(path: str, *, directory: bool = False) -> bool:

@@ -50,7 +50,7 @@ from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
 from mergehub.publish.push import hub_errors
-from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256
+from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256, repo_name
 from mergehub.sources.hub import HTTPError
 from mergehub.units import format_size
 
@@ -301,12 +301,6 @@ def select_recipes(inputs: Inputs, event: Mapping[str, Any], log: Callable[[str]
 # -- where each recipe goes, and whether it is up to date --------------------------------------------
 
 
-def _repo_name(text: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name))
-    return name[:96]
-
-
 def target_repo(path: str, text: str, namespace: Callable[[], str]) -> str:
     """The repo a recipe is pushed to: its `# mergehub: repo=...` comment, else its file stem, in `namespace`.
 
@@ -314,7 +308,7 @@ def target_repo(path: str, text: str, namespace: Callable[[], str]) -> str:
         RecipeError: the name given by the comment is not a valid repo ID.
     """
     comment = _REPO_COMMENT.search(text)
-    value = comment[1] if comment else _repo_name(PurePosixPath(path).stem)
+    value = comment[1] if comment else repo_name(PurePosixPath(path).stem)
     if not is_hub_id(value):
         raise RecipeError(
             f"{value!r} is not a valid Hub repo name.",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from mergehub.errors import RecipeError
 from mergehub.interfaces.space.form import Form, SharedValue
+from mergehub.recipe import repo_name
 
 EXAMPLE_MODELS = (
     "Qwen/Qwen2.5-0.5B",
@@ -88,6 +88,4 @@ def default_repo_name(method: str, models: Sequence[str]) -> str:
     stem = "-".join(names) or "merged"
     if len(stem) + len(suffix) + 1 > 96:
         stem = f"{names[0][:60]}-and-{len(names) - 1}-more" if names else "merged"
-    name = re.sub(r"[^\w.\-]+", "-", f"{stem}-{suffix}")
-    name = re.sub(r"-{2,}", "-", re.sub(r"\.{2,}", ".", name))
-    return name[:96].strip("-._") or "merged"
+    return repo_name(f"{stem}-{suffix}") or "merged"
