@@ -133,3 +133,10 @@ def test_hub_failures_while_pushing_a_card_are_one_message(family, write_recipe,
         err = capsys.readouterr().err
         assert err.startswith("error: Pushing the card to alice/merged failed:") and "hint:" in err and "Traceback" not in err
     assert merged.is_dir()
+
+
+def test_recarding_a_hub_repo_that_is_not_there_is_one_message(hub, capsys):
+    assert main(["card", "alice/nothing-here"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: alice/nothing-here: repo 'alice/nothing-here' not found") and "hint:" in err
+    assert "Traceback" not in err

@@ -625,3 +625,10 @@ def test_frankenmerge_preset_reads_the_layer_count_of_the_visitors_model(app):
     updates = frankenmerge.fn(values, None)
     text = next(u for c, u in updates.items() if getattr(c, "language", None) == "yaml")
     assert [s.sources[0].layer_range for s in parse_recipe(text).slices] == [(0, 3), (1, 4)]  # org/base has 4 layers
+
+
+def test_a_failed_plan_says_where_in_the_recipe_from_the_error_fields(seeded):
+    text = "merge_method: linear\nmodels:\n  - model: org/base\n    parameters: {weight: heavy}\n  - model: org/ft1\n"
+    shown = space.dry_run(text, False)
+    assert "models[0].parameters.weight: 'heavy' is not a float." in shown
+    assert "At line 4 (models[0].parameters.weight) of the recipe." in shown and "Hint: Write `weight` as a float" in shown
