@@ -277,7 +277,7 @@ def run_candidate(candidate: Candidate, settings: EvalSettings, run: RunSettings
         return CandidateResult(candidate, "ok", report, mode=mode, merge_seconds=merge_seconds, eval_seconds=eval_seconds, node=_node())
     except MergehubError as e:
         error = e.message
-    except Exception as e:  # a candidate's failure is its result; the experiment goes on
+    except Exception as e:  # noqa: BLE001 - a candidate's failure is its result; the experiment goes on
         error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
     return CandidateResult(candidate, "failed", error=error, mode=mode, merge_seconds=time.perf_counter() - started, node=_node())
 

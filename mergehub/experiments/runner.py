@@ -102,7 +102,7 @@ def _candidate_task(candidate: Candidate, settings: EvalSettings, run: RunSettin
 
         try:  # recorded before the candidate runs; a lost tracker never fails the candidate
             ray.get(tracker.start.remote(candidate.index, ray.get_runtime_context().get_node_id()), timeout=10)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the tracker only informs progress
             pass
     return run_candidate(candidate, settings, run)
 
@@ -224,6 +224,6 @@ class RayRunner:
         if self.tracker is not None:
             try:
                 self._started = self.ray.get(self.tracker.all.remote(), timeout=10)
-            except Exception:  # the tracker only informs the progress bar and `attempts`; keep what it last said
+            except Exception:  # noqa: BLE001 - the tracker only informs the progress bar and `attempts`; keep what it last said
                 pass
         return self._started

@@ -24,7 +24,14 @@ import yaml
 
 from mergehub import api, safe_yaml
 from mergehub.errors import MergehubError, RecipeError
-from mergehub.experiments.candidate import Candidate, CandidateResult, EvalSettings, MemoryNeeds, RunSettings, memory_needs
+from mergehub.experiments.candidate import (
+    Candidate,
+    CandidateResult,
+    EvalSettings,
+    MemoryNeeds,
+    RunSettings,
+    memory_needs,
+)
 from mergehub.experiments.plots import sweep_plots
 from mergehub.experiments.results import Objective, Table, write_atomically
 from mergehub.experiments.runner import LocalRunner, Progress, RayRunner, Resources
@@ -134,9 +141,9 @@ class Sweep:
             write_atomically(out / "variants" / f"{variant.name}.yml", text)
 
 
-def _pinned(recipe: Recipe, plan: Any) -> dict[str, str]:
-    """Each Hub model of the recipe pinned to the commit the plan resolved (local directories unchanged)."""
-    return {str(ref): f"{ref.path}@{model.revision}" for ref, model in zip(recipe.referenced_models(), plan.models) if model.revision}
+def _pinned(plan: api.Plan) -> dict[str, str]:
+    """Each Hub model of the plan, by the reference the recipe writes, pinned to the commit the plan resolved."""
+    return {model.ref: str(model.pinned) for model in plan.models if model.revision}
 
 
 def _pin_text(text: str, pins: dict[str, str]) -> str:
@@ -182,17 +189,18 @@ def prepare_sweep(
         plans = api.plan_merges([recipe for recipe, _ in applied], token=token)
     except MergehubError as e:
         bad = _first_unplannable(applied, variants, token)
-        raise type(e)(f"Variant {bad.name} ({bad.label}): {e.message}" if bad else e.message, hint=e.hint) from e
+        headline = f"Variant {bad.name} ({bad.label}): {e.headline}" if bad else e.headline
+        raise type(e)(headline, hint=e.hint, location=e.location, problems=e.problems) from e
     texts = []
-    for (parsed, variant_text), plan in zip(applied, plans):
-        texts.append(_pin_text(variant_text, _pinned(parsed, plan)))
+    for (_, variant_text), plan in zip(applied, plans):
+        texts.append(_pin_text(variant_text, _pinned(plan)))
     candidates: list[Candidate] = []
     parents: list[str] = []
     if eval_parents:
         refs: dict[str, None] = {}
-        for (parsed, _), plan in zip(applied, plans):
-            for ref, model in zip(parsed.referenced_models(), plan.models):
-                refs.setdefault(f"{ref.path}@{model.revision}" if model.revision else str(ref), None)
+        for plan in plans:
+            for model in plan.models:
+                refs.setdefault(str(model.pinned), None)
         parents = list(refs)
     needs = [memory_needs(plan) for plan in plans]
     largest = max((n.on_disk for n in needs), default=0)

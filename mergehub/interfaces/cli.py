@@ -17,8 +17,8 @@ from pathlib import Path
 
 from mergehub import api
 from mergehub.errors import MergehubError, RecipeWarning
-from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.interfaces import experiments
+from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.methods import all_methods
 from mergehub.writer import writing
 
