@@ -3,7 +3,8 @@
 Three measurements, one after the other:
 
 1. **Sweep.** A task_arithmetic recipe over the model (base) and its two "fine-tunes" (seeded noise of
-   `--noise` times each tensor's std, as in tests/test_real_model.py), the two weights varied on a 4 × 3 grid (12 candidates) and the three parents
+   `--noise` times each tensor's std, as in tests/test_real_model.py), the two weights varied on a 4 × 3 grid (12
+   candidates) and the three parents
    scored as references, on a local Ray with every core; the table, summary and plots land in WORKDIR/sweep.
 2. **In memory vs on disk.** The first `--mode-candidates` variants merged into memory and scored, then the
    same variants written as shards to a temporary directory and reloaded: seconds per candidate (merge + eval).

@@ -106,7 +106,8 @@ class MergeResult:
         )
 
     def summary(self) -> str:
-        """The figures and the output directory, then each shard's sha256, any warning (NaN or Inf found), and the GGUF files."""
+        """The figures and the output directory, then each shard's sha256, any warning (NaN or Inf found), and the
+        GGUF files."""
         lines = [f"{self.figures()} -> {self.out_dir}"]
         lines += [f"  sha256 {shard.sha256}  {shard.filename}" for shard in self.shards]
         lines += [f"Warning: {w}" for w in self.stats.warnings()]
@@ -191,7 +192,8 @@ def merge_in_memory(
     """Plan (unless given a `Plan`), then merge into a state dict in memory; no shard is written.
 
     It needs the output's bytes (`plan.write_bytes`) in memory besides the merge's own working memory
-    (`plan.peak_memory_bytes`). `files` holds config.json, the tokenizer files and the recipe, as `run_merge` writes them.
+    (`plan.peak_memory_bytes`). `files` holds config.json, the tokenizer files and the recipe, as `run_merge` writes
+    them.
 
     Raises:
         MergehubError: any problem with the recipe, the models or the merge.

@@ -204,7 +204,8 @@ class ShardedWriter:
 
 
 class StateDictWriter:
-    """Collects the output tensors of a shard layout into a state dict in memory, checked as `ShardedWriter` checks them."""
+    """Collects the output tensors of a shard layout into a state dict in memory, checked as `ShardedWriter` checks
+    them."""
 
     def __init__(self, shards: Sequence[ShardLayout]) -> None:
         self._slots = {slot.name: slot for shard in shards for slot in shard.slots}

@@ -203,7 +203,7 @@ def load_merged_model(merged: api.MemoryMerge, device: str) -> tuple[Any, Any]:
     missing = set(loaded.missing_keys) - _tied_keys(model)
     if missing or loaded.unexpected_keys:
         raise EvaluationError(
-            f"The merged tensors do not fit {type(model).__name__}: missing {sorted(missing)[:3]}, unexpected {loaded.unexpected_keys[:3]}.",
+            f"The merged tensors do not fit {type(model).__name__}: missing {sorted(missing)[:3]}, unexpected " f"{loaded.unexpected_keys[:3]}.",
             hint="Check the recipe's architecture; `mergehub merge` of the same recipe writes the tensors to inspect.",
         )
     model.tie_weights()

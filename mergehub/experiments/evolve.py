@@ -1,4 +1,5 @@
-"""`mergehub evolve`: CMA-ES over a mergekit-evolve genome, each generation's candidates merged and scored as in a sweep.
+"""`mergehub evolve`: CMA-ES over a mergekit-evolve genome, each generation's candidates merged and scored as in a
+sweep.
 
 Fitness is mergekit-evolve's: the sum over `tasks` of weight × the task's metric. CMA-ES (the `cma` package)
 minimises, so it is told minus the fitness; a candidate that fails gets a cost one worse than the worst of its
@@ -203,7 +204,8 @@ class Evolution:
         self, *, runner: RayRunner | LocalRunner, run: RunSettings = RunSettings(), resume: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Iterator[Generation]:
-        """Run generations until CMA-ES stops or `max_fevals` evaluations are done, yielding each; checkpointed after each.
+        """Run generations until CMA-ES stops or `max_fevals` evaluations are done, yielding each; checkpointed after
+        each.
 
         A generation is never cut short, so the last one may take the count past `max_fevals`.
         """

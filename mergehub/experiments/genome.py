@@ -176,7 +176,8 @@ class Genome:
         return values[0] if len(values) == 1 else values
 
     def _parameters(self, genotype: Sequence[float], model: int, groups: Sequence[int]) -> dict[str, Any]:
-        """A model's parameters over `groups` (one group: scalars; several: gradients); filtered sets as filter lists."""
+        """A model's parameters over `groups` (one group: scalars; several: gradients); filtered sets as filter
+        lists."""
         filters: list[str | None] = [*(self.spec.filters or []), None]
         params: dict[str, Any] = {}
         for p, name in enumerate(self.parameters):

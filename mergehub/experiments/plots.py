@@ -110,7 +110,8 @@ def _heatmap(plt: Any, table: Table, rows: Vary, cols: Vary, out: Path) -> Path:
 
 
 def sweep_plots(table: Table, varies: Sequence[Vary], out: Path, *, sampled: bool = False) -> list[Path]:
-    """Draw the sweep's plots into `out`: one per varied path, and a heatmap of the objective when two paths make a grid.
+    """Draw the sweep's plots into `out`: one per varied path, and a heatmap of the objective when two paths make a
+    grid.
 
     Raises:
         ExperimentError: matplotlib is not installed.

@@ -146,7 +146,7 @@ class RayRunner:
             where = self.address or "this machine"
             raise ExperimentError(
                 f"Could not start or join Ray on {where}: {e}",
-                hint="Check --ray-address / RAY_ADDRESS (`ray status` on the head shows it), or omit it to start Ray here.",
+                hint="Check --ray-address / RAY_ADDRESS (`ray status` on the head shows it), or omit it to " "start Ray here.",
             ) from e
         if handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, handler)  # ray.init replaces it; the caller's (the CLI's) stops us, and __exit__ stops Ray
@@ -220,7 +220,8 @@ class RayRunner:
                 ray.cancel(ref, force=True)
 
     def started(self) -> dict[int, list[str]]:
-        """Each started candidate's index and the Ray node ids of its attempts (the last known, if the tracker is slow)."""
+        """Each started candidate's index and the Ray node ids of its attempts (the last known, if the tracker is
+        slow)."""
         if self.tracker is not None:
             try:
                 self._started = self.ray.get(self.tracker.all.remote(), timeout=10)

@@ -65,7 +65,7 @@ class Sweep:
 
     def describe(self) -> str:
         """What `--dry-run` prints: each variant and what it needs, then what the recipe sets that is ignored."""
-        lines = [f"Sweep of {len(self.variants)} variant(s) over {', '.join(v.path for v in self.varies)}; tasks {', '.join(self.settings.tasks)}"]
+        lines = [f"Sweep of {len(self.variants)} variant(s) over {', '.join(v.path for v in self.varies)}; tasks " f"{', '.join(self.settings.tasks)}"]
         for candidate in self.candidates:
             if candidate.is_parent:
                 lines.append(f"  parent {candidate.model}")
@@ -77,7 +77,8 @@ class Sweep:
         return "\n".join(lines)
 
     def write(self, out: Path, *, plots: bool = True) -> list[Path]:
-        """Write (or rewrite) the results files into `out`, and the plots unless `plots` is false; returns the plots' paths."""
+        """Write (or rewrite) the results files into `out`, and the plots unless `plots` is false; returns the plots'
+        paths."""
         out.mkdir(parents=True, exist_ok=True)
         metadata = {"tasks": list(self.settings.tasks), "eval": self.settings.options(), "sampled": self.sampled}
         write_atomically(out / "results.json", self.table.to_json(**metadata))
@@ -99,7 +100,7 @@ class Sweep:
             "# Sweep",
             "",
             f"{len(variants)} of {sum(not c.is_parent for c in self.candidates)} variants done ({failed} failed), "
-            f"varying {', '.join(f'`{v.path}`' for v in self.varies)}; scored with lm-eval on {', '.join(self.settings.tasks)}{limit}.",
+            f"varying {', '.join(f'`{v.path}`' for v in self.varies)}; scored with lm-eval on " f"{', '.join(self.settings.tasks)}{limit}.",
             f"Objective: {self.objective.describe(report)}.",
             "",
         ]

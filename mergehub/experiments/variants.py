@@ -200,7 +200,7 @@ def set_value(data: dict, path: str, value: Any) -> None:
                 raise RecipeError(f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is not a list.", hint=_PATH_HINT)
             if not -len(container) <= step < len(container):
                 raise RecipeError(
-                    f"--vary path {_where(steps, k + 1)}: index {step} is out of range; {_where(steps, k)} has {len(container)} entries.",
+                    f"--vary path {_where(steps, k + 1)}: index {step} is out of range; {_where(steps, k)} has " f"{len(container)} entries.",
                     hint=f"Use an index from 0 to {len(container) - 1}.",
                 )
             key = step
@@ -212,11 +212,11 @@ def set_value(data: dict, path: str, value: Any) -> None:
             if isinstance(container, list):
                 raise RecipeError(
                     f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is a list.",
-                    hint=f"Pick an entry first: {_where(steps, k)}[0] (by index) or {_where(steps, k)}[NAME] (by model or filter).",
+                    hint=f"Pick an entry first: {_where(steps, k)}[0] (by index) or {_where(steps, k)}[NAME] " "(by model or filter).",
                 )
             if not isinstance(container, dict):
                 raise RecipeError(
-                    f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is {format_value(container)!r}, not a mapping.",
+                    f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is {format_value(container)!r}, " "not a mapping.",
                     hint=_PATH_HINT,
                 )
             key = step
@@ -267,7 +267,8 @@ def apply_variant(recipe_text: str, variant: Variant) -> tuple[Recipe, str]:
     """The recipe with the variant's values set, validated, and its YAML text.
 
     Raises:
-        RecipeError: a path does not fit the recipe, or the result is not a valid recipe (the message names the variant).
+        RecipeError: a path does not fit the recipe, or the result is not a valid recipe (the message names the
+        variant).
     """
     data = safe_yaml.load(recipe_text)
     if not isinstance(data, dict):

@@ -43,7 +43,7 @@ def add_commands(commands: Any) -> None:
     sweep = commands.add_parser("sweep", help="merge and score every variant of a recipe (on Ray)")
     sweep.add_argument("recipe", help="mergekit YAML recipe the variants start from")
     sweep.add_argument("--vary", action="append", required=True, metavar="PATH=VALUES",
-                       help="a recipe path and its values: `models[1].parameters.weight=0.3,0.5,0.7` or `parameters.density=0.2:0.8:4`; "
+                       help="a recipe path and its values: `models[1].parameters.weight=0.3,0.5,0.7` or " "`parameters.density=0.2:0.8:4`; "
                             "several make a grid")
     sweep.add_argument("--eval", required=True, metavar="TASKS", help="comma-separated lm-eval tasks that score each variant")
     sweep.add_argument("--limit", type=float, help="documents per task (a fraction when below 1)")
@@ -159,7 +159,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if best is None:
         print("No variant succeeded.", file=sys.stderr)
         return 1
-    print(f"Best: {best.candidate.name} ({dict(best.candidate.values)}): {out / 'variants' / (best.candidate.name + '.yml')}")
+    print(f"Best: {best.candidate.name} ({dict(best.candidate.values)}): " f"{out / 'variants' / (best.candidate.name + '.yml')}")
     if args.push_best:
         _push_sweep(args, sweep, out, best)
     return 0
@@ -208,9 +208,9 @@ def _evolve(args: argparse.Namespace) -> int:
                 if bar is not None:
                     bar.close()
                 print(f"generation {generation.generation}: best {generation.best:.4f}, mean {generation.mean:.4f}, "
-                      f"best so far {generation.best_so_far:.4f} ({generation.evaluations} evaluations, {generation.failed} failed)")
+                      f"best so far {generation.best_so_far:.4f} ({generation.evaluations} evaluations, " f"{generation.failed} failed)")
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
-        print(f"{_stopped(e)}: the search is checkpointed in {out} after its last full generation; --resume continues it.",
+        print(f"{_stopped(e)}: the search is checkpointed in {out} after its last full generation; --resume " "continues it.",
               file=sys.stderr)
         return exit_code(e)
     finally:
@@ -230,8 +230,8 @@ def _push_evolve(args: argparse.Namespace, search: Any, out: Path) -> None:
 
     rows = ["| Generation | Evaluations | Best | Mean | Best so far | Failed |", "|---|---|---|---|---|---|"]
     rows += [f"| {g.generation} | {g.evaluations} | {g.best:.4f} | {g.mean:.4f} | {g.best_so_far:.4f} | {g.failed} |" for g in search.generations]
-    text = (f"This model is the best of {len(search.table.results)} candidates of a CMA-ES search over a mergekit-evolve genome "
-            f"(shape {list(search.genome.shape)}, {len(search.generations)} generations, sigma0 {search.options.sigma0:g}, seed "
+    text = (f"This model is the best of {len(search.table.results)} candidates of a CMA-ES search over a " "mergekit-evolve genome "
+            f"(shape {list(search.genome.shape)}, {len(search.generations)} generations, sigma0 " f"{search.options.sigma0:g}, seed "
             f"{search.options.seed}); fitness: {search.objective.describe()}. Every candidate is in `evolve-results.csv`.")
     evidence = []
     for name in ("results.csv", "evolve.json"):

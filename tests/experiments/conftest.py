@@ -63,7 +63,8 @@ metadata:
 
 @pytest.fixture(scope="session")
 def perplexity_task(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A rolling log-likelihood task over sentences of the tiny vocabulary: a continuous score that tells variants apart."""
+    """A rolling log-likelihood task over sentences of the tiny vocabulary: a continuous score that tells variants
+    apart."""
     import json
 
     folder = tmp_path_factory.mktemp("tasks")

@@ -1,4 +1,5 @@
-"""mergehub.experiments.genome: mergekit-evolve configurations read, genotypes decoded as mergekit-evolve decodes them."""
+"""mergehub.experiments.genome: mergekit-evolve configurations read, genotypes decoded as mergekit-evolve decodes
+them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Sweeps over Hub models (the local Hub server): pinned parents, inputs streamed once into the cache, the winner pushed."""
+"""Sweeps over Hub models (the local Hub server): pinned parents, inputs streamed once into the cache, the winner
+pushed."""
 
 from __future__ import annotations
 
