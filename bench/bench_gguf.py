@@ -85,8 +85,14 @@ def _row(name: str, runs: list[ChildRun], written: int) -> Row:
         if run.returncode != 0:
             raise SystemExit(f"{name}: {' '.join(run.command)} failed, see {run.log}")
     busy = [r.others_cores for r in runs if r.others_cores is not None]
-    return Row(name, sum(r.seconds for r in runs), max(r.peak_rss_bytes for r in runs), written,
-               max(busy) if busy else None, [asdict(r) for r in runs])
+    return Row(
+        name,
+        sum(r.seconds for r in runs),
+        max(r.peak_rss_bytes for r in runs),
+        written,
+        max(busy) if busy else None,
+        [asdict(r) for r in runs],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     out = root / "out"
     logs = root / "logs"
     logs.mkdir(exist_ok=True)
-    mergehub = [sys.executable, "-m", "mergehub", "merge", str(recipe), str(out / "merged"), "--overwrite", "--no-progress"]
+    mergehub = [
+        sys.executable,
+        "-m",
+        "mergehub",
+        "merge",
+        str(recipe),
+        str(out / "merged"),
+        "--overwrite",
+        "--no-progress",
+    ]
     rows: list[Row] = []
 
     def fresh() -> None:
@@ -129,10 +144,26 @@ def main(argv: list[str] | None = None) -> int:
         steps = [run_child(mergehub, logs / "two-step-merge.log")]
         for kind in args.types.split(","):
             target = out / f"two-step-{kind}.gguf"
-            steps.append(run_child([sys.executable, str(args.converter), str(out / "merged"), "--outtype", kind, "--outfile", str(target)],
-                                   logs / f"two-step-{kind}.log"))
+            steps.append(
+                run_child(
+                    [
+                        sys.executable,
+                        str(args.converter),
+                        str(out / "merged"),
+                        "--outtype",
+                        kind,
+                        "--outfile",
+                        str(target),
+                    ],
+                    logs / f"two-step-{kind}.log",
+                )
+            )
         converted = sum(p.stat().st_size for p in out.glob("two-step-*.gguf"))
-        rows.append(_row(f"merge, then convert_hf_to_gguf.py × {len(steps) - 1}", steps, output_bytes(out / "merged") + converted))
+        rows.append(
+            _row(
+                f"merge, then convert_hf_to_gguf.py × {len(steps) - 1}", steps, output_bytes(out / "merged") + converted
+            )
+        )
     shutil.rmtree(out, ignore_errors=True)
 
     reference = rows[0]
@@ -140,12 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         busy = f"{row.others_cores:.2f}" if row.others_cores is not None else "?"
-        print(f"| {row.name} | {row.seconds:.1f} | {row.seconds / reference.seconds:.2f} | " f"{row.peak_rss_bytes / 2**30:.2f} | "
-              f"{row.peak_rss_bytes / reference.peak_rss_bytes:.2f} | {row.bytes_written / 1e9:.2f} | {busy} |")
+        print(
+            f"| {row.name} | {row.seconds:.1f} | {row.seconds / reference.seconds:.2f} | "
+            f"{row.peak_rss_bytes / 2**30:.2f} | "
+            f"{row.peak_rss_bytes / reference.peak_rss_bytes:.2f} | {row.bytes_written / 1e9:.2f} | {busy} |"
+        )
     RESULTS_DIR.mkdir(exist_ok=True)
     path = args.json or RESULTS_DIR / f"bench_gguf-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"shape": asdict(shape), "types": args.types, "rows": [asdict(r) for r in rows],
-                                "source": source_state()}, indent=1))
+    path.write_text(
+        json.dumps(
+            {"shape": asdict(shape), "types": args.types, "rows": [asdict(r) for r in rows], "source": source_state()},
+            indent=1,
+        )
+    )
     print(f"\nResults: {path}")
     return 0
 

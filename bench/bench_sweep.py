@@ -107,7 +107,9 @@ def _per_candidate(results: list) -> float:
     return sum(r.merge_seconds + r.eval_seconds for r in results) / len(results)
 
 
-def _wall(runner, recipe: Path, tasks: list[str], limit: float, count: int, out: Path, run: RunSettings) -> tuple[float, list]:
+def _wall(
+    runner, recipe: Path, tasks: list[str], limit: float, count: int, out: Path, run: RunSettings
+) -> tuple[float, list]:
     sweep = prepare_sweep(recipe, VARY, tasks, limit=limit)
     sweep.candidates = sweep.candidates[:count]
     started = time.perf_counter()
@@ -120,10 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep models and results here (default: a temporary directory)")
     parser.add_argument("--tasks", default="mergehub_facts,mergehub_arithmetic")
     parser.add_argument("--limit", type=float, default=20, help="documents per task (default: 20)")
-    parser.add_argument("--mode-candidates", type=int, default=3, help="variants timed in memory and on disk (default: 3)")
-    parser.add_argument("--node-candidates", type=int, default=6, help="variants run on one node, then two (default: 6)")
+    parser.add_argument(
+        "--mode-candidates", type=int, default=3, help="variants timed in memory and on disk (default: 3)"
+    )
+    parser.add_argument(
+        "--node-candidates", type=int, default=6, help="variants run on one node, then two (default: 6)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, modes, nodes")
-    parser.add_argument("--noise", default="0.04,0.08", help="the fine-tunes' noise, in std of each tensor (default: 0.04,0.08)")
+    parser.add_argument(
+        "--noise", default="0.04,0.08", help="the fine-tunes' noise, in std of each tensor (default: 0.04,0.08)"
+    )
     parser.add_argument("--small", action="store_true", help="tiny random models instead of SmolLM2 (a smoke test)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -137,37 +145,81 @@ def main(argv: list[str] | None = None) -> int:
     base, first, second = _models(workdir, args.small, (noise[0], noise[1]))
     recipe = workdir / "sweep.yml"
     recipe.write_text(RECIPE.format(base=base, first=first, second=second))
-    figures: dict = {"model": "tiny random Llama" if args.small else "SmolLM2-135M-Instruct", "tasks": tasks, "limit": args.limit,
-                     "noise": noise, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    figures: dict = {
+        "model": "tiny random Llama" if args.small else "SmolLM2-135M-Instruct",
+        "tasks": tasks,
+        "limit": args.limit,
+        "noise": noise,
+        "cpus": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }
     run = RunSettings(cache_dir=str(workdir / "cache"))
 
     if "sweep" not in skip:  # the command itself, in its own process (one Ray session per process)
         out = workdir / "sweep"
         shutil.rmtree(out, ignore_errors=True)
-        command = [sys.executable, "-m", "mergehub", "sweep", str(recipe), *(f"--vary={v}" for v in VARY), "--eval", ",".join(tasks),
-                   "--limit", f"{args.limit:g}", "--eval-parents", "--out", str(out), "--cache-dir", run.cache_dir or "", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "mergehub",
+            "sweep",
+            str(recipe),
+            *(f"--vary={v}" for v in VARY),
+            "--eval",
+            ",".join(tasks),
+            "--limit",
+            f"{args.limit:g}",
+            "--eval-parents",
+            "--out",
+            str(out),
+            "--cache-dir",
+            run.cache_dir or "",
+            "--no-progress",
+        ]
         print("$ " + " ".join(command), flush=True)
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         results = json.loads((out / "results.json").read_text())
-        figures["sweep"] = {"candidates": len(results["candidates"]), "seconds": time.perf_counter() - started, "out": str(out),
-                            "best": results["best"]}
+        figures["sweep"] = {
+            "candidates": len(results["candidates"]),
+            "seconds": time.perf_counter() - started,
+            "out": str(out),
+            "best": results["best"],
+        }
         print((out / "summary.md").read_text())
-        print(f"[{figures['sweep']['seconds']:6.1f} s] sweep of {len(results['candidates'])} candidates -> {out}", flush=True)
+        print(
+            f"[{figures['sweep']['seconds']:6.1f} s] sweep of {len(results['candidates'])} candidates -> {out}",
+            flush=True,
+        )
 
     if "modes" not in skip:
         timings = {}
         for mode in ("memory", "disk"):
-            _, results = _wall(LocalRunner(), recipe, tasks, args.limit, args.mode_candidates, workdir / f"mode-{mode}",
-                               RunSettings(cache_dir=run.cache_dir, mode=mode))
-            timings[mode] = {"per_candidate": _per_candidate(results),
-                             "merge": sum(r.merge_seconds for r in results) / len(results),
-                             "eval": sum(r.eval_seconds for r in results) / len(results)}
-            print(f"  {mode}: {timings[mode]['per_candidate']:.2f} s per candidate "
-                  f"(merge {timings[mode]['merge']:.2f} s, eval {timings[mode]['eval']:.2f} s)", flush=True)
+            _, results = _wall(
+                LocalRunner(),
+                recipe,
+                tasks,
+                args.limit,
+                args.mode_candidates,
+                workdir / f"mode-{mode}",
+                RunSettings(cache_dir=run.cache_dir, mode=mode),
+            )
+            timings[mode] = {
+                "per_candidate": _per_candidate(results),
+                "merge": sum(r.merge_seconds for r in results) / len(results),
+                "eval": sum(r.eval_seconds for r in results) / len(results),
+            }
+            print(
+                f"  {mode}: {timings[mode]['per_candidate']:.2f} s per candidate "
+                f"(merge {timings[mode]['merge']:.2f} s, eval {timings[mode]['eval']:.2f} s)",
+                flush=True,
+            )
         timings["disk_over_memory"] = timings["disk"]["per_candidate"] / timings["memory"]["per_candidate"]
         figures["modes"] = timings
-        print(f"writing shards and reloading takes {timings['disk_over_memory']:.2f}x the in-memory time per candidate", flush=True)
+        print(
+            f"writing shards and reloading takes {timings['disk_over_memory']:.2f}x the in-memory time per candidate",
+            flush=True,
+        )
 
     if "nodes" not in skip:
         walls, loads = {}, {}
@@ -176,11 +228,21 @@ def main(argv: list[str] | None = None) -> int:
                 if count == 2:
                     cluster.add_worker()
                 _warm_up(count)
-                walls[count], _ = _wall(runner, recipe, tasks, args.limit, args.node_candidates, workdir / f"nodes-{count}", run)
+                walls[count], _ = _wall(
+                    runner, recipe, tasks, args.limit, args.node_candidates, workdir / f"nodes-{count}", run
+                )
                 loads[count] = os.getloadavg()[0]
-                print(f"  {count} node(s): {walls[count]:.1f} s for {args.node_candidates} candidates "
-                      f"(load average {loads[count]:.1f}: other work on the machine shows here)", flush=True)
-        figures["nodes"] = {"one": walls[1], "two": walls[2], "speedup": walls[1] / walls[2], "load_average_after": loads}
+                print(
+                    f"  {count} node(s): {walls[count]:.1f} s for {args.node_candidates} candidates "
+                    f"(load average {loads[count]:.1f}: other work on the machine shows here)",
+                    flush=True,
+                )
+        figures["nodes"] = {
+            "one": walls[1],
+            "two": walls[2],
+            "speedup": walls[1] / walls[2],
+            "load_average_after": loads,
+        }
         print(f"two Ray nodes: {figures['nodes']['speedup']:.2f}x the throughput of one", flush=True)
 
     print(json.dumps(figures, indent=1))

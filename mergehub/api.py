@@ -143,8 +143,13 @@ def open_sources(
 
 
 def plan_merge(
-    recipe: RecipeLike, sources: Mapping[ModelRef, TensorSource] | None = None, *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    seed: int = 0, token: str | bool | None = None, strict: bool = False,
+    recipe: RecipeLike,
+    sources: Mapping[ModelRef, TensorSource] | None = None,
+    *,
+    out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    seed: int = 0,
+    token: str | bool | None = None,
+    strict: bool = False,
 ) -> Plan:
     """Plan a merge from configs, headers and small files only: the `--dry-run`. `strict`: a warning is an error.
 
@@ -154,12 +159,22 @@ def plan_merge(
     with ExitStack() as stack:
         if sources is None:
             sources = stack.enter_context(_open_sources(parsed, token=token))
-        return _plan_merge(parsed, sources, out_shard_bytes=out_shard_bytes, prefetch_bytes=DEFAULT_PREFETCH_BYTES, seed=seed,
-                           strict=strict)
+        return _plan_merge(
+            parsed,
+            sources,
+            out_shard_bytes=out_shard_bytes,
+            prefetch_bytes=DEFAULT_PREFETCH_BYTES,
+            seed=seed,
+            strict=strict,
+        )
 
 
 def plan_merges(
-    recipes: Sequence[Recipe], *, token: str | bool | None = None, cache_dir: str | os.PathLike | None = None, seed: int = 0,
+    recipes: Sequence[Recipe],
+    *,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    seed: int = 0,
 ) -> list[Plan]:
     """Plan several recipes (the variants of an experiment), opening each model they reference once.
 
@@ -205,18 +220,33 @@ def merge_in_memory(
     return MemoryMerge(plan, writer.state_dict(), plan.output_files(), stats)
 
 
-def _planned(recipe: RecipeLike | Plan, sources: Mapping[ModelRef, TensorSource], *, seed: int | None, out_shard_bytes: int | None,
-             strict: bool) -> Plan:
+def _planned(
+    recipe: RecipeLike | Plan,
+    sources: Mapping[ModelRef, TensorSource],
+    *,
+    seed: int | None,
+    out_shard_bytes: int | None,
+    strict: bool,
+) -> Plan:
     """The plan to run: `recipe` itself when it is one (whose seed and shard size cannot be changed), else planned
     now."""
     if not isinstance(recipe, Plan):
-        return plan_merge(recipe, sources, out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES, seed=seed or 0, strict=strict)
-    changed = [f"{name} {given} (the plan has {planned})" for name, given, planned in
-               (("seed", seed, recipe.seed), ("out_shard_bytes", out_shard_bytes, recipe.max_shard_bytes))
-               if given is not None and given != planned]
+        return plan_merge(
+            recipe, sources, out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES, seed=seed or 0, strict=strict
+        )
+    changed = [
+        f"{name} {given} (the plan has {planned})"
+        for name, given, planned in (
+            ("seed", seed, recipe.seed),
+            ("out_shard_bytes", out_shard_bytes, recipe.max_shard_bytes),
+        )
+        if given is not None and given != planned
+    ]
     if changed:
-        raise PlanError(f"A plan fixes its seed and shard size; this run asks for {', '.join(changed)}.",
-                        hint="Plan the recipe again with these settings, or leave them out.")
+        raise PlanError(
+            f"A plan fixes its seed and shard size; this run asks for {', '.join(changed)}.",
+            hint="Plan the recipe again with these settings, or leave them out.",
+        )
     return recipe
 
 
@@ -267,7 +297,10 @@ def run_merge(
         staging = create_staging(target)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
         merged_id = repo_id or target.name
-        command = command or f"mergehub merge {RECIPE_FILE} {target.name} --seed {plan.seed} --out-shard-size {plan.max_shard_bytes}"
+        command = (
+            command
+            or f"mergehub merge {RECIPE_FILE} {target.name} --seed {plan.seed} --out-shard-size {plan.max_shard_bytes}"
+        )
         gguf_output = None
         if gguf_types:
             from mergehub.gguf.types import require_gguf
@@ -277,14 +310,27 @@ def run_merge(
 
             hub_parents = [m.pinned.path for m in plan.models if m.revision]
             gguf_output = open_gguf(
-                plan, name=merged_id.split("/")[-1], types=gguf_types, overwrite=overwrite, base_models=hub_parents,
-                target=Path(gguf_dir) if gguf_dir else target.with_name(f"{target.name}-GGUF"), tags=("merge", "mergehub"),
+                plan,
+                name=merged_id.split("/")[-1],
+                types=gguf_types,
+                overwrite=overwrite,
+                base_models=hub_parents,
+                target=Path(gguf_dir) if gguf_dir else target.with_name(f"{target.name}-GGUF"),
+                tags=("merge", "mergehub"),
             )
             stack.callback(gguf_output.close)
         writer = ShardedWriter(staging, plan.shards, shard_sink)
         sink: TensorSink = FanOutWriter(writer, gguf_output.sink) if gguf_output else writer
         try:
-            stats = execute(plan, sources, sink, device=torch_device, on_progress=on_progress, should_stop=should_stop, strict=strict)
+            stats = execute(
+                plan,
+                sources,
+                sink,
+                device=torch_device,
+                on_progress=on_progress,
+                should_stop=should_stop,
+                strict=strict,
+            )
             writer.write_index()
             if shard_sink is not None:
                 shard_sink.flush()
@@ -296,16 +342,29 @@ def run_merge(
                 (staging / filename).write_bytes(data)
         lineage_graph = merge_lineage(merged_id, plan, token)
         readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
-        card = plan_card(plan, tuple(writer.results), repo_id=merged_id, command=command, readmes=readmes, lineage=lineage_graph,
-                         non_finite=tuple(n.describe() for n in stats.non_finite))
+        card = plan_card(
+            plan,
+            tuple(writer.results),
+            repo_id=merged_id,
+            command=command,
+            readmes=readmes,
+            lineage=lineage_graph,
+            non_finite=tuple(n.describe() for n in stats.non_finite),
+        )
         with writing(staging / "README.md"):
             (staging / "README.md").write_text(str(card), encoding="utf-8")
         gguf_result = None
         if gguf_output is not None:
             types = ",".join(f.file_type.lower() for f in gguf_output.plan.files)
             gguf_id = gguf_repo_id or f"{merged_id}-GGUF"
-            gguf_result = gguf_output.finish_card(gguf_id, merged_id, source_on_hub=repo_id is not None, readme=str(card),
-                                                  lineage=lineage_graph, command=f"{command} --gguf {types}")
+            gguf_result = gguf_output.finish_card(
+                gguf_id,
+                merged_id,
+                source_on_hub=repo_id is not None,
+                readme=str(card),
+                lineage=lineage_graph,
+                command=f"{command} --gguf {types}",
+            )
         move_into_place(staging, target)
     shard_names = [shard.filename for shard in writer.results]
     all_files = tuple(sorted([*files, "README.md", *shard_names, INDEX_NAME]))
@@ -351,7 +410,9 @@ def push_merge(
     target, scratch = staging_directory(out_dir)
     uploader = ShardUploader(api, full_id, keep_local=out_dir is not None or bool(eval_tasks))
     try:
-        result = run_merge(recipe, target, token=token, shard_sink=uploader, repo_id=full_id, gguf_repo_id=gguf_id, **merge_options)
+        result = run_merge(
+            recipe, target, token=token, shard_sink=uploader, repo_id=full_id, gguf_repo_id=gguf_id, **merge_options
+        )
         if eval_tasks:
             try:
                 evaluate_merge(result, eval_tasks, token=token, **(eval_options or {}))
@@ -359,7 +420,9 @@ def push_merge(
                 logger.warning("Evaluation failed, pushing without scores: %s", e)
         if before_commit is not None:
             before_commit(result)
-        commit = commit_merge(api, full_id, result.out_dir, uploader.operations(), result.plan.method, replace_weights=ours)
+        commit = commit_merge(
+            api, full_id, result.out_dir, uploader.operations(), result.plan.method, replace_weights=ours
+        )
     except BaseException:
         uploader.close()
         if created:
@@ -380,7 +443,9 @@ def push_merge(
     return result, PushResult(full_id, commit.oid, commit.commit_url, created, gguf=gguf_pushed)
 
 
-def push_gguf_files(result: GGUFResult, *, private: bool = False, force: bool = False, token: str | bool | None = None) -> PushResult:
+def push_gguf_files(
+    result: GGUFResult, *, private: bool = False, force: bool = False, token: str | bool | None = None
+) -> PushResult:
     """Push a GGUF directory to the repo its card names, creating it if needed (deleted again if the commit fails).
 
     Raises:
@@ -459,11 +524,19 @@ def convert_gguf(
         name = name or label.split("/")[-1]
         output = open_gguf(plan, name=name, types=types, target=Path(out_dir), overwrite=overwrite)
         stack.callback(output.close)
-        execute(plan, sources, output.sink, device=resolve_device(device), on_progress=on_progress, should_stop=should_stop)
+        execute(
+            plan, sources, output.sink, device=resolve_device(device), on_progress=on_progress, should_stop=should_stop
+        )
         lineage_graph = walk_lineage(label, max_depth=LINEAGE_DEPTH, token=token) if on_hub else None
         typed = ",".join(t.lower() for t in parse_types(types))
-        return output.finish_card(repo_id or f"{label}-GGUF", label, source_on_hub=on_hub, readme=source.read_file("README.md"),
-                                  lineage=lineage_graph, command=f"mergehub gguf {label} {Path(out_dir).name} --types {typed}")
+        return output.finish_card(
+            repo_id or f"{label}-GGUF",
+            label,
+            source_on_hub=on_hub,
+            readme=source.read_file("README.md"),
+            lineage=lineage_graph,
+            command=f"mergehub gguf {label} {Path(out_dir).name} --types {typed}",
+        )
 
 
 def build_card(target: str, *, token: str | bool | None = None, seed: int = 0) -> ModelCard:
@@ -474,7 +547,9 @@ def build_card(target: str, *, token: str | bool | None = None, seed: int = 0) -
         plan = _plan_merge(parsed, sources, seed=seed)
         readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
     command = f"mergehub merge {RECIPE_FILE} {name.split('/')[-1]} --seed {seed}"
-    return plan_card(plan, shards, repo_id=name, command=command, readmes=readmes, lineage=merge_lineage(name, plan, token))
+    return plan_card(
+        plan, shards, repo_id=name, command=command, readmes=readmes, lineage=merge_lineage(name, plan, token)
+    )
 
 
 def lineage(repo_id: str, *, max_depth: int = 5, token: str | bool | None = None) -> LineageGraph:
@@ -490,7 +565,12 @@ def evaluate(model: str | os.PathLike, tasks: Sequence[str], **options: Any) -> 
 
 
 def score(
-    model: str | os.PathLike, tasks: Sequence[str], *, parents: Sequence[str] = (), token: str | bool | None = None, **options: Any
+    model: str | os.PathLike,
+    tasks: Sequence[str],
+    *,
+    parents: Sequence[str] = (),
+    token: str | bool | None = None,
+    **options: Any,
 ) -> tuple[EvalReport, str | None]:
     """Score a model, and each parent on the same tasks and settings; returns the report and a comparison table.
 
@@ -517,7 +597,9 @@ def evaluate_merge(
     return report, comparison
 
 
-def card_with_scores(target: str, report: EvalReport, comparison: str | None = None, *, token: str | bool | None = None) -> ModelCard:
+def card_with_scores(
+    target: str, report: EvalReport, comparison: str | None = None, *, token: str | bool | None = None
+) -> ModelCard:
     """A model's card (directory or Hub repo) with the report's scores added to its model-index and body."""
     from mergehub.evaluation import add_scores_to_card
 

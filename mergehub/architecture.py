@@ -40,7 +40,9 @@ _NON_TEXT = re.compile(
 
 # The first component naming a tower (vision or audio), and the projectors between a tower and the language model.
 _TOWER = re.compile(r"(?:^|\.)([a-z_]*(?:vision|visual|audio|speech)[a-z_]*)(?:\.|$)")
-_PROJECTOR = re.compile(r"(?:^|\.)(?:multi_modal_projector|mm_projector|image_newline|merger|deepstack_merger_list)(?:\.|$)")
+_PROJECTOR = re.compile(
+    r"(?:^|\.)(?:multi_modal_projector|mm_projector|image_newline|merger|deepstack_merger_list)(?:\.|$)"
+)
 _TOWER_NAMES = {"visual": "vision_tower"}
 # Tower tensors after the layers (SigLIP's `post_layernorm`, Llama 4's `layernorm_post` and `vision_adapter`).
 _TOWER_POST = re.compile(r"post|adapter")

@@ -72,14 +72,20 @@ def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
     text = _bounded_repr(value, limit + 1)
     if len(text) <= limit:
         return text
-    size = f"{len(value):,} items" if isinstance(value, (list, tuple, dict, set)) else f"{len(str(value)):,} chars" if isinstance(value, (str, bytes)) else "more"
+    size = (
+        f"{len(value):,} items"
+        if isinstance(value, (list, tuple, dict, set))
+        else f"{len(str(value)):,} chars"
+        if isinstance(value, (str, bytes))
+        else "more"
+    )
     return f"{text[: limit - 1]}… ({size})"
 
 
 def _bounded_repr(value: object, budget: int) -> str:
     """At least `budget` characters of `repr(value)` (or all of it), without rendering huge containers whole."""
     if isinstance(value, (str, bytes)):
-        return repr(value[: budget])
+        return repr(value[:budget])
     if isinstance(value, (list, tuple, set, dict)):
         items = value.items() if isinstance(value, dict) else value
         open_, close = {dict: "{}", list: "[]", tuple: "()", set: "{}"}.get(type(value), "[]")
@@ -88,11 +94,15 @@ def _bounded_repr(value: object, budget: int) -> str:
         for item in items:
             if used > budget:
                 break
-            part = f"{_bounded_repr(item[0], budget)}: {_bounded_repr(item[1], budget)}" if isinstance(value, dict) else _bounded_repr(item, budget)
+            part = (
+                f"{_bounded_repr(item[0], budget)}: {_bounded_repr(item[1], budget)}"
+                if isinstance(value, dict)
+                else _bounded_repr(item, budget)
+            )
             parts.append(part)
             used += len(part) + 2
         return open_ + ", ".join(parts) + close
-    return repr(value)[: budget]
+    return repr(value)[:budget]
 
 
 @dataclass(frozen=True)
@@ -137,7 +147,12 @@ class MergehubError(Exception):
     """
 
     def __init__(
-        self, message: str, *, hint: str | None = None, location: str | None = None, line: int | None = None,
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        location: str | None = None,
+        line: int | None = None,
         problems: tuple[Problem, ...] = (),
     ) -> None:
         self.headline = message
@@ -168,8 +183,14 @@ class RecipeError(MergehubError, ValueError):
     """
 
     def __init__(
-        self, message: str, *, hint: str | None = None, location: str | None = None, line: int | None = None,
-        problems: tuple[Problem, ...] = (), warnings: tuple[RecipeWarning, ...] = (),
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        location: str | None = None,
+        line: int | None = None,
+        problems: tuple[Problem, ...] = (),
+        warnings: tuple[RecipeWarning, ...] = (),
     ) -> None:
         super().__init__(message, hint=hint, location=location, line=line, problems=problems)
         self.warnings = warnings

@@ -173,7 +173,11 @@ def _local_model(model: str | os.PathLike, token: str | None) -> tuple[Path, str
 
     try:
         local = Path(snapshot_download(ref.path, revision=ref.revision, token=token, allow_patterns=_MODEL_FILES))
-    except (OSError, ValueError, HTTPError) as e:  # huggingface_hub's HTTP, network, not-found, offline and validation errors
+    except (
+        OSError,
+        ValueError,
+        HTTPError,
+    ) as e:  # huggingface_hub's HTTP, network, not-found, offline and validation errors
         raise EvaluationError(
             f"Could not download {model} from the Hub: {e}",
             hint="Check the repo id, the revision, your token (HF_TOKEN) and the network.",
@@ -394,12 +398,26 @@ def evaluate(
             hint="Give a directory (or Hub repo) with config.json, safetensors weights and tokenizer files.",
         ) from e
     results = _simple_evaluate(
-        lm_eval, lm, manager, specs, limit=limit, num_fewshot=num_fewshot, seed=seed,
-        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+        lm_eval,
+        lm,
+        manager,
+        specs,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        seed=seed,
+        apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn,
     )
     return _report(
-        results, model=str(model), lm_eval_version=lm_eval.__version__, limit=limit, revision=revision, seed=seed,
-        device=torch_device, dtype=weights, seconds=time.perf_counter() - started,
+        results,
+        model=str(model),
+        lm_eval_version=lm_eval.__version__,
+        limit=limit,
+        revision=revision,
+        seed=seed,
+        device=torch_device,
+        dtype=weights,
+        seconds=time.perf_counter() - started,
     )
 
 
@@ -432,18 +450,39 @@ def evaluate_loaded(
     started = time.perf_counter()
     lm = get_model("hf")(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     results = _simple_evaluate(
-        lm_eval, lm, manager, specs, limit=limit, num_fewshot=num_fewshot, seed=seed,
-        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+        lm_eval,
+        lm,
+        manager,
+        specs,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        seed=seed,
+        apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=fewshot_as_multiturn,
     )
     return _report(
-        results, model=label, lm_eval_version=lm_eval.__version__, limit=limit, seed=seed, device=str(model.device),
-        dtype=str(model.dtype).removeprefix("torch."), seconds=time.perf_counter() - started,
+        results,
+        model=label,
+        lm_eval_version=lm_eval.__version__,
+        limit=limit,
+        seed=seed,
+        device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        seconds=time.perf_counter() - started,
     )
 
 
 def _simple_evaluate(
-    lm_eval: Any, lm: Any, manager: Any, specs: list[str | dict[str, Any]], *, limit: float | None, num_fewshot: int | None,
-    seed: int, apply_chat_template: bool, fewshot_as_multiturn: bool,
+    lm_eval: Any,
+    lm: Any,
+    manager: Any,
+    specs: list[str | dict[str, Any]],
+    *,
+    limit: float | None,
+    num_fewshot: int | None,
+    seed: int,
+    apply_chat_template: bool,
+    fewshot_as_multiturn: bool,
 ) -> Mapping[str, Any]:
     """lm-eval's `simple_evaluate` with mergehub's seeding; a chat template is applied only when asked for."""
     results = lm_eval.simple_evaluate(
@@ -570,7 +609,9 @@ def parent_reports(
             readme = source.read_file("README.md")
         finally:
             source.close()
-        reports[parent] = report_from_card(readme, merged, model=parent) or evaluate(parent, tasks, token=token, **options)
+        reports[parent] = report_from_card(readme, merged, model=parent) or evaluate(
+            parent, tasks, token=token, **options
+        )
     return reports
 
 

@@ -31,7 +31,17 @@ from mergehub.vocab import align_rows
 from mergehub.workers import DaemonPool
 from mergehub.writer import TensorSink
 
-__all__ = ["Progress", "ExecutionStats", "NonFinite", "execute", "merge_job", "resolve_device", "sources_by_key", "tensor_seed", "count_non_finite"]
+__all__ = [
+    "Progress",
+    "ExecutionStats",
+    "NonFinite",
+    "execute",
+    "merge_job",
+    "resolve_device",
+    "sources_by_key",
+    "tensor_seed",
+    "count_non_finite",
+]
 
 DEFAULT_PREFETCH_BYTES = 256 * 1024**2
 DEFAULT_BATCH_BYTES = 64 * 1024**2
@@ -77,9 +87,14 @@ class ExecutionStats:
     def warnings(self) -> list[str]:
         """One line each for the inputs and the outputs with NaN or Inf values (none when all are finite)."""
         lines = []
-        for kind, found in (("input", [n for n in self.non_finite if n.model]), ("output", [n for n in self.non_finite if not n.model])):
+        for kind, found in (
+            ("input", [n for n in self.non_finite if n.model]),
+            ("output", [n for n in self.non_finite if not n.model]),
+        ):
             if found:
-                shown = ", ".join(n.describe() for n in found[:5]) + (f", and {len(found) - 5} more" if len(found) > 5 else "")
+                shown = ", ".join(n.describe() for n in found[:5]) + (
+                    f", and {len(found) - 5} more" if len(found) > 5 else ""
+                )
                 lines.append(f"{len(found)} {kind} tensor(s) hold NaN or Inf values: {shown}.")
         return lines
 
@@ -89,7 +104,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MergehubError("--device cuda was asked for, but torch sees no CUDA device.", hint="Use --device cpu or auto.")
+        raise MergehubError(
+            "--device cuda was asked for, but torch sees no CUDA device.", hint="Use --device cpu or auto."
+        )
     return torch.device(device)
 
 
@@ -104,7 +121,12 @@ def _compute_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
 
 
 def merge_job(
-    job: TensorJob, inputs: Sequence[torch.Tensor], plan: Plan, *, method: MethodSpec, device: torch.device,
+    job: TensorJob,
+    inputs: Sequence[torch.Tensor],
+    plan: Plan,
+    *,
+    method: MethodSpec,
+    device: torch.device,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> torch.Tensor:
     """Merge one job's input tensors into its output tensor (on the CPU, in the job's dtype).
@@ -133,11 +155,15 @@ def merge_job(
     rows = max(1, chunk_elements // (numel // staged[0].shape[0]))
     output = torch.empty(staged[0].shape, dtype=out_dtype)
     for start in range(0, staged[0].shape[0], rows):
-        output[start : start + rows] = _run_kernel(method, job, [t[start : start + rows] for t in staged], device, plan.seed)
+        output[start : start + rows] = _run_kernel(
+            method, job, [t[start : start + rows] for t in staged], device, plan.seed
+        )
     return output
 
 
-def _run_kernel(method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor], device: torch.device, seed: int) -> torch.Tensor:
+def _run_kernel(
+    method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor], device: torch.device, seed: int
+) -> torch.Tensor:
     """Call the method's kernel on the tensors in the compute dtype, naming the tensor in any error."""
     compute = _compute_dtype(tensors)
     tensors = [t.to(compute) for t in tensors]
@@ -180,7 +206,8 @@ def _strict_error(found: NonFinite) -> MergeMethodError:
     where = f"Input {found.tensor} of {found.model}" if found.model else f"The merged {found.tensor}"
     return MergeMethodError(
         f"{where} holds {found.count:,} NaN or Inf values.",
-        hint="--strict makes this an error; without it the merge finishes and the card records it. Check the " "model's weights.",
+        hint="--strict makes this an error; without it the merge finishes and the card records it. Check the "
+        "model's weights.",
     )
 
 
@@ -229,8 +256,10 @@ def sources_by_key(plan: Plan, sources: Mapping[ModelRef, TensorSource]) -> dict
     for model in plan.models:
         source = by_key.get(model.ref)
         if source is None:
-            raise PlanError(f"The plan reads {model.ref}, but no source was given for it.",
-                            hint="Open the plan's models with `open_sources(plan)`.")
+            raise PlanError(
+                f"The plan reads {model.ref}, but no source was given for it.",
+                hint="Open the plan's models with `open_sources(plan)`.",
+            )
         if model.revision is not None and source.revision != model.revision:
             raise PlanError(
                 f"The plan reads {model.ref} at commit {model.revision}, but its source is at {source.revision}.",
@@ -331,7 +360,9 @@ def execute(
     read_pool.shutdown()
     write_pool.shutdown()
     ordered = sorted(found.values(), key=lambda n: n.model is None)
-    return ExecutionStats(time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes(), tuple(ordered))
+    return ExecutionStats(
+        time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes(), tuple(ordered)
+    )
 
 
 def _check_verified(plan: Plan, sources: Mapping[str, TensorSource]) -> None:

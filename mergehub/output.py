@@ -24,7 +24,15 @@ from mergehub.errors import OutputError
 from mergehub.recipe import RECIPE_FILE
 from mergehub.writer import writing
 
-__all__ = ["STALE_SECONDS", "MERGE_MARKERS", "resolve_target", "create_staging", "remove_stale", "remove_stale_directories", "move_into_place"]
+__all__ = [
+    "STALE_SECONDS",
+    "MERGE_MARKERS",
+    "resolve_target",
+    "create_staging",
+    "remove_stale",
+    "remove_stale_directories",
+    "move_into_place",
+]
 
 STALE_SECONDS = 24 * 3600
 """A staging directory this old is removed even if its process seems alive (its pid may have been reused)."""
@@ -40,7 +48,11 @@ MERGE_MARKERS = (RECIPE_FILE, "*.safetensors")
 
 
 def resolve_target(
-    out_dir: str | os.PathLike, *, overwrite: bool, recipe: str | os.PathLike | None = None, markers: tuple[str, ...] = MERGE_MARKERS,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool,
+    recipe: str | os.PathLike | None = None,
+    markers: tuple[str, ...] = MERGE_MARKERS,
 ) -> Path:
     """The absolute output directory, checked before anything is read or written.
 
@@ -58,15 +70,20 @@ def resolve_target(
     if not target.is_dir() or not any(target.iterdir()):
         return target
     if not overwrite:
-        raise OutputError(f"Output directory {target} is not empty.", hint="Choose a new directory, or pass --overwrite.")
+        raise OutputError(
+            f"Output directory {target} is not empty.", hint="Choose a new directory, or pass --overwrite."
+        )
     hint = "--overwrite only replaces the directory of a previous output of mergehub: choose a new output directory."
     if _inside(Path.cwd().resolve(), target):
-        raise OutputError(f"--overwrite would replace {target}, which is (or contains) the current directory.", hint=hint)
+        raise OutputError(
+            f"--overwrite would replace {target}, which is (or contains) the current directory.", hint=hint
+        )
     if recipe is not None and _inside(Path(recipe).resolve(), target):
         raise OutputError(f"--overwrite would replace {target}, which holds the recipe.", hint=hint)
     if not all(next(target.glob(pattern), None) for pattern in markers):
         raise OutputError(
-            f"--overwrite would replace {target}, which does not hold a previous output (it lacks " f"{' or '.join(markers)}).",
+            f"--overwrite would replace {target}, which does not hold a previous output (it lacks "
+            f"{' or '.join(markers)}).",
             hint=hint,
         )
     return target
@@ -103,7 +120,12 @@ def remove_stale_directories(parent: Path, prefix: str, what: str) -> list[Path]
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
-        logger.warning("Removed %d %s left by earlier runs that were stopped: %s", len(removed), what, ", ".join(p.name for p in removed))
+        logger.warning(
+            "Removed %d %s left by earlier runs that were stopped: %s",
+            len(removed),
+            what,
+            ", ".join(p.name for p in removed),
+        )
     return removed
 
 

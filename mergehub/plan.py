@@ -198,7 +198,9 @@ def layout_shards(entries: Sequence[tuple[str, str, tuple[int, ...]]], max_shard
         groups[-1].append(TensorSlot(name, dtype, tuple(shape), offset, offset + nbytes))
         offset += nbytes
     total = len(groups)
-    return tuple(ShardLayout(f"model-{i + 1:05d}-of-{total:05d}.safetensors", tuple(slots)) for i, slots in enumerate(groups))
+    return tuple(
+        ShardLayout(f"model-{i + 1:05d}-of-{total:05d}.safetensors", tuple(slots)) for i, slots in enumerate(groups)
+    )
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,10 @@ class Plan:
     def output_files(self) -> dict[str, bytes]:
         """The files written beside the weights, by name: config, recipe, generation config, tokenizer, chat
         template."""
-        files = {"config.json": (json.dumps(self.config, indent=2) + "\n").encode(), RECIPE_FILE: self.recipe_text.encode()}
+        files = {
+            "config.json": (json.dumps(self.config, indent=2) + "\n").encode(),
+            RECIPE_FILE: self.recipe_text.encode(),
+        }
         if self.generation_config is not None:
             files["generation_config.json"] = self.generation_config
         files.update(self.tokenizer_files)
@@ -280,10 +285,14 @@ class Plan:
         try:
             plan = _plan_adapter().validate_json(text)
         except ValidationError as e:
-            raise PlanError(f"Not a mergehub plan: {excerpt(str(e), 300)}", hint="Give the output of `Plan.to_json()`.") from e
+            raise PlanError(
+                f"Not a mergehub plan: {excerpt(str(e), 300)}", hint="Give the output of `Plan.to_json()`."
+            ) from e
         if plan.format != PLAN_FORMAT:
-            raise PlanError(f"The plan's format is {plan.format}; this mergehub reads format {PLAN_FORMAT}.",
-                            hint="Plan the recipe again with this version of mergehub.")
+            raise PlanError(
+                f"The plan's format is {plan.format}; this mergehub reads format {PLAN_FORMAT}.",
+                hint="Plan the recipe again with this version of mergehub.",
+            )
         return plan
 
     def describe(self) -> str:
@@ -291,23 +300,37 @@ class Plan:
         number = {m.ref: i for i, m in enumerate(self.models)}
         lines = [f"Plan: {self.method} merge of {len(self.models)} models into {len(self.jobs)} tensors"]
         lines.append("Input models (bytes to read):")
-        lines += [f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {format_size(m.read_bytes)}" for i, m in enumerate(self.models)]
+        lines += [
+            f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {format_size(m.read_bytes)}"
+            for i, m in enumerate(self.models)
+        ]
         lines.append(f"Output: {len(self.shards)} shard(s), {format_size(self.write_bytes)}; layers: {self.num_layers}")
         files = self.output_files()
-        lines.append("Files: " + ", ".join(f"{name} ({format_size(len(data))})" for name, data in sorted(files.items())))
+        lines.append(
+            "Files: " + ", ".join(f"{name} ({format_size(len(data))})" for name, data in sorted(files.items()))
+        )
         if self.vocab is not None:
-            lines.append(f"Vocabulary: {self.vocab.size} tokens in {self.vocab.rows} rows, each model's rows re-indexed " "onto them")
+            lines.append(
+                f"Vocabulary: {self.vocab.size} tokens in {self.vocab.rows} rows, each model's rows re-indexed "
+                "onto them"
+            )
         lines.append(f"Estimated peak memory for tensors: {format_size(self.peak_memory_bytes)}")
         lines += [f"Warning: {w}" for w in self.warnings]
         lines.append("Tensors:")
         for job in self.jobs:
             sources = ", ".join(f"[{number[i.model]}]{'' if i.name == job.name else ':' + i.name}" for i in job.inputs)
             params = ", ".join(f"{k}={_fmt(v)}" for k, v in job.params)
-            lines.append(f"  {job.name} {job.dtype}{list(job.shape)} <- {job.method}({sources}){' ' + params if params else ''}")
+            lines.append(
+                f"  {job.name} {job.dtype}{list(job.shape)} <- {job.method}({sources}){' ' + params if params else ''}"
+            )
         if self.input_files:
             checked = sum(f.verified for f in self.input_files)
-            lines.append(f"Hub weight files checked against their sha256 as they stream: {checked} of {len(self.input_files)}")
-            lines += [f"  not checked: [{number[f.model]}] {f.file} ({f.reason})" for f in self.input_files if not f.verified]
+            lines.append(
+                f"Hub weight files checked against their sha256 as they stream: {checked} of {len(self.input_files)}"
+            )
+            lines += [
+                f"  not checked: [{number[f.model]}] {f.file} ({f.reason})" for f in self.input_files if not f.verified
+            ]
         return "\n".join(lines)
 
 
@@ -391,13 +414,18 @@ class _Planner:
                     hint="mergehub needs the layer count to map layers; check the model's config.json.",
                 )
             return count
-        indices = [p.index for n in self.sources[ref].tensors() if self.in_module(n, module) and (p := split_layer_name(n))]
+        indices = [
+            p.index for n in self.sources[ref].tensors() if self.in_module(n, module) and (p := split_layer_name(n))
+        ]
         return max(indices) + 1 if indices else 0
 
     def slices_from_models(self, models: list[InputModel], where: str, module: str) -> _Slice:
         """`models:` as mergekit reads it: one slice over all layers, the base model added when not listed."""
         prefix = f"{where}." if where else ""
-        sources = [_Source(m.model, (0, self.layers_of(m.model, module)), m.parameters, f"{prefix}models[{i}]") for i, m in enumerate(models)]
+        sources = [
+            _Source(m.model, (0, self.layers_of(m.model, module)), m.parameters, f"{prefix}models[{i}]")
+            for i, m in enumerate(models)
+        ]
         base = self.recipe.base_model
         if base is not None and base not in [m.model for m in models]:
             sources.append(_Source(base, (0, self.layers_of(base, module)), None, "base_model"))
@@ -409,7 +437,8 @@ class _Planner:
             raise PlanError(
                 f"The models have different layer counts{what} ({detail}).",
                 hint="Merge matching layers explicitly with `slices:` and `layer_range`.",
-                location=odd.location, line=self.recipe.line_of(odd.location),
+                location=odd.location,
+                line=self.recipe.line_of(odd.location),
             )
         return _Slice(tuple(sources), None, None, f"{prefix}models")
 
@@ -417,8 +446,13 @@ class _Planner:
         prefix = f"{where}." if where else ""
         return tuple(
             _Slice(
-                tuple(_Source(s.model, s.layer_range, s.parameters, f"{prefix}slices[{i}].sources[{j}]") for j, s in enumerate(out.sources)),
-                out.base_model, out.parameters, f"{prefix}slices[{i}]",
+                tuple(
+                    _Source(s.model, s.layer_range, s.parameters, f"{prefix}slices[{i}].sources[{j}]")
+                    for j, s in enumerate(out.sources)
+                ),
+                out.base_model,
+                out.parameters,
+                f"{prefix}slices[{i}]",
             )
             for i, out in enumerate(slices)
         )
@@ -430,28 +464,46 @@ class _Planner:
             for name in recipe.modules:
                 if name not in available:
                     raise RecipeError(
-                        f"modules.{name}: {config_ref} has no module {name!r}.", hint=f"Its modules are: {', '.join(available)}.",
-                        location=f"modules.{name}", line=recipe.line_of(f"modules.{name}"),
+                        f"modules.{name}: {config_ref} has no module {name!r}.",
+                        hint=f"Its modules are: {', '.join(available)}.",
+                        location=f"modules.{name}",
+                        line=recipe.line_of(f"modules.{name}"),
                     )
             modules = []
             for name, module in recipe.modules.items():
                 where = f"modules.{name}"
-                slices = self.slices_from_recipe(module.slices, where) if module.slices else (self.slices_from_models(module.models or [], where, name),)
+                slices = (
+                    self.slices_from_recipe(module.slices, where)
+                    if module.slices
+                    else (self.slices_from_models(module.models or [], where, name),)
+                )
                 modules.append(_Module(name, slices, module.parameters, where, bool(module.slices)))
             for name in available:
                 if name not in recipe.modules:
                     count = sum(self.in_module(n, name) for n in self.sources[config_ref].tensors())
-                    self.warnings.append(recipe.warning("modules", f"module `{name}` is not listed: its {count} tensors are left out of the output, " "as mergekit does."))
+                    self.warnings.append(
+                        recipe.warning(
+                            "modules",
+                            f"module `{name}` is not listed: its {count} tensors are left out of the output, "
+                            "as mergekit does.",
+                        )
+                    )
             return modules, []
         if recipe.models:
-            return [_Module(name, (self.slices_from_models(recipe.models, "", name),), None, "", False) for name in available], []
+            return [
+                _Module(name, (self.slices_from_models(recipe.models, "", name),), None, "", False)
+                for name in available
+            ], []
         main = available[0]
         copied = available[1:]
         if copied:
-            self.warnings.append(recipe.warning(
-                "slices", f"{', '.join(copied)}: copied unmerged from {config_ref}; `slices:` apply to the language model "
-                "(mergekit refuses `slices:` on a model with several modules: use `modules:` to merge them too).",
-            ))
+            self.warnings.append(
+                recipe.warning(
+                    "slices",
+                    f"{', '.join(copied)}: copied unmerged from {config_ref}; `slices:` apply to the language model "
+                    "(mergekit refuses `slices:` on a model with several modules: use `modules:` to merge them too).",
+                )
+            )
         return [_Module(main, self.slices_from_recipe(recipe.slices or [], ""), None, "", True)], copied
 
     def check_slice(self, module: _Module, out_slice: _Slice) -> ModelRef | None:
@@ -461,8 +513,10 @@ class _Planner:
             count = self.layers_of(source.model, module.name)
             if source.layer_range[1] > count:
                 raise RecipeError(
-                    f"{label}: layer_range {list(source.layer_range)} of {source.model} is out of bounds: it " f"has {count} layers.",
-                    hint=f"Use a range within [0, {count}].", location=f"{source.location}.layer_range",
+                    f"{label}: layer_range {list(source.layer_range)} of {source.model} is out of bounds: it "
+                    f"has {count} layers.",
+                    hint=f"Use a range within [0, {count}].",
+                    location=f"{source.location}.layer_range",
                     line=self.recipe.line_of(f"{source.location}.layer_range"),
                 )
         lengths = {s.layer_range[1] - s.layer_range[0] for s in out_slice.sources}
@@ -470,37 +524,56 @@ class _Planner:
         if len(lengths) > 1:
             raise RecipeError(
                 f"{label}: sources cover different numbers of layers ({sorted(lengths)}).",
-                hint="Give every source of a slice layer ranges of one length.", **where,
+                hint="Give every source of a slice layer ranges of one length.",
+                **where,
             )
         models = [s.model for s in out_slice.sources]
         if len(set(models)) != len(models):
-            raise RecipeError(f"{label}: a model appears twice among the sources.", hint="List each model once per slice.", **where)
+            raise RecipeError(
+                f"{label}: a model appears twice among the sources.", hint="List each model once per slice.", **where
+            )
         method = self.method
         n = len(models)
         if n < method.min_inputs or (method.max_inputs is not None and n > method.max_inputs):
-            wanted = str(method.min_inputs) if method.max_inputs == method.min_inputs else (
-                f"at least {method.min_inputs}" if method.max_inputs is None else f"{method.min_inputs} to {method.max_inputs}"
+            wanted = (
+                str(method.min_inputs)
+                if method.max_inputs == method.min_inputs
+                else (
+                    f"at least {method.min_inputs}"
+                    if method.max_inputs is None
+                    else f"{method.min_inputs} to {method.max_inputs}"
+                )
             )
             raise RecipeError(
                 f"{method.name} merges {wanted} model(s) per tensor, but {label} gives {n}.",
-                hint="Adjust the models listed, or choose another method.", **where,
+                hint="Adjust the models listed, or choose another method.",
+                **where,
             )
         base = None if method.base == "ignored" else out_slice.base_model or self.recipe.base_model
         if base is not None and base not in models:
             raise RecipeError(
-                f"{label}: the base model {base} is not among the sources.", hint="Add the base model to the slice's sources.", **where
+                f"{label}: the base model {base} is not among the sources.",
+                hint="Add the base model to the slice's sources.",
+                **where,
             )
         if method.base == "required" and base is None:
             raise RecipeError(
-                f"{method.name} needs a `base_model`.", hint="Add `base_model: <model>` to the recipe.",
-                location="merge_method", line=self.recipe.line_of("merge_method"),
+                f"{method.name} needs a `base_model`.",
+                hint="Add `base_model: <model>` to the recipe.",
+                location="merge_method",
+                line=self.recipe.line_of("merge_method"),
             )
         others = n - (base is not None)
         if others < method.min_non_base or (method.max_non_base is not None and others > method.max_non_base):
-            wanted = str(method.min_non_base) if method.max_non_base == method.min_non_base else f"at least {method.min_non_base}"
+            wanted = (
+                str(method.min_non_base)
+                if method.max_non_base == method.min_non_base
+                else f"at least {method.min_non_base}"
+            )
             raise RecipeError(
                 f"{method.name} merges {wanted} model(s) besides the base, but {label} gives {others}.",
-                hint="Adjust the models listed, or choose another method.", **where,
+                hint="Adjust the models listed, or choose another method.",
+                **where,
             )
         return base
 
@@ -508,11 +581,23 @@ class _Planner:
         """Where a parameter of this slice (and of `source`, for a per-model one) may be set, by mergekit's
         precedence."""
         own = (f"{source.location}.parameters", source.parameters) if source else None
-        return precedence(own, (f"{out_slice.location}.parameters", out_slice.parameters),
-                          (f"{module.location}.parameters".lstrip("."), module.parameters), self.recipe)
+        return precedence(
+            own,
+            (f"{out_slice.location}.parameters", out_slice.parameters),
+            (f"{module.location}.parameters".lstrip("."), module.parameters),
+            self.recipe,
+        )
 
-    def resolve(self, specs: Sequence[ParamSpec], out_name: str, t: float, module: _Module, out_slice: _Slice,
-                inputs: list[tuple[_Source, str]], base_index: int | None) -> tuple[tuple[str, Any], ...]:
+    def resolve(
+        self,
+        specs: Sequence[ParamSpec],
+        out_name: str,
+        t: float,
+        module: _Module,
+        out_slice: _Slice,
+        inputs: list[tuple[_Source, str]],
+        base_index: int | None,
+    ) -> tuple[tuple[str, Any], ...]:
         """Resolve every method parameter for one tensor, by mergekit's precedence."""
         resolved: list[tuple[str, Any]] = []
         for spec in specs:
@@ -538,8 +623,10 @@ class _Planner:
         if spec.required:
             location = scopes[0][0]
             raise RecipeError(
-                f"Missing required parameter {spec.name!r} for {where}.", hint=f"Set `{spec.name}` in the model's or the recipe's `parameters`.",
-                location=location, line=self.recipe.line_of(location),
+                f"Missing required parameter {spec.name!r} for {where}.",
+                hint=f"Set `{spec.name}` in the model's or the recipe's `parameters`.",
+                location=location,
+                line=self.recipe.line_of(location),
             )
         return spec.default
 
@@ -549,7 +636,12 @@ class _Planner:
             return tensors[name]
         if name.endswith("lm_head.weight"):  # tied embeddings: transformers reads the input embedding
             for candidate in tensors.values():
-                if tensor_group(candidate.name) == "pre" and is_language_model_tensor(candidate.name) and "embed" in candidate.name and candidate.name.endswith("weight"):
+                if (
+                    tensor_group(candidate.name) == "pre"
+                    and is_language_model_tensor(candidate.name)
+                    and "embed" in candidate.name
+                    and candidate.name.endswith("weight")
+                ):
                     return candidate
         return None
 
@@ -557,25 +649,52 @@ class _Planner:
         """A job that copies one tensor of `ref` unchanged but for the output dtype (a vision tower's, say)."""
         info = self.sources[ref].tensors()[name]
         floating = DTYPES[info.dtype].is_floating_point
-        dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", info.dtype) if floating else info.dtype
+        dtype = (
+            _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", info.dtype) if floating else info.dtype
+        )
         self.read_bytes[ref] = self.read_bytes.get(ref, 0) + info.nbytes
         self.jobs.append(
-            TensorJob(name=name, shape=info.shape, dtype=dtype, method=_COPY.name, inputs=(InputTensor(str(ref), name),),
-                      base_index=None, params=tuple((p.argument, p.default_for(1, None)) for p in _COPY.params),
-                      read_bytes=info.nbytes)
+            TensorJob(
+                name=name,
+                shape=info.shape,
+                dtype=dtype,
+                method=_COPY.name,
+                inputs=(InputTensor(str(ref), name),),
+                base_index=None,
+                params=tuple((p.argument, p.default_for(1, None)) for p in _COPY.params),
+                read_bytes=info.nbytes,
+            )
         )
 
-    def add_job(self, out_name: str, module: _Module, out_slice: _Slice, inputs: list[tuple[_Source, str]],
-                base_ref: ModelRef | None, reference: int, t: float) -> None:
+    def add_job(
+        self,
+        out_name: str,
+        module: _Module,
+        out_slice: _Slice,
+        inputs: list[tuple[_Source, str]],
+        base_ref: ModelRef | None,
+        reference: int,
+        t: float,
+    ) -> None:
         infos = []
         for source, name in inputs:
             info = self.find_input(source.model, name)
             if info is None:
-                self.problems.append(self.recipe.problem(source.location, f"{source.model} has no tensor {name!r} (needed for {out_name})."))
+                self.problems.append(
+                    self.recipe.problem(
+                        source.location, f"{source.model} has no tensor {name!r} (needed for {out_name})."
+                    )
+                )
                 return
             infos.append(info)
-        vocab = self.vocab is not None and is_language_model_tensor(out_name) and tensor_group(out_name) != "layer" and all(
-            len(info.shape) == 2 and info.shape[0] == embedding_rows(self.sources[s.model]) for (s, _), info in zip(inputs, infos)
+        vocab = (
+            self.vocab is not None
+            and is_language_model_tensor(out_name)
+            and tensor_group(out_name) != "layer"
+            and all(
+                len(info.shape) == 2 and info.shape[0] == embedding_rows(self.sources[s.model])
+                for (s, _), info in zip(inputs, infos)
+            )
         )
         shapes = {info.shape[1:] if vocab else info.shape for info in infos}
         if len(shapes) > 1:
@@ -594,7 +713,13 @@ class _Planner:
             job_inputs, infos, base_index = [inputs[reference]], [infos[reference]], None
         spec = self.method.params if floating else _COPY.params
         params = self.resolve(spec, out_name, t, module, out_slice, job_inputs, base_index)
-        dtype = _DTYPE_CODES.get(self.recipe.out_dtype or self.recipe.dtype or "", infos[min(reference, len(infos) - 1)].dtype) if floating else infos[0].dtype
+        dtype = (
+            _DTYPE_CODES.get(
+                self.recipe.out_dtype or self.recipe.dtype or "", infos[min(reference, len(infos) - 1)].dtype
+            )
+            if floating
+            else infos[0].dtype
+        )
         for (source, _), info in zip(job_inputs, infos):
             self.read_bytes[source.model] = self.read_bytes.get(source.model, 0) + info.nbytes
         shape = (self.vocab.rows, *infos[0].shape[1:]) if vocab and self.vocab else infos[0].shape
@@ -620,7 +745,11 @@ class _Planner:
         def add_outside_layers(group: str, out_slice: _Slice, base: ModelRef | None) -> None:
             ref_index = out_slice.reference_index(base)
             reference = out_slice.sources[ref_index].model
-            for name in sorted(n for n in self.sources[reference].tensors() if self.in_module(n, module.name) and module_group(n) == group):
+            for name in sorted(
+                n
+                for n in self.sources[reference].tensors()
+                if self.in_module(n, module.name) and module_group(n) == group
+            ):
                 self.add_job(name, module, out_slice, [(s, name) for s in out_slice.sources], base, ref_index, t=0.0)
 
         add_outside_layers("pre", first, bases[0])
@@ -656,16 +785,27 @@ class _Planner:
                 spec = method.param(name)
                 if spec is None:
                     close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-                    takes = f"did you mean `{close[0]}`?" if close else f"{method.name} takes: {', '.join(known) or 'no parameters'}"
-                    self.warnings.append(recipe.warning(location, f"`{name}` is not a {method.name} parameter: ignored ({takes})."))
+                    takes = (
+                        f"did you mean `{close[0]}`?"
+                        if close
+                        else f"{method.name} takes: {', '.join(known) or 'no parameters'}"
+                    )
+                    self.warnings.append(
+                        recipe.warning(location, f"`{name}` is not a {method.name} parameter: ignored ({takes}).")
+                    )
                 elif where in per_model and spec.scope == "shared":
-                    self.warnings.append(recipe.warning(
-                        location, f"`{name}` is one value for all models in {method.name}, so a model's own `{name}` " "is ignored "
-                        "(set it in the recipe's or the slice's `parameters`).",
-                    ))
+                    self.warnings.append(
+                        recipe.warning(
+                            location,
+                            f"`{name}` is one value for all models in {method.name}, so a model's own `{name}` "
+                            "is ignored "
+                            "(set it in the recipe's or the slice's `parameters`).",
+                        )
+                    )
                 elif where in per_model and spec.scope == "non_base" and per_model[where] == base_of[where]:
-                    self.warnings.append(recipe.warning(location, f"`{name}` is not used for the base model by {method.name}: ignored."))
-
+                    self.warnings.append(
+                        recipe.warning(location, f"`{name}` is not used for the base model by {method.name}: ignored.")
+                    )
 
 
 def _with_ignored(error: RecipeError, warnings: Sequence[RecipeWarning]) -> RecipeError:
@@ -674,7 +814,14 @@ def _with_ignored(error: RecipeError, warnings: Sequence[RecipeWarning]) -> Reci
         return error
     ignored = "; ".join(str(w) for w in warnings[:3]) + (f"; and {len(warnings) - 3} more" if len(warnings) > 3 else "")
     hint = f"{error.hint + ' ' if error.hint else ''}Ignored in this recipe: {ignored}"
-    return type(error)(error.headline, hint=hint, location=error.location, line=error.line, problems=error.problems, warnings=error.warnings)
+    return type(error)(
+        error.headline,
+        hint=hint,
+        location=error.location,
+        line=error.line,
+        problems=error.problems,
+        warnings=error.warnings,
+    )
 
 
 @functools.cache
@@ -690,8 +837,10 @@ def _validator(spec: ParamSpec, recipe: Recipe) -> Callable[[Any, str], Any]:
             return _adapter(spec.type).validate_python(value)
         except ValidationError as e:
             raise RecipeError(
-                f"{location}: {excerpt(value)} is not a {spec.type.__name__}.", hint=f"Write `{spec.name}` as a {spec.type.__name__}, e.g. {spec.name}: {_example(spec.type)}.",
-                location=location, line=recipe.line_of(location),
+                f"{location}: {excerpt(value)} is not a {spec.type.__name__}.",
+                hint=f"Write `{spec.name}` as a {spec.type.__name__}, e.g. {spec.name}: {_example(spec.type)}.",
+                location=location,
+                line=recipe.line_of(location),
             ) from e
 
     return validate
@@ -701,8 +850,9 @@ def _example(kind: type) -> str:
     return {bool: "true", int: "10", float: "0.5"}.get(kind, "...")
 
 
-def _output_config(planner: _Planner, modules: list[_Module], bases: dict[_Slice, ModelRef | None], ref: ModelRef,
-                   dtype: str | None) -> dict:
+def _output_config(
+    planner: _Planner, modules: list[_Module], bases: dict[_Slice, ModelRef | None], ref: ModelRef, dtype: str | None
+) -> dict:
     """The merged model's config: the reference model's, with each sliced module's layer count and per-layer lists
     rebuilt."""
     config = copy.deepcopy(planner.configs[ref])
@@ -735,7 +885,10 @@ def _output_config(planner: _Planner, modules: list[_Module], bases: dict[_Slice
 
 
 def _architecture_problems(planner: _Planner) -> list[Problem]:
-    kinds = {ref: tuple(planner.configs[ref].get("architectures") or [planner.configs[ref].get("model_type")]) for ref in planner.refs}
+    kinds = {
+        ref: tuple(planner.configs[ref].get("architectures") or [planner.configs[ref].get("model_type")])
+        for ref in planner.refs
+    }
     if len(set(kinds.values())) <= 1:
         return []
     detail = ", ".join(f"{ref}: {'/'.join(map(str, k))}" for ref, k in kinds.items())
@@ -743,8 +896,13 @@ def _architecture_problems(planner: _Planner) -> list[Problem]:
 
 
 def plan_merge(
-    recipe: Recipe, sources: Mapping[ModelRef, TensorSource], *, out_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    prefetch_bytes: int = 0, seed: int = 0, strict: bool = False,
+    recipe: Recipe,
+    sources: Mapping[ModelRef, TensorSource],
+    *,
+    out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    prefetch_bytes: int = 0,
+    seed: int = 0,
+    strict: bool = False,
 ) -> Plan:
     """Build and check the whole plan of a merge from the recipe and the models' headers, configs and small files.
 
@@ -765,7 +923,10 @@ def plan_merge(
     refs = recipe.referenced_models()
     missing = [str(ref) for ref in refs if ref not in sources]
     if missing:
-        raise PlanError(f"No source was opened for {', '.join(missing)}.", hint="Open the recipe's models with `open_sources(recipe)`.")
+        raise PlanError(
+            f"No source was opened for {', '.join(missing)}.",
+            hint="Open the recipe's models with `open_sources(recipe)`.",
+        )
     planner = _Planner(recipe, method, sources, refs, {ref: sources[ref].config() for ref in refs})
     config_ref = recipe.base_model if recipe.base_model in refs else refs[0]
     files_of = functools.cache(lambda ref: tokenizer_files(sources[ref]))
@@ -781,7 +942,9 @@ def plan_merge(
     except RecipeError as e:
         raise _with_ignored(e, (*recipe.warnings, *planner.warnings)) from e
     for name in sorted(n for n in sources[config_ref].tensors() if module_of(n) in copied):
-        planner.add_copy(config_ref, name)  # towers and projectors beside sliced language layers: the base model's, unmerged
+        planner.add_copy(
+            config_ref, name
+        )  # towers and projectors beside sliced language layers: the base model's, unmerged
 
     if planner.problems:
         raise PlanError(
@@ -806,7 +969,10 @@ def plan_merge(
     jobs = tuple(planner.jobs)
     return Plan(
         method=method.name,
-        models=tuple(ModelEntry(str(ref), sources[ref].revision, planner.read_bytes.get(ref, 0), bool(sources[ref].gated)) for ref in refs),
+        models=tuple(
+            ModelEntry(str(ref), sources[ref].revision, planner.read_bytes.get(ref, 0), bool(sources[ref].gated))
+            for ref in refs
+        ),
         jobs=jobs,
         shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
         config=config,
@@ -827,7 +993,9 @@ def plan_merge(
     )
 
 
-def _chat_template(recipe: Recipe, refs: Sequence[ModelRef], files_of: Callable[[ModelRef], Mapping[str, bytes]]) -> str | None:
+def _chat_template(
+    recipe: Recipe, refs: Sequence[ModelRef], files_of: Callable[[ModelRef], Mapping[str, bytes]]
+) -> str | None:
     """The recipe's `chat_template`, resolved against the models' own templates (read only when it is set)."""
     if not recipe.chat_template:
         return None
@@ -838,7 +1006,9 @@ def _chat_template(recipe: Recipe, refs: Sequence[ModelRef], files_of: Callable[
         raise
 
 
-def _input_files(jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]) -> tuple[InputFile, ...]:
+def _input_files(
+    jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]
+) -> tuple[InputFile, ...]:
     """Each Hub model's weight files the jobs read from: verified when read whole and the Hub lists a sha256."""
     read: dict[str, set[str]] = {}
     for job in jobs:
@@ -857,7 +1027,13 @@ def _input_files(jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: M
             if not used:
                 continue
             whole = used == len(names)
-            reason = "" if whole and file in source.checksums else "read in part" if not whole else "no sha256 in the repo listing, or checks are off"
+            reason = (
+                ""
+                if whole and file in source.checksums
+                else "read in part"
+                if not whole
+                else "no sha256 in the repo listing, or checks are off"
+            )
             files.append(InputFile(key, file, not reason, reason))
     return tuple(files)
 
@@ -897,13 +1073,19 @@ def _output_vocabulary(
     rows = {str(ref): embedding_rows(sources[ref]) for ref in refs}
     missing = [label for label, count in rows.items() if count is None]
     if missing:
-        raise PlanError(f"No input embedding found in {', '.join(missing)}.", hint="Vocabulary merging needs each model's embedding.",
-                        location=where, line=recipe.line_of(where))
+        raise PlanError(
+            f"No input embedding found in {', '.join(missing)}.",
+            hint="Vocabulary merging needs each model's embedding.",
+            location=where,
+            line=recipe.line_of(where),
+        )
     sizes = {str(ref): text_config(sources[ref].config()).get("vocab_size") or rows[str(ref)] for ref in refs}
     tokens = settings.tokens if settings else None
     base = str(recipe.base_model) if recipe.base_model else None
     try:
-        output = build_output_tokenizer(spec, base, {str(ref): files_of(ref) for ref in refs}, list(tokens or {}), vocab_sizes=sizes)
+        output = build_output_tokenizer(
+            spec, base, {str(ref): files_of(ref) for ref in refs}, list(tokens or {}), vocab_sizes=sizes
+        )
         alignment = align_vocabularies(output, rows, tokens, settings.pad_to_multiple_of if settings else None)
     except MergehubError as e:
         recipe.locate(e, where)

@@ -339,7 +339,10 @@ class Recipe(_Lenient):
             blocks += [(f"{prefix}models[{i}].parameters", m.parameters) for i, m in enumerate(models or [])]
             for i, out_slice in enumerate(slices or []):
                 blocks.append((f"{prefix}slices[{i}].parameters", out_slice.parameters))
-                blocks += [(f"{prefix}slices[{i}].sources[{j}].parameters", s.parameters) for j, s in enumerate(out_slice.sources)]
+                blocks += [
+                    (f"{prefix}slices[{i}].sources[{j}].parameters", s.parameters)
+                    for j, s in enumerate(out_slice.sources)
+                ]
         return [(where, block) for where, block in dict(blocks).items() if block]
 
     def parameter_names(self) -> set[str]:
@@ -364,19 +367,17 @@ def format_location(parts: tuple[str | int, ...]) -> str:
     return text
 
 
-
-
 def _validation_problems(error: ValidationError, lines: dict[str, int]) -> tuple[Problem, ...]:
     """Each problem pydantic found, at its location (`models[0].model`) and line."""
     problems = []
     for item in error.errors(include_input=False):
         # pydantic names union members in the path (`float`, `list[...]`); keep the keys and indices
-        parts = tuple(p for p in item["loc"] if isinstance(p, int) or not re.search(r"[\[\]()]|^(?:bool|int|float|str)$", p))
+        parts = tuple(
+            p for p in item["loc"] if isinstance(p, int) or not re.search(r"[\[\]()]|^(?:bool|int|float|str)$", p)
+        )
         location = format_location(tuple(_short(p) for p in parts))
         problems.append(Problem(location, item["msg"].removeprefix("Value error, "), _line_in(lines, location)))
     return tuple(dict.fromkeys(problems))
-
-
 
 
 _KNOWN_KEYS = sorted(k for k in Recipe.model_fields)
@@ -407,7 +408,9 @@ def _holds(annotation: Any, value: Any) -> bool:
     return False
 
 
-def _unknown_keys(value: Any, annotation: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], type[BaseModel]]]:
+def _unknown_keys(
+    value: Any, annotation: Any, path: tuple[str | int, ...]
+) -> Iterator[tuple[tuple[str | int, ...], type[BaseModel]]]:
     """The path of every key that no model of the schema knows, and the model it is in, walking data and types
     together."""
     for member in _members(annotation):
@@ -430,8 +433,12 @@ def _unknown_keys(value: Any, annotation: Any, path: tuple[str | int, ...]) -> I
 
 
 _NOUNS = {
-    "Recipe": "recipe key", "InputModel": "key of a `models:` entry", "InputSlice": "key of a slice source",
-    "OutputSlice": "key of a slice", "OutputModule": "key of a module", "TokenizerSettings": "key of `tokenizer:`",
+    "Recipe": "recipe key",
+    "InputModel": "key of a `models:` entry",
+    "InputSlice": "key of a slice source",
+    "OutputSlice": "key of a slice",
+    "OutputModule": "key of a module",
+    "TokenizerSettings": "key of `tokenizer:`",
     "ConditionalValue": "key of a `{filter, value}` setting",
 }
 
@@ -445,7 +452,9 @@ def _ignored_key_warning(path: tuple[str | int, ...], model: type[BaseModel]) ->
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     hint = f"did you mean `{close[0]}`?" if close else f"known here: {', '.join(known)}"
     noun = _NOUNS.get(model.__name__, "known key")
-    return format_location(tuple(_short(p) for p in path)), f"`{_short(key)}` is not a {noun}: ignored, as mergekit does ({hint})."
+    return format_location(
+        tuple(_short(p) for p in path)
+    ), f"`{_short(key)}` is not a {noun}: ignored, as mergekit does ({hint})."
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -483,11 +492,15 @@ def parse_recipe(text: str) -> Recipe:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise RecipeError(
-            f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.", location="",
+            f"The recipe is not valid YAML: {e}",
+            hint="Check indentation and quoting.",
+            location="",
             line=mark.line + 1 if mark is not None else None,
         ) from e
     if not isinstance(data, dict):
-        raise RecipeError("The recipe must be a YAML mapping.", hint=f"Top-level keys: {', '.join(_KNOWN_KEYS)}.", location="", line=1)
+        raise RecipeError(
+            "The recipe must be a YAML mapping.", hint=f"Top-level keys: {', '.join(_KNOWN_KEYS)}.", location="", line=1
+        )
     lines = _key_lines(text)
     try:
         recipe = Recipe.model_validate(data)
@@ -495,7 +508,8 @@ def parse_recipe(text: str) -> Recipe:
         problems = _validation_problems(e, lines)
         raise RecipeError(
             "The recipe is invalid:",
-            hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.", problems=problems,
+            hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.",
+            problems=problems,
         ) from e
     recipe._lines = lines
     recipe._text = text

@@ -47,7 +47,10 @@ def max_recipe_bytes() -> int:
     if not value:
         return DEFAULT_MAX_RECIPE_BYTES
     if not value.isdigit() or int(value) == 0:
-        raise RecipeError(f"{_LIMIT_VARIABLE}={value[:20]!r} is not a positive number of bytes.", hint="Unset it, or give a byte count such as 2000000.")
+        raise RecipeError(
+            f"{_LIMIT_VARIABLE}={value[:20]!r} is not a positive number of bytes.",
+            hint="Unset it, or give a byte count such as 2000000.",
+        )
     return int(value)
 
 

@@ -24,9 +24,20 @@ from mergehub.recipe import ModelRef
 __all__ = [
     "TOKENIZER_FILES",
     "tokenizer_files",
-    "BUILTIN_CHAT_TEMPLATES", "OutputTokenizer", "TokenOverride", "VocabAlignment", "align_rows", "align_vocabularies",
-    "build_output_tokenizer", "config_updates", "model_chat_template", "padded_rows", "resolve_chat_template",
-    "row_map", "token_overrides", "vocab_of",
+    "BUILTIN_CHAT_TEMPLATES",
+    "OutputTokenizer",
+    "TokenOverride",
+    "VocabAlignment",
+    "align_rows",
+    "align_vocabularies",
+    "build_output_tokenizer",
+    "config_updates",
+    "model_chat_template",
+    "padded_rows",
+    "resolve_chat_template",
+    "row_map",
+    "token_overrides",
+    "vocab_of",
 ]
 
 Files = Mapping[str, bytes]
@@ -157,7 +168,9 @@ def _label(text: str, known: Mapping[str, Any], what: str, location: str | None 
     label = str(ModelRef.parse(text))
     if label not in known:
         hint = "Name one of: " + ", ".join(known) + "."
-        raise RecipeError(f"{what} names {excerpt(text)}, which is not one of the recipe's models.", hint=hint, location=location)
+        raise RecipeError(
+            f"{what} names {excerpt(text)}, which is not one of the recipe's models.", hint=hint, location=location
+        )
     return label
 
 
@@ -271,7 +284,9 @@ def token_overrides(
         if set(entry) - {"source", "force"} or not isinstance(entry.get("force", False), bool):
             raise RecipeError(f"{where} is malformed: {excerpt(entry)}.", hint=hint, location=location)
         if token not in output.vocab:
-            raise RecipeError(f"{where}: the output vocabulary lacks it.", hint="Pass the keys as `added_tokens`.", location=location)
+            raise RecipeError(
+                f"{where}: the output vocabulary lacks it.", hint="Pass the keys as `added_tokens`.", location=location
+            )
         src, force, row = entry.get("source"), entry.get("force", False), output.vocab[token]
         if src is None:
             result.append(TokenOverride(token, row, "auto", force=force))
@@ -281,8 +296,11 @@ def token_overrides(
             continue
         if isinstance(src, str):
             model, wanted = _label(src, output.inputs, where, location), token
-        elif isinstance(src, Mapping) and len(src) == 3 and set(src) - {"token", "token_id"} == {"kind", "model"} and (
-            src["kind"] == "model_token"
+        elif (
+            isinstance(src, Mapping)
+            and len(src) == 3
+            and set(src) - {"token", "token_id"} == {"kind", "model"}
+            and (src["kind"] == "model_token")
         ):
             model = _label(str(src.get("model")), output.inputs, where, location)
             wanted = int(src["token_id"]) if "token_id" in src else str(src["token"])
@@ -290,7 +308,11 @@ def token_overrides(
             raise RecipeError(f"{where}: source {excerpt(src)} is not understood.", hint=hint, location=location)
         source_row = wanted if isinstance(wanted, int) else output.inputs[model].get(wanted, -1)
         if not 0 <= source_row < model_rows.get(model, source_row + 1):
-            raise RecipeError(f"{where}: {model} has no token {excerpt(wanted)} in its rows.", hint="Choose a token it has.", location=location)
+            raise RecipeError(
+                f"{where}: {model} has no token {excerpt(wanted)} in its rows.",
+                hint="Choose a token it has.",
+                location=location,
+            )
         result.append(TokenOverride(token, row, "row", model, source_row, force))
     return tuple(sorted(result, key=lambda o: o.row))
 

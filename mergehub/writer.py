@@ -25,7 +25,14 @@ from mergehub.plan import ShardLayout
 from mergehub.sources.base import DTYPES, INDEX_NAME
 
 __all__ = [
-    "ShardResult", "ShardSink", "TensorSink", "FanOutWriter", "ShardedWriter", "StateDictWriter", "shard_header", "tensor_bytes",
+    "ShardResult",
+    "ShardSink",
+    "TensorSink",
+    "FanOutWriter",
+    "ShardedWriter",
+    "StateDictWriter",
+    "shard_header",
+    "tensor_bytes",
     "writing",
 ]
 
@@ -169,7 +176,8 @@ class ShardedWriter:
         shard_index, slot = self._order[self._next]
         if name != slot.name or tuple(tensor.shape) != slot.shape or tensor.dtype != DTYPES[slot.dtype]:
             raise OutputError(
-                f"Writer expected {slot.name!r} {slot.dtype}{list(slot.shape)}, got {name!r} " f"{tensor.dtype}{list(tensor.shape)}."
+                f"Writer expected {slot.name!r} {slot.dtype}{list(slot.shape)}, got {name!r} "
+                f"{tensor.dtype}{list(tensor.shape)}."
             )
         if self._file is None:
             self._open(shard_index)
@@ -222,7 +230,9 @@ class StateDictWriter:
         if slot is None or name in self.tensors:
             raise OutputError(f"Tensor {name!r} is {'written twice' if slot else 'not in the layout'}.")
         if tuple(tensor.shape) != slot.shape or tensor.dtype != DTYPES[slot.dtype]:
-            raise OutputError(f"Writer expected {name!r} {slot.dtype}{list(slot.shape)}, got {tensor.dtype}{list(tensor.shape)}.")
+            raise OutputError(
+                f"Writer expected {name!r} {slot.dtype}{list(slot.shape)}, got {tensor.dtype}{list(tensor.shape)}."
+            )
         self.tensors[name] = tensor.cpu()
         self.bytes_written += slot.end - slot.start
 

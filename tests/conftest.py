@@ -26,7 +26,9 @@ def tied_family(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="session")
 def sharded_bf16(tmp_path_factory: pytest.TempPathFactory, family: list[Path]) -> Path:
     """A bfloat16 fine-tune saved in several shards."""
-    return make_tiny_llama(tmp_path_factory.mktemp("sharded") / "m", seed=7, base=family[0], dtype=torch.bfloat16, shard_size="100KB")
+    return make_tiny_llama(
+        tmp_path_factory.mktemp("sharded") / "m", seed=7, base=family[0], dtype=torch.bfloat16, shard_size="100KB"
+    )
 
 
 @pytest.fixture
@@ -47,7 +49,8 @@ def hub(tmp_path: Path):
     as alice."""
     from tests.hubserver import hub_client_env, start_hub_server
 
-    with start_hub_server(tmp_path / "hub", {"tok-alice": "alice", "tok-bob": "bob"}, {"org": ["alice"]}) as server, hub_client_env(
-        server.endpoint, tmp_path / "hf_home", token="tok-alice"
+    with (
+        start_hub_server(tmp_path / "hub", {"tok-alice": "alice", "tok-bob": "bob"}, {"org": ["alice"]}) as server,
+        hub_client_env(server.endpoint, tmp_path / "hf_home", token="tok-alice"),
     ):
         yield server

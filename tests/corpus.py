@@ -69,7 +69,12 @@ def _references(data: dict) -> tuple[list[str], int]:
     layers = DEFAULT_LAYERS
 
     def add(value: Any) -> None:
-        if isinstance(value, str) and value.strip() and value.strip() not in _SPECIAL_SOURCES and value.strip() not in refs:
+        if (
+            isinstance(value, str)
+            and value.strip()
+            and value.strip() not in _SPECIAL_SOURCES
+            and value.strip() not in refs
+        ):
             refs.append(value.strip())
 
     add(data.get("base_model"))
@@ -154,18 +159,25 @@ class TinyModels:
     @staticmethod
     def _text_layers(prefix: str, layers: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         shapes = {
-            "input_layernorm.weight": (HIDDEN,), "post_attention_layernorm.weight": (HIDDEN,),
-            "self_attn.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN), "self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-            "self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN), "self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM),
-            "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN), "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
+            "input_layernorm.weight": (HIDDEN,),
+            "post_attention_layernorm.weight": (HIDDEN,),
+            "self_attn.q_proj.weight": (HEADS * HEAD_DIM, HIDDEN),
+            "self_attn.k_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+            "self_attn.v_proj.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
+            "self_attn.o_proj.weight": (HIDDEN, HEADS * HEAD_DIM),
+            "mlp.gate_proj.weight": (INTERMEDIATE, HIDDEN),
+            "mlp.up_proj.weight": (INTERMEDIATE, HIDDEN),
             "mlp.down_proj.weight": (HIDDEN, INTERMEDIATE),
         }
         tensors = {f"{prefix}model.embed_tokens.weight": torch.randn(len(VOCAB), HIDDEN, generator=generator) * 0.1}
         for i in range(layers):
             for name, shape in shapes.items():
                 norm = name.endswith("layernorm.weight")
-                tensors[f"{prefix}model.layers.{i}.{name}"] = (1 + 0.1 * torch.randn(shape, generator=generator)) if norm else (
-                    torch.randn(shape, generator=generator) * 0.1)
+                tensors[f"{prefix}model.layers.{i}.{name}"] = (
+                    (1 + 0.1 * torch.randn(shape, generator=generator))
+                    if norm
+                    else (torch.randn(shape, generator=generator) * 0.1)
+                )
         tensors[f"{prefix}model.norm.weight"] = 1 + 0.1 * torch.randn(HIDDEN, generator=generator)
         tensors[f"{prefix}lm_head.weight"] = torch.randn(len(VOCAB), HIDDEN, generator=generator) * 0.1
         return tensors
@@ -176,10 +188,14 @@ class TinyModels:
             return self._text_layers("", layers, generator)
         tensors = self._text_layers("language_model.", layers, generator)  # a Mistral 3 (Pixtral tower)
         vision = {
-            "attention_norm.weight": (HIDDEN,), "ffn_norm.weight": (HIDDEN,),
-            "attention.q_proj.weight": (HIDDEN, HIDDEN), "attention.k_proj.weight": (HIDDEN, HIDDEN),
-            "attention.v_proj.weight": (HIDDEN, HIDDEN), "attention.o_proj.weight": (HIDDEN, HIDDEN),
-            "feed_forward.gate_proj.weight": (INTERMEDIATE, HIDDEN), "feed_forward.up_proj.weight": (INTERMEDIATE, HIDDEN),
+            "attention_norm.weight": (HIDDEN,),
+            "ffn_norm.weight": (HIDDEN,),
+            "attention.q_proj.weight": (HIDDEN, HIDDEN),
+            "attention.k_proj.weight": (HIDDEN, HIDDEN),
+            "attention.v_proj.weight": (HIDDEN, HIDDEN),
+            "attention.o_proj.weight": (HIDDEN, HIDDEN),
+            "feed_forward.gate_proj.weight": (INTERMEDIATE, HIDDEN),
+            "feed_forward.up_proj.weight": (INTERMEDIATE, HIDDEN),
             "feed_forward.down_proj.weight": (HIDDEN, INTERMEDIATE),
         }
         for i in range(VISION_LAYERS):
@@ -187,27 +203,53 @@ class TinyModels:
                 tensors[f"vision_tower.transformer.layers.{i}.{name}"] = torch.randn(dims, generator=generator) * 0.1
         tensors["vision_tower.patch_conv.weight"] = torch.randn(HIDDEN, 3, 14, 14, generator=generator) * 0.1
         tensors["vision_tower.ln_pre.weight"] = 1 + 0.1 * torch.randn(HIDDEN, generator=generator)
-        for name, dims in {"linear_1.weight": (HIDDEN, HIDDEN), "linear_2.weight": (HIDDEN, HIDDEN), "norm.weight": (HIDDEN,),
-                           "patch_merger.merging_layer.weight": (HIDDEN, HIDDEN)}.items():
+        for name, dims in {
+            "linear_1.weight": (HIDDEN, HIDDEN),
+            "linear_2.weight": (HIDDEN, HIDDEN),
+            "norm.weight": (HIDDEN,),
+            "patch_merger.merging_layer.weight": (HIDDEN, HIDDEN),
+        }.items():
             tensors[f"multi_modal_projector.{name}"] = torch.randn(dims, generator=generator) * 0.1
         return tensors
 
     @staticmethod
     def _config(shape: str, layers: int) -> dict:
         text = {
-            "vocab_size": len(VOCAB), "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers,
-            "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "max_position_embeddings": 128,
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 61, "eos_token_id": 62, "pad_token_id": 63,
+            "vocab_size": len(VOCAB),
+            "hidden_size": HIDDEN,
+            "intermediate_size": INTERMEDIATE,
+            "num_hidden_layers": layers,
+            "num_attention_heads": HEADS,
+            "num_key_value_heads": KV_HEADS,
+            "head_dim": HEAD_DIM,
+            "max_position_embeddings": 128,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "bos_token_id": 61,
+            "eos_token_id": 62,
+            "pad_token_id": 63,
         }
         if shape == "llama":
             return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "torch_dtype": "float32", **text}
         return {
-            "architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "torch_dtype": "float32",
+            "architectures": ["Mistral3ForConditionalGeneration"],
+            "model_type": "mistral3",
+            "torch_dtype": "float32",
             "text_config": {"model_type": "mistral", **text},
-            "vision_config": {"model_type": "pixtral", "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE,
-                              "num_hidden_layers": VISION_LAYERS, "num_attention_heads": HEADS, "head_dim": HEAD_DIM,
-                              "image_size": 28, "patch_size": 14},
-            "spatial_merge_size": 1, "image_token_index": 10, "multimodal_projector_bias": False, "tie_word_embeddings": False,
+            "vision_config": {
+                "model_type": "pixtral",
+                "hidden_size": HIDDEN,
+                "intermediate_size": INTERMEDIATE,
+                "num_hidden_layers": VISION_LAYERS,
+                "num_attention_heads": HEADS,
+                "head_dim": HEAD_DIM,
+                "image_size": 28,
+                "patch_size": 14,
+            },
+            "spatial_merge_size": 1,
+            "image_token_index": 10,
+            "multimodal_projector_bias": False,
+            "tie_word_embeddings": False,
         }
 
 
@@ -239,7 +281,12 @@ def run_mergekit(recipe: Path, out: Path) -> Outcome:
     text = recipe.read_text(encoding="utf-8")
     try:
         config = MergeConfiguration.model_validate(yaml.safe_load(text))
-        run_merge(config, str(out), options=MergeOptions(random_seed=0, quiet=True, write_model_card=False), config_source=text)
+        run_merge(
+            config,
+            str(out),
+            options=MergeOptions(random_seed=0, quiet=True, write_model_card=False),
+            config_source=text,
+        )
     except Exception as e:  # noqa: BLE001 - any refusal, of any type, is recorded
         return Outcome(None, f"{type(e).__name__}: {e}".splitlines()[0])
     return Outcome(load_tensors(out))
@@ -343,7 +390,9 @@ _WARNING_KINDS = [
 def _numbers_as_text(node: Any) -> bool:
     """Whether a recipe writes a number as text (`1e-5`, which YAML 1.1 reads as a string)."""
     if isinstance(node, dict):
-        return any(_numbers_as_text(v) for k, v in node.items() if k not in ("model", "base_model", "merge_method", "name"))
+        return any(
+            _numbers_as_text(v) for k, v in node.items() if k not in ("model", "base_model", "merge_method", "name")
+        )
     if isinstance(node, list):
         return any(_numbers_as_text(v) for v in node)
     return isinstance(node, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", node.strip()) is not None
@@ -364,7 +413,10 @@ def main() -> int:
                 state = "skipped"
             else:
                 assert r.mergekit is not None and r.mergehub is not None
-                state = f"mergekit {'merges' if r.mergekit.accepted else 'refuses'}, mergehub " f"{'merges' if r.mergehub.accepted else 'refuses'}"
+                state = (
+                    f"mergekit {'merges' if r.mergekit.accepted else 'refuses'}, mergehub "
+                    f"{'merges' if r.mergehub.accepted else 'refuses'}"
+                )
                 for w in r.mergehub.warnings:
                     kind = next((k for pattern, k in _WARNING_KINDS if re.search(pattern, w)), w)
                     warnings[kind] = warnings.get(kind, 0) + 1

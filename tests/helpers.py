@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 def load_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors model directory, sharded or not."""
     index = directory / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
         tensors.update(load_file(directory / file))

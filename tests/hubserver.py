@@ -317,7 +317,9 @@ class HubServer:
         with self._lock:
             return self._repos[repo_id].commit(revision).sha
 
-    def fail_next(self, path_substring: str, kind: FailKind, *, times: int = 1, retry_after: int | str = 0, after: int = 0) -> None:
+    def fail_next(
+        self, path_substring: str, kind: FailKind, *, times: int = 1, retry_after: int | str = 0, after: int = 0
+    ) -> None:
         """Make the next `times` matching requests fail.
 
         Any request whose path contains `path_substring`: "500" and "429" (with `Retry-After: retry_after`)
@@ -508,7 +510,9 @@ class HubServer:
         ]
         auth = {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}
         avatar = f"{self.endpoint}/avatars/{req.user}.png"
-        return _json_reply({"type": "user", "name": req.user, "fullname": req.user, "avatarUrl": avatar, "orgs": orgs, "auth": auth})
+        return _json_reply(
+            {"type": "user", "name": req.user, "fullname": req.user, "avatarUrl": avatar, "orgs": orgs, "auth": auth}
+        )
 
     def _create_repo(self, req: _Request) -> _Reply:
         payload = req.json()
@@ -719,9 +723,21 @@ class HubServer:
         span = _parse_range(req.headers.get("Range"), blob.size, headers)
         fault = None
         if req.method == "GET":
-            taken = self._take_fault(req.path, ("drop", "stall", "flip", "ignore_range", "bad_content_range") if span else ("drop", "stall", "flip"))
+            taken = self._take_fault(
+                req.path,
+                ("drop", "stall", "flip", "ignore_range", "bad_content_range") if span else ("drop", "stall", "flip"),
+            )
             fault = taken[0] if taken else None
-        reply = _Reply(200, headers=headers, blob=blob, length=blob.size, drop=fault == "drop", stall=fault == "stall", flip=fault == "flip", key=(repo, path))
+        reply = _Reply(
+            200,
+            headers=headers,
+            blob=blob,
+            length=blob.size,
+            drop=fault == "drop",
+            stall=fault == "stall",
+            flip=fault == "flip",
+            key=(repo, path),
+        )
         if span and fault != "ignore_range":
             start, end = span
             shown = start + 1 if fault == "bad_content_range" else start

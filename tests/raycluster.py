@@ -62,11 +62,23 @@ class Cluster:
 
     def _start(self, args: list[str], name: str) -> subprocess.Popen:
         log = self.temp / f"{name}.log"
-        common = ["--node-ip-address", LOOPBACK, "--num-cpus", str(self.cpus), "--object-store-memory", str(80 * 1024**2),
-                  "--disable-usage-stats"]
+        common = [
+            "--node-ip-address",
+            LOOPBACK,
+            "--num-cpus",
+            str(self.cpus),
+            "--object-store-memory",
+            str(80 * 1024**2),
+            "--disable-usage-stats",
+        ]
         with open(log, "wb") as out:
-            process = subprocess.Popen([RAY, "start", *args, *common, "--block"], stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **_ENV}, start_new_session=True)
+            process = subprocess.Popen(
+                [RAY, "start", *args, *common, "--block"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **_ENV},
+                start_new_session=True,
+            )
         self.nodes.append(process)
         deadline = time.monotonic() + 90
         while _STARTED not in log.read_text(errors="replace"):
@@ -92,7 +104,17 @@ def ray_cluster(*, workers: int = 1, cpus: int = 1, worker_resources: str = '{"w
     temp = Path(tempfile.mkdtemp(prefix="mhray-", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     cluster = Cluster(f"{LOOPBACK}:{_free_port()}", temp, cpus)
     try:
-        cluster._start(["--head", "--port", cluster.address.rsplit(":", 1)[1], "--include-dashboard=false", "--temp-dir", str(temp)], "head")
+        cluster._start(
+            [
+                "--head",
+                "--port",
+                cluster.address.rsplit(":", 1)[1],
+                "--include-dashboard=false",
+                "--temp-dir",
+                str(temp),
+            ],
+            "head",
+        )
         for _ in range(workers):
             cluster.add_worker(worker_resources)
         yield cluster

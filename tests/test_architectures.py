@@ -65,8 +65,16 @@ class Arch:
         return getattr(transformers, self.model_class)(config)
 
 
-def _llama_like(name: str, model: str, config: str, *, layer: str = "mlp.down_proj.weight", tied: bool = False,
-                per_layer: tuple[str, ...] = (), **extra: Any) -> Arch:
+def _llama_like(
+    name: str,
+    model: str,
+    config: str,
+    *,
+    layer: str = "mlp.down_proj.weight",
+    tied: bool = False,
+    per_layer: tuple[str, ...] = (),
+    **extra: Any,
+) -> Arch:
     return Arch(
         name=name,
         model_class=model,
@@ -97,8 +105,12 @@ ARCHES = [
     _llama_like("phi3", "Phi3ForCausalLM", "Phi3Config", layer="self_attn.qkv_proj.weight"),
     # transformers 5 fuses the experts in memory but saves them one by one, as published Mixtral checkpoints are
     _llama_like(
-        "mixtral", "MixtralForCausalLM", "MixtralConfig", layer="block_sparse_moe.experts.1.w2.weight",
-        num_local_experts=4, num_experts_per_tok=2,
+        "mixtral",
+        "MixtralForCausalLM",
+        "MixtralConfig",
+        layer="block_sparse_moe.experts.1.w2.weight",
+        num_local_experts=4,
+        num_experts_per_tok=2,
     ),
     Arch(
         name="gpt_neox",
@@ -406,7 +418,12 @@ def _gemma3() -> torch.nn.Module:
 MULTIMODAL = [
     Multimodal("llava", _llava, "language_model.", "language_model.model.layers.", "vision_tower.encoder.layers.", 4),
     Multimodal(
-        "gemma3", _gemma3, "language_model.", "language_model.model.layers.", "vision_tower.encoder.layers.", 4,
+        "gemma3",
+        _gemma3,
+        "language_model.",
+        "language_model.model.layers.",
+        "vision_tower.encoder.layers.",
+        4,
         per_layer=("layer_types",),
     ),
 ]
@@ -450,7 +467,9 @@ def test_multimodal_models_recipe_merges_every_module(multimodal: Family, write_
     _load_image_text(out, spec)
 
 
-def test_multimodal_slices_merge_the_language_model_and_copy_the_rest_with_a_warning(multimodal: Family, write_recipe, tmp_path):
+def test_multimodal_slices_merge_the_language_model_and_copy_the_rest_with_a_warning(
+    multimodal: Family, write_recipe, tmp_path
+):
     """mergekit refuses `slices:` on a model with several modules; mergehub slices the language model and says so."""
     spec: Multimodal = multimodal.spec
     a = multimodal.tensors[0]
@@ -556,7 +575,10 @@ def test_language_model_tensors(name: str, text: bool):
 
 def test_per_layer_keys():
     config = {
-        "num_hidden_layers": 3, "layer_types": ["a", "b", "a"], "eos_token_id": [1, 2, 3], "architectures": ["X"] * 3
+        "num_hidden_layers": 3,
+        "layer_types": ["a", "b", "a"],
+        "eos_token_id": [1, 2, 3],
+        "architectures": ["X"] * 3,
     }
     assert per_layer_keys(config) == ["layer_types"]
     multimodal = {"architectures": ["X"], "text_config": {"num_hidden_layers": 2, "layer_types": ["a", "b"]}}

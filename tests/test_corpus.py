@@ -100,8 +100,12 @@ def test_mergekit_yaml_command_agrees(name, tiny_models, tmp_path):
     entry = next(e for e in ENTRIES if e.name == name)
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(yaml.safe_dump(repoint(_data(entry.text) or {}, tiny_models, entry.shape), sort_keys=False))
-    subprocess.run([str(command if command.is_file() else "mergekit-yaml"), str(recipe), str(tmp_path / "mergekit")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [str(command if command.is_file() else "mergekit-yaml"), str(recipe), str(tmp_path / "mergekit")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     ours = run_mergehub(recipe, tmp_path / "mergehub")
     theirs = load_tensors(tmp_path / "mergekit")
     assert ours.tensors is not None and set(ours.tensors) == set(theirs)

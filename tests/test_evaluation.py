@@ -367,7 +367,9 @@ def test_a_mergehub_card_gets_the_evaluated_scores(report: EvalReport, family: l
     assert card.text.index("## Evaluation") < card.text.index("## Recipe")
 
 
-def test_cli_merge_with_eval_parents_writes_scores_and_comparison(tiny_model: Path, family: list[Path], tmp_path: Path, capsys):
+def test_cli_merge_with_eval_parents_writes_scores_and_comparison(
+    tiny_model: Path, family: list[Path], tmp_path: Path, capsys
+):
     pytest.importorskip("lm_eval")
     import yaml
 
@@ -382,8 +384,19 @@ def test_cli_merge_with_eval_parents_writes_scores_and_comparison(tiny_model: Pa
     recipe = tmp_path / "recipe.yml"
     models = [{"model": str(m), "parameters": {"weight": 1}} for m in (tiny_model, other)]
     recipe.write_text(yaml.safe_dump({"merge_method": "linear", "base_model": str(tiny_model), "models": models}))
-    args = ["merge", str(recipe), str(tmp_path / "out"), "--no-progress", "--eval", "mergehub_facts", "--eval-limit", "4",
-            "--eval-parents", "--device", "cpu"]
+    args = [
+        "merge",
+        str(recipe),
+        str(tmp_path / "out"),
+        "--no-progress",
+        "--eval",
+        "mergehub_facts",
+        "--eval-limit",
+        "4",
+        "--eval-parents",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     card = ModelCard((tmp_path / "out" / "README.md").read_text())
     assert {r.dataset_name for r in card.data.eval_results} == {"mergehub_facts"}
@@ -399,9 +412,14 @@ def test_cli_eval_writes_the_card(tiny_model: Path, tmp_path: Path, capsys):
     model.mkdir()
     for path in tiny_model.iterdir():
         (model / path.name).write_bytes(path.read_bytes())
-    assert main(["eval", str(model), "--tasks", "mergehub_arithmetic", "--limit", "3", "--device", "cpu", "--write-card"]) == 0
+    assert (
+        main(["eval", str(model), "--tasks", "mergehub_arithmetic", "--limit", "3", "--device", "cpu", "--write-card"])
+        == 0
+    )
     assert "mergehub_arithmetic" in capsys.readouterr().out
-    assert [r.dataset_name for r in ModelCard((model / "README.md").read_text()).data.eval_results] == ["mergehub_arithmetic"]
+    assert [r.dataset_name for r in ModelCard((model / "README.md").read_text()).data.eval_results] == [
+        "mergehub_arithmetic"
+    ]
 
 
 def test_cli_unknown_task_is_one_message(tiny_model: Path, capsys):

@@ -34,13 +34,18 @@ def test_read_failure_midway_leaves_nothing(family, write_recipe, tmp_path, monk
 def test_cancel_stops_cleanly(family, write_recipe, tmp_path):
     seen = []
     with pytest.raises(Cancelled):
-        run_merge(write_recipe(_recipe(family)), tmp_path / "out", on_progress=seen.append, should_stop=lambda: len(seen) >= 5)
+        run_merge(
+            write_recipe(_recipe(family)), tmp_path / "out", on_progress=seen.append, should_stop=lambda: len(seen) >= 5
+        )
     assert len(seen) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recipe.yml"]
 
 
 def test_weights_summing_to_zero_are_refused_with_a_hint(family, write_recipe, tmp_path):
-    recipe = {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [1, -1])]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [1, -1])],
+    }
     with pytest.raises(MergeMethodError, match="sum to 0") as info:
         run_merge(write_recipe(recipe), tmp_path / "out")
     assert "normalize: false" in info.value.hint
@@ -85,8 +90,12 @@ def test_chunked_elementwise_merge_is_bit_identical(family, write_recipe, method
     from mergehub.methods import get_method
     from mergehub.recipe import load_recipe
 
-    recipe = {"merge_method": method, "base_model": str(family[0]), "dtype": "bfloat16",
-              "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [0.5, 0.3, 0.2])]}
+    recipe = {
+        "merge_method": method,
+        "base_model": str(family[0]),
+        "dtype": "bfloat16",
+        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [0.5, 0.3, 0.2])],
+    }
     parsed = load_recipe(write_recipe(recipe))
     with open_sources(parsed) as sources:
         plan = plan_merge(parsed, sources)
@@ -104,13 +113,22 @@ def test_sources_are_matched_to_the_plan_by_key_not_by_position(family, write_re
     from mergehub import PlanError, open_sources, plan_merge
     from mergehub.recipe import load_recipe
 
-    recipe = load_recipe(write_recipe({"merge_method": "task_arithmetic", "base_model": str(family[0]),
-                                       "models": [{"model": str(m), "parameters": {"weight": 0.5}} for m in family[1:]]}))
+    recipe = load_recipe(
+        write_recipe(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": str(family[0]),
+                "models": [{"model": str(m), "parameters": {"weight": 0.5}} for m in family[1:]],
+            }
+        )
+    )
     with open_sources(recipe) as sources:
         plan = plan_merge(recipe, sources)
         as_opened = run_merge(plan, tmp_path / "as-opened", sources=sources)
         reordered = run_merge(plan, tmp_path / "reordered", sources=dict(reversed(list(sources.items()))))
         assert [s.sha256 for s in reordered.shards] == [s.sha256 for s in as_opened.shards]
         with pytest.raises(PlanError, match=f"reads {family[0]}, but no source was given"):
-            run_merge(plan, tmp_path / "missing", sources={ref: s for ref, s in sources.items() if str(ref) != str(family[0])})
+            run_merge(
+                plan, tmp_path / "missing", sources={ref: s for ref, s in sources.items() if str(ref) != str(family[0])}
+            )
     assert not (tmp_path / "missing").exists()

@@ -13,19 +13,29 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mergehub"
 
 LAYERS = {
     "errors": 0,
-    "safe_yaml": 1, "units": 1, "workers": 1, "architecture": 1, "eval_tasks": 1,
-    "recipe": 2, "methods": 2,
-    "sources": 3, "vocab": 3,
+    "safe_yaml": 1,
+    "units": 1,
+    "workers": 1,
+    "architecture": 1,
+    "eval_tasks": 1,
+    "recipe": 2,
+    "methods": 2,
+    "sources": 3,
+    "vocab": 3,
     "plan": 4,
     "writer": 5,
-    "executor": 6, "output": 6,
+    "executor": 6,
+    "output": 6,
     "publish": 7,
-    "evaluation": 8, "gguf": 8,
+    "evaluation": 8,
+    "gguf": 8,
     "api": 9,
     "experiments": 10,  # sweeps and searches: many merges through the api
     "": 11,  # the package itself, `mergehub/__init__.py`: it re-exports the api
     "interfaces": 12,
-    "__main__": 13, "action": 13, "demo": 13,  # entry points (`python -m ...`) that run an interface
+    "__main__": 13,
+    "action": 13,
+    "demo": 13,  # entry points (`python -m ...`) that run an interface
 }
 """Each top-level module or package of mergehub, by layer: a module imports only from its own package or lower
 layers."""
@@ -42,7 +52,12 @@ def _imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "mergehub"}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "mergehub":
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and node.module
+            and node.module.split(".")[0] == "mergehub"
+        ):
             found |= {f"mergehub.{a.name}" for a in node.names} if node.module == "mergehub" else {node.module}
     return found
 
@@ -65,18 +80,27 @@ def test_every_module_has_a_layer():
 def test_imports_point_down(module, path):
     group = _group(module)
     upward = sorted(
-        imported for imported in _imports(path)
+        imported
+        for imported in _imports(path)
         if _group(imported) != group and LAYERS[_group(imported)] >= LAYERS[group]
     )
     assert not upward, f"{module} (layer {LAYERS[group]}) imports {upward} from its own layer or above"
 
 
-@pytest.mark.parametrize(("module", "path"), [(n, p) for n, p in MODULES if _group(n) == "methods"], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    ("module", "path"), [(n, p) for n, p in MODULES if _group(n) == "methods"], ids=lambda v: str(v)
+)
 def test_methods_import_only_torch_and_errors(module, path):
     assert {i for i in _imports(path) if _group(i) not in ("methods", "errors")} == set()
     third_party = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module]
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+            else []
+        )
         third_party |= {n.split(".")[0] for n in names if n}
     assert third_party - set(sys.stdlib_module_names) <= {"torch", "mergehub"}
 

@@ -101,7 +101,15 @@ def test_passthrough_stacks_layers_and_updates_config(family, write_recipe, tmp_
             "merge_method": "passthrough",
             "slices": [
                 {"sources": [{"model": str(a), "layer_range": [0, 3]}]},
-                {"sources": [{"model": str(b), "layer_range": [1, 4], "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]}}]},
+                {
+                    "sources": [
+                        {
+                            "model": str(b),
+                            "layer_range": [1, 4],
+                            "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]},
+                        }
+                    ]
+                },
             ],
         }
     )
@@ -111,17 +119,26 @@ def test_passthrough_stacks_layers_and_updates_config(family, write_recipe, tmp_
     ta, tb, merged = load_tensors(a), load_tensors(b), load_tensors(tmp_path / "out")
     assert torch.equal(merged["model.layers.2.mlp.up_proj.weight"], ta["model.layers.2.mlp.up_proj.weight"])
     assert torch.equal(merged["model.layers.3.mlp.up_proj.weight"], tb["model.layers.1.mlp.up_proj.weight"])
-    assert torch.equal(merged["model.layers.5.self_attn.o_proj.weight"], tb["model.layers.3.self_attn.o_proj.weight"] * 0.5)
+    assert torch.equal(
+        merged["model.layers.5.self_attn.o_proj.weight"], tb["model.layers.3.self_attn.o_proj.weight"] * 0.5
+    )
     assert torch.equal(merged["model.embed_tokens.weight"], ta["model.embed_tokens.weight"])
     assert torch.equal(merged["model.norm.weight"], tb["model.norm.weight"])
     reference = json.loads((a / "config.json").read_text())  # the first source's config, with the new layer count
-    assert {k: v for k, v in config.items() if k != "num_hidden_layers"} == {k: v for k, v in reference.items() if k != "num_hidden_layers"}
+    assert {k: v for k, v in config.items() if k != "num_hidden_layers"} == {
+        k: v for k, v in reference.items() if k != "num_hidden_layers"
+    }
     _assert_loads(tmp_path / "out")
 
 
 def test_dtype_and_out_dtype(family, sharded_bf16, write_recipe, tmp_path):
     recipe = write_recipe(
-        {"merge_method": "linear", "models": _models([family[0], sharded_bf16], [1, 1]), "dtype": "bfloat16", "out_dtype": "float16"}
+        {
+            "merge_method": "linear",
+            "models": _models([family[0], sharded_bf16], [1, 1]),
+            "dtype": "bfloat16",
+            "out_dtype": "float16",
+        }
     )
     run_merge(recipe, tmp_path / "out")
     a, b = load_tensors(family[0]), load_tensors(sharded_bf16)
@@ -181,7 +198,12 @@ def test_tokenizer_and_chat_template_files_are_copied(family, write_recipe, tmp_
     (base / "tokenizer_config.json").write_text('{"model_max_length": 128}')
     template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     recipe = write_recipe(
-        {"merge_method": "linear", "base_model": str(base), "models": _models([base, family[1]], [1, 1]), "chat_template": template}
+        {
+            "merge_method": "linear",
+            "base_model": str(base),
+            "models": _models([base, family[1]], [1, 1]),
+            "chat_template": template,
+        }
     )
     run_merge(recipe, tmp_path / "out")
     assert (tmp_path / "out" / "tokenizer_config.json").read_text() == '{"model_max_length": 128}'

@@ -30,12 +30,18 @@ def chat_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _linear(models: list[Path], **extra) -> dict:
-    return {"merge_method": "linear", "base_model": str(models[0]),
-            "models": [{"model": str(m), "parameters": {"weight": 1}} for m in models], **extra}
+    return {
+        "merge_method": "linear",
+        "base_model": str(models[0]),
+        "models": [{"model": str(m), "parameters": {"weight": 1}} for m in models],
+        **extra,
+    }
 
 
 def test_different_vocabularies_need_a_tokenizer_setting(chat_pair, write_recipe):
-    with pytest.raises(PlanError, match="model.embed_tokens.weight: shapes differ .*vocabularies differ: set `tokenizer_source`"):
+    with pytest.raises(
+        PlanError, match="model.embed_tokens.weight: shapes differ .*vocabularies differ: set `tokenizer_source`"
+    ):
         run_merge(write_recipe(_linear(list(chat_pair))), "unused")
 
 
@@ -65,7 +71,9 @@ def test_base_vocabulary_drops_other_tokens(chat_pair, write_recipe, tmp_path):
 
 def test_pad_to_multiple_of(chat_pair, write_recipe, tmp_path):
     base, chat = chat_pair
-    run_merge(write_recipe(_linear([base, chat], tokenizer={"source": "union", "pad_to_multiple_of": 64})), tmp_path / "out")
+    run_merge(
+        write_recipe(_linear([base, chat], tokenizer={"source": "union", "pad_to_multiple_of": 64})), tmp_path / "out"
+    )
     assert load_tensors(tmp_path / "out")["model.embed_tokens.weight"].shape == (64, 64)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["vocab_size"] == 64
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").model.embed_tokens.weight.shape == (64, 64)
@@ -77,7 +85,9 @@ def test_tokens_override_fills_a_missing_row_with_zeros(chat_pair, write_recipe,
     run_merge(write_recipe(_linear([base, chat], tokenizer={"source": "union", "tokens": tokens})), tmp_path / "out")
     b, merged = load_tensors(chat), load_tensors(tmp_path / "out")
     # base lacks the token and takes zeros; chat keeps its own row: the average is half of chat's row
-    torch.testing.assert_close(merged["model.embed_tokens.weight"][50], b["model.embed_tokens.weight"][50] / 2, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        merged["model.embed_tokens.weight"][50], b["model.embed_tokens.weight"][50] / 2, rtol=0, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("template", ["chatml", "auto"])

@@ -29,7 +29,10 @@ def _modules_recipe(a: str, b: str, c: str) -> dict:
         "modules": {
             "text_decoder": {
                 "slices": [
-                    {"sources": [{"model": a, "layer_range": [0, 3]}, {"model": b, "layer_range": [0, 3]}], "parameters": {"t": 0.2}},
+                    {
+                        "sources": [{"model": a, "layer_range": [0, 3]}, {"model": b, "layer_range": [0, 3]}],
+                        "parameters": {"t": 0.2},
+                    },
                     {"sources": [{"model": a, "layer_range": [2, 4]}, {"model": b, "layer_range": [2, 4]}]},
                 ],
                 "parameters": {"t": [0.1, 0.9]},
@@ -51,7 +54,10 @@ def test_modules_merge_each_module_with_its_own_slices_and_parameters_as_mergeki
     for name, tensor in theirs.tensors.items():
         torch.testing.assert_close(ours.tensors[name], tensor, rtol=0, atol=1e-5, msg=name)
     config = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert config["text_config"]["num_hidden_layers"] == 5 and config["vision_config"]["num_hidden_layers"] == VISION_LAYERS
+    assert (
+        config["text_config"]["num_hidden_layers"] == 5
+        and config["vision_config"]["num_hidden_layers"] == VISION_LAYERS
+    )
     assert not ours.warnings
 
 
@@ -77,7 +83,9 @@ def test_an_unknown_module_names_the_modules_there_are(vlm, write_recipe):
 
 def test_a_text_model_has_one_module_named_default(family, write_recipe, tmp_path):
     slices = [{"sources": [{"model": str(p), "layer_range": [0, 4]} for p in family[:2]]}]
-    recipe = write_recipe({"merge_method": "linear", "modules": {"default": {"slices": slices}}, "parameters": {"weight": 1}})
+    recipe = write_recipe(
+        {"merge_method": "linear", "modules": {"default": {"slices": slices}}, "parameters": {"weight": 1}}
+    )
     ours, theirs = run_mergehub(recipe, tmp_path / "ours"), run_mergekit(recipe, tmp_path / "theirs")
     assert ours.tensors is not None and theirs.tensors is not None
     for name, tensor in theirs.tensors.items():

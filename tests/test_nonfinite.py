@@ -41,7 +41,10 @@ def test_non_finite_inputs_and_outputs_are_named_in_a_warning_and_in_the_card(fa
         (None, "model.layers.2.self_attn.q_proj.weight"): 1,
     }
     summary = result.summary()
-    assert "Warning: 2 input tensor(s) hold NaN or Inf values" in summary and "Warning: 2 output tensor(s) hold NaN or Inf values" in summary
+    assert (
+        "Warning: 2 input tensor(s) hold NaN or Inf values" in summary
+        and "Warning: 2 output tensor(s) hold NaN or Inf values" in summary
+    )
     card = (tmp_path / "out" / "README.md").read_text()
     assert "non_finite:" in card and f"{poisoned}: model.layers.1.mlp.up_proj.weight (3 NaN/Inf)" in card
     assert "> These tensors hold NaN or Inf values:" in card
@@ -59,13 +62,20 @@ def test_strict_makes_them_an_error_and_keeps_nothing(family, poisoned, write_re
     assert "Warning: 2 output tensor(s) hold NaN or Inf values" in capsys.readouterr().out
     assert main(["merge", str(recipe), str(tmp_path / "strict"), "--no-progress", "--strict"]) == 1
     err = capsys.readouterr().err
-    assert f"error: Input model.layers.1.mlp.up_proj.weight of {poisoned} holds 3 NaN or Inf values." in err and "--strict" in err
+    assert (
+        f"error: Input model.layers.1.mlp.up_proj.weight of {poisoned} holds 3 NaN or Inf values." in err
+        and "--strict" in err
+    )
     assert not (tmp_path / "strict").exists() and not list(tmp_path.glob(".strict.partial-*"))
 
 
 def test_slerp_with_nan_or_zero_inputs_does_not_crash(family, poisoned, write_recipe, tmp_path):
-    recipe = {"merge_method": "slerp", "base_model": str(family[0]), "parameters": {"t": 0.3},
-              "models": [{"model": str(family[0])}, {"model": str(poisoned)}]}
+    recipe = {
+        "merge_method": "slerp",
+        "base_model": str(family[0]),
+        "parameters": {"t": 0.3},
+        "models": [{"model": str(family[0])}, {"model": str(poisoned)}],
+    }
     result = run_merge(write_recipe(recipe), tmp_path / "out")
     outputs = {n.tensor for n in result.stats.non_finite if n.model is None}
     assert outputs == {"model.layers.1.mlp.up_proj.weight", "model.layers.2.self_attn.q_proj.weight"}

@@ -28,7 +28,9 @@ def _tree(directory: Path) -> dict[str, bytes]:
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mergehub", "merge", *args, "--no-progress"], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "mergehub", "merge", *args, "--no-progress"], cwd=cwd, capture_output=True, text=True
+    )
 
 
 @pytest.mark.parametrize("out", [".", "sub/..", "../d"])
@@ -62,7 +64,9 @@ def test_overwrite_swaps_a_previous_merge_and_a_failed_rerun_keeps_it(family, wr
     out = tmp_path / "out"
     first = run_merge(write_recipe(_recipe(family)), out)
     kept = _tree(out)
-    recipe = write_recipe({**_recipe(family), "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [2, 1])]})
+    recipe = write_recipe(
+        {**_recipe(family), "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(family, [2, 1])]}
+    )
     from mergehub import executor
 
     def broken(*args, **kwargs):
@@ -121,8 +125,12 @@ def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-@pytest.mark.parametrize("where", ["shard data", "shard close", "index", "config", "tokenizer", "card", "parent directory"])
-def test_a_full_disk_is_an_output_error_with_a_hint_never_a_traceback(family, write_recipe, tmp_path, monkeypatch, capsys, where):
+@pytest.mark.parametrize(
+    "where", ["shard data", "shard close", "index", "config", "tokenizer", "card", "parent directory"]
+)
+def test_a_full_disk_is_an_output_error_with_a_hint_never_a_traceback(
+    family, write_recipe, tmp_path, monkeypatch, capsys, where
+):
     import builtins
 
     from mergehub.interfaces.cli import main
@@ -154,8 +162,14 @@ def test_a_full_disk_is_an_output_error_with_a_hint_never_a_traceback(family, wr
         def __exit__(self, *exc):
             self.close()
 
-    names = {"shard data": ".safetensors", "shard close": ".safetensors", "index": "index.json", "config": "config.json",
-             "tokenizer": "tokenizer", "card": "README.md"}
+    names = {
+        "shard data": ".safetensors",
+        "shard close": ".safetensors",
+        "index": "index.json",
+        "config": "config.json",
+        "tokenizer": "tokenizer",
+        "card": "README.md",
+    }
 
     def full_open(path, mode="r", *args, **kwargs):
         handle = real_open(path, mode, *args, **kwargs)
@@ -167,15 +181,29 @@ def test_a_full_disk_is_an_output_error_with_a_hint_never_a_traceback(family, wr
     shutil.copytree(family[0], model)
     for name, data in make_tokenizer(WORDS).items():
         (model / name).write_bytes(data)
-    recipe = write_recipe({"merge_method": "linear", "base_model": str(model),
-                           "models": [{"model": str(model), "parameters": {"weight": 1}}, {"model": str(family[1]), "parameters": {"weight": 1}}]})
+    recipe = write_recipe(
+        {
+            "merge_method": "linear",
+            "base_model": str(model),
+            "models": [
+                {"model": str(model), "parameters": {"weight": 1}},
+                {"model": str(family[1]), "parameters": {"weight": 1}},
+            ],
+        }
+    )
     monkeypatch.setattr(builtins, "open", full_open)
     monkeypatch.setattr("pathlib.Path.write_bytes", lambda self, data: full_open(self, "wb").write(data))
-    monkeypatch.setattr("pathlib.Path.write_text", lambda self, text, encoding=None: full_open(self, "w", encoding=encoding).write(text))
+    monkeypatch.setattr(
+        "pathlib.Path.write_text", lambda self, text, encoding=None: full_open(self, "w", encoding=encoding).write(text)
+    )
     if where == "parent directory":
         monkeypatch.setattr("mergehub.output.tempfile.mkdtemp", _enospc)
     code = main(["merge", str(recipe), str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert "error: Cannot write" in err and "No space left on device" in err and "hint: The disk (or your quota) is full" in err
+    assert (
+        "error: Cannot write" in err
+        and "No space left on device" in err
+        and "hint: The disk (or your quota) is full" in err
+    )
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))

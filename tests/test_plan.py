@@ -13,7 +13,11 @@ from mergehub.sources.local import LocalSource
 
 
 def _linear(models: list[Path], **extra) -> dict:
-    return {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in models], **extra}
+    return {
+        "merge_method": "linear",
+        "models": [{"model": str(m), "parameters": {"weight": 1}} for m in models],
+        **extra,
+    }
 
 
 def test_dry_run_plan_lists_every_tensor_and_bytes(family, write_recipe, monkeypatch):
@@ -31,7 +35,11 @@ def test_dry_run_plan_lists_every_tensor_and_bytes(family, write_recipe, monkeyp
 
 
 def test_layer_range_slice_reads_only_its_layers(family, write_recipe):
-    plan = plan_merge(write_recipe({"merge_method": "passthrough", "slices": [{"sources": [{"model": str(family[0]), "layer_range": [1, 2]}]}]}))
+    plan = plan_merge(
+        write_recipe(
+            {"merge_method": "passthrough", "slices": [{"sources": [{"model": str(family[0]), "layer_range": [1, 2]}]}]}
+        )
+    )
     layer_inputs = {i.name.split(".")[2] for job in plan.jobs for i in job.inputs if ".layers." in i.name}
     assert layer_inputs == {"1"}
     assert plan.num_layers == 1 and plan.config["num_hidden_layers"] == 1
@@ -57,7 +65,9 @@ def test_shape_mismatch_names_models_and_shapes(family, write_recipe, tmp_path):
     from mergehub.demo import make_tiny_llama
 
     bigger_vocab = make_tiny_llama(tmp_path / "big", vocab=320)
-    with pytest.raises(PlanError, match=r"model.embed_tokens.weight: shapes differ .*\[256, 64\].*\[320, 64\].*vocabularies differ"):
+    with pytest.raises(
+        PlanError, match=r"model.embed_tokens.weight: shapes differ .*\[256, 64\].*\[320, 64\].*vocabularies differ"
+    ):
         plan_merge(write_recipe(_linear([family[0], bigger_vocab])))
 
 
@@ -94,25 +104,39 @@ def test_bad_recipes_name_the_problem(family, write_recipe, recipe, error, patte
 
 
 def test_missing_required_parameter(family, write_recipe):
-    recipe = {"merge_method": "linear", "models": [{"model": str(family[0]), "parameters": {"weight": 1}}, {"model": str(family[1])}]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": str(family[0]), "parameters": {"weight": 1}}, {"model": str(family[1])}],
+    }
     with pytest.raises(RecipeError, match=r"Missing required parameter 'weight' for .*finetune-1"):
         plan_merge(write_recipe(recipe))
 
 
 def test_slerp_with_three_models(family, write_recipe):
-    recipe = {"merge_method": "slerp", "base_model": str(family[0]), "models": [{"model": str(m)} for m in family], "parameters": {"t": 0.5}}
+    recipe = {
+        "merge_method": "slerp",
+        "base_model": str(family[0]),
+        "models": [{"model": str(m)} for m in family],
+        "parameters": {"t": 0.5},
+    }
     with pytest.raises(RecipeError, match="slerp merges 2 model"):
         plan_merge(write_recipe(recipe))
 
 
 def test_base_required(family, write_recipe):
-    recipe = {"merge_method": "task_arithmetic", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family[1:]]}
+    recipe = {
+        "merge_method": "task_arithmetic",
+        "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family[1:]],
+    }
     with pytest.raises(RecipeError, match="needs a `base_model`"):
         plan_merge(write_recipe(recipe))
 
 
 def test_layer_range_out_of_bounds(family, write_recipe):
-    recipe = {"merge_method": "passthrough", "slices": [{"sources": [{"model": str(family[0]), "layer_range": [2, 9]}]}]}
+    recipe = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": str(family[0]), "layer_range": [2, 9]}]}],
+    }
     with pytest.raises(RecipeError, match=r"layer_range \[2, 9\] .* out of bounds: it has 4 layers"):
         plan_merge(write_recipe(recipe))
 
@@ -121,7 +145,14 @@ def test_unequal_slice_lengths(family, write_recipe):
     recipe = {
         "merge_method": "slerp",
         "base_model": str(family[0]),
-        "slices": [{"sources": [{"model": str(family[0]), "layer_range": [0, 2]}, {"model": str(family[1]), "layer_range": [0, 3]}]}],
+        "slices": [
+            {
+                "sources": [
+                    {"model": str(family[0]), "layer_range": [0, 2]},
+                    {"model": str(family[1]), "layer_range": [0, 3]},
+                ]
+            }
+        ],
         "parameters": {"t": 0.5},
     }
     with pytest.raises(RecipeError, match="different numbers of layers"):
@@ -132,7 +163,9 @@ def test_missing_model_directory(write_recipe):
     from mergehub import ModelReferenceError
 
     with pytest.raises(ModelReferenceError, match="not a local directory"):
-        plan_merge(write_recipe({"merge_method": "linear", "models": [{"model": "./nowhere", "parameters": {"weight": 1}}]}))
+        plan_merge(
+            write_recipe({"merge_method": "linear", "models": [{"model": "./nowhere", "parameters": {"weight": 1}}]})
+        )
 
 
 def test_pickle_only_model_is_refused(family, write_recipe, tmp_path):
@@ -172,13 +205,22 @@ parameters:
 """
     plan = plan_merge(write_recipe(text))
     found = {w.location: w for w in plan.warnings}
-    assert set(found) == {"models[0].parameters.weight", "models[0].parameters.density", "models[1].parameters.densty",
-                          "models[1].parameters.normalize", "parameters.embed_slerp"}
-    assert found["parameters.embed_slerp"].message.startswith("`embed_slerp` is not a ties parameter: ignored (ties takes: ")
+    assert set(found) == {
+        "models[0].parameters.weight",
+        "models[0].parameters.density",
+        "models[1].parameters.densty",
+        "models[1].parameters.normalize",
+        "parameters.embed_slerp",
+    }
+    assert found["parameters.embed_slerp"].message.startswith(
+        "`embed_slerp` is not a ties parameter: ignored (ties takes: "
+    )
     assert "did you mean `density`?" in found["models[1].parameters.densty"].message
     assert "not used for the base model" in found["models[0].parameters.weight"].message
     assert "one value for all models" in found["models[1].parameters.normalize"].message
-    assert [found[k].line for k in ("models[0].parameters.weight", "models[1].parameters.densty", "parameters.embed_slerp")] == [5, 7, 11]
+    assert [
+        found[k].line for k in ("models[0].parameters.weight", "models[1].parameters.densty", "parameters.embed_slerp")
+    ] == [5, 7, 11]
     assert Plan.from_json(plan.to_json()) == plan
     assert "Warning: parameters.embed_slerp (line 11): `embed_slerp` is not a ties parameter" in plan.describe()
     with pytest.raises(RecipeError, match=r"5 thing\(s\) that would be ignored") as info:
@@ -189,11 +231,18 @@ parameters:
 def test_numbers_written_as_text_merge_like_numbers(family, write_recipe, tmp_path):
     def recipe(weight, density) -> dict:
         models = [{"model": str(m), "parameters": {"weight": list(weight), "density": density}} for m in family[1:]]
-        return {"merge_method": "ties", "base_model": str(family[0]), "models": models, "parameters": {"normalize": "true", "lambda": "1"}}
+        return {
+            "merge_method": "ties",
+            "base_model": str(family[0]),
+            "models": models,
+            "parameters": {"normalize": "true", "lambda": "1"},
+        }
 
     as_text = run_merge(write_recipe(recipe(["5e-1", "1"], "7e-1"), "text.yml"), tmp_path / "text")
     as_numbers = run_merge(write_recipe(recipe([0.5, 1.0], 0.7), "numbers.yml"), tmp_path / "numbers")
-    assert [j.params for j in as_text.plan.jobs] == [j.params for j in as_numbers.plan.jobs] and not as_text.plan.warnings
+    assert [j.params for j in as_text.plan.jobs] == [
+        j.params for j in as_numbers.plan.jobs
+    ] and not as_text.plan.warnings
     for shard_a, shard_b in zip(as_text.shards, as_numbers.shards, strict=True):
         assert shard_a.sha256 == shard_b.sha256
 
@@ -217,7 +266,10 @@ def test_base_model_of_a_models_recipe_is_an_input_for_every_method(family, writ
 
 def test_a_missing_parameter_names_the_ignored_key_that_was_probably_meant(family, write_recipe):
     """A `t:` indented at the top level (as published in some cards) is ignored, so slerp has no t."""
-    text = f"merge_method: slerp\nbase_model: {family[0]}\nmodels:\n  - model: {family[0]}\n  - model: " f"{family[1]}\nparameters:\nt: 0.5\n"
+    text = (
+        f"merge_method: slerp\nbase_model: {family[0]}\nmodels:\n  - model: {family[0]}\n  - model: "
+        f"{family[1]}\nparameters:\nt: 0.5\n"
+    )
     with pytest.raises(RecipeError, match="Missing required parameter 't'") as info:
         plan_merge(write_recipe(text))
     assert "Ignored in this recipe: t (line 7): `t` is not a recipe key" in (info.value.hint or "")
@@ -234,16 +286,68 @@ def _text(family: list[Path], lines: list[str]) -> str:
     ("lines", "error", "location", "line"),
     [
         (["merge_method: lienar", "models:", "  - model: {0}"], UnknownMethodError, "merge_method", 1),
-        (["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  - model: {1}"],
-         RecipeError, "models[1].parameters", 5),
-        (["merge_method: passthrough", "slices:", "  - sources:", "      - model: {0}", "        layer_range: [2, 9]"],
-         RecipeError, "slices[0].sources[0].layer_range", 5),
-        (["merge_method: task_arithmetic", "models:", "  - model: {1}", "    parameters: {{weight: 1}}"], RecipeError, "merge_method", 1),
-        (["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  - model: ./nowhere",
-          "    parameters: {{weight: 1}}"], ModelReferenceError, "models[1].model", 5),
-        (["merge_method: linear", "chat_template: nonsense", "models:", "  - model: {0}", "    parameters: {{weight: 1}}"],
-         RecipeError, "chat_template", 2),
-        (["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  bad: [", "dtype: x"], RecipeError, "", 5),
+        (
+            ["merge_method: linear", "models:", "  - model: {0}", "    parameters: {{weight: 1}}", "  - model: {1}"],
+            RecipeError,
+            "models[1].parameters",
+            5,
+        ),
+        (
+            [
+                "merge_method: passthrough",
+                "slices:",
+                "  - sources:",
+                "      - model: {0}",
+                "        layer_range: [2, 9]",
+            ],
+            RecipeError,
+            "slices[0].sources[0].layer_range",
+            5,
+        ),
+        (
+            ["merge_method: task_arithmetic", "models:", "  - model: {1}", "    parameters: {{weight: 1}}"],
+            RecipeError,
+            "merge_method",
+            1,
+        ),
+        (
+            [
+                "merge_method: linear",
+                "models:",
+                "  - model: {0}",
+                "    parameters: {{weight: 1}}",
+                "  - model: ./nowhere",
+                "    parameters: {{weight: 1}}",
+            ],
+            ModelReferenceError,
+            "models[1].model",
+            5,
+        ),
+        (
+            [
+                "merge_method: linear",
+                "chat_template: nonsense",
+                "models:",
+                "  - model: {0}",
+                "    parameters: {{weight: 1}}",
+            ],
+            RecipeError,
+            "chat_template",
+            2,
+        ),
+        (
+            [
+                "merge_method: linear",
+                "models:",
+                "  - model: {0}",
+                "    parameters: {{weight: 1}}",
+                "  bad: [",
+                "dtype: x",
+            ],
+            RecipeError,
+            "",
+            5,
+        ),
     ],
 )
 def test_an_error_at_one_place_carries_its_location_and_line(family, write_recipe, lines, error, location, line):
@@ -258,7 +362,9 @@ def test_each_problem_of_a_failed_plan_carries_its_location_and_line(family, wri
 
     bigger = make_tiny_llama(tmp_path / "big", vocab=320)
     broken = _copy_without(family[1], tmp_path / "broken", "model.layers.2.mlp.up_proj.weight")
-    lines = ["merge_method: linear", "models:"] + [f"  - model: {m}\n    parameters: {{weight: 1}}" for m in (family[0], bigger, broken)]
+    lines = ["merge_method: linear", "models:"] + [
+        f"  - model: {m}\n    parameters: {{weight: 1}}" for m in (family[0], bigger, broken)
+    ]
     with pytest.raises(PlanError) as info:
         plan_merge(write_recipe("\n".join(lines) + "\n"))
     located = {(p.location, p.line) for p in info.value.problems}
@@ -268,7 +374,10 @@ def test_each_problem_of_a_failed_plan_carries_its_location_and_line(family, wri
 
 
 def test_an_invalid_recipe_lists_each_problem_at_its_line(family, write_recipe):
-    text = f"merge_method: linear\nmodels:\n  - parameters: {{weight: 1}}\n  - model: {family[0]}\n    " "layer_range: 3\ndtype: float8\n"
+    text = (
+        f"merge_method: linear\nmodels:\n  - parameters: {{weight: 1}}\n  - model: {family[0]}\n    "
+        "layer_range: 3\ndtype: float8\n"
+    )
     with pytest.raises(RecipeError) as info:
         plan_merge(write_recipe(text))
     assert {(p.location, p.line) for p in info.value.problems} == {("models[0].model", 3), ("dtype", 6)}

@@ -52,7 +52,10 @@ def test_plan_from_json_reproduces_the_merge_byte_for_byte(vocab_family, write_r
     assert plan == direct.plan
     assert plan.vocab is not None and plan.vocab.rows == 52 and plan.seed == 7 and len(plan.shards) > 1
     assert plan.chat_template and "<|im_start|>" in plan.chat_template and b"temperature" in plan.generation_config
-    assert plan.recipe_text == path.read_text() and set(plan.tokenizer_files) >= {"tokenizer.json", "tokenizer_config.json"}
+    assert plan.recipe_text == path.read_text() and set(plan.tokenizer_files) >= {
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
 
     text = plan.to_json()
     again = Plan.from_json(text)
@@ -79,7 +82,11 @@ def test_a_plan_keeps_its_seed_and_another_seed_changes_a_random_merge(vocab_fam
 
 
 def test_from_json_refuses_what_is_not_a_plan_of_this_format(family, write_recipe):
-    plan = plan_merge(write_recipe({"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family]}))
+    plan = plan_merge(
+        write_recipe(
+            {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family]}
+        )
+    )
     with pytest.raises(PlanError, match="Not a mergehub plan"):
         Plan.from_json('{"method": "linear"}')
     with pytest.raises(PlanError, match="format is 99"):
@@ -89,7 +96,10 @@ def test_from_json_refuses_what_is_not_a_plan_of_this_format(family, write_recip
 def test_a_plan_runs_at_its_pinned_commits_and_refuses_sources_at_others(hub, family, write_recipe, tmp_path):
     for name, directory in (("org/base", family[0]), ("org/ft", family[1])):
         hub.add_repo(name, {p.name: p for p in directory.iterdir() if p.is_file()})
-    recipe = {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1}} for m in ("org/base", "org/ft")]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": m, "parameters": {"weight": 1}} for m in ("org/base", "org/ft")],
+    }
     path = write_recipe(recipe)
     plan = Plan.from_json(plan_merge(path).to_json())
     planned = hub.revision_sha("org/ft")

@@ -49,7 +49,10 @@ def test_gradients_and_filters(name, t, expected):
 
 
 def test_first_matching_filter_wins_and_unmatched_is_none():
-    setting = parse_recipe("merge_method: x\nmodels: [{model: a}]\nparameters: {w: [{filter: attn, value: 1}, {filter: self_attn, " "value: 2}]}").parameters["w"]
+    setting = parse_recipe(
+        "merge_method: x\nmodels: [{model: a}]\nparameters: {w: [{filter: attn, value: 1}, {filter: self_attn, "
+        "value: 2}]}"
+    ).parameters["w"]
     assert evaluate_setting(setting, "self_attn.q", 0) == 1
     assert evaluate_setting(setting, "mlp", 0) is None
 
@@ -66,13 +69,19 @@ def test_scalars_and_discrete_lists():
         ("merge_method: linear\nmodels: [{model: a}\n", "not valid YAML"),
         ("- just\n- a list\n", "must be a YAML mapping"),
         ("merge_method: linear\n", "exactly one of `models:`, `slices:` or `modules:`"),
-        ("merge_method: linear\nmodels: [{model: a}]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n", "exactly one of"),
+        (
+            "merge_method: linear\nmodels: [{model: a}]\nslices: [{sources: [{model: a, layer_range: [0, 1]}]}]\n",
+            "exactly one of",
+        ),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [3, 1]}]}]\n", "0 <= start < end"),
         ("merge_method: linear\nmodels: [{model: a}]\ndtype: float8\n", "dtype"),
         ("merge_method: linear\nmodels: [{model: 'a+lora'}]\n", "LoRA"),
         ("merge_method: linear\nmodules: {}\n", "exactly one of"),
         ("merge_method: linear\nmodules: {text_decoder: {parameters: {weight: 1}}}\n", "each module exactly one of"),
-        ("merge_method: linear\nmodels: [{model: a, parameters: {weight: [0.5, {filter: x}]}}]\n", r"models\[0\].parameters.weight"),
+        (
+            "merge_method: linear\nmodels: [{model: a, parameters: {weight: [0.5, {filter: x}]}}]\n",
+            r"models\[0\].parameters.weight",
+        ),
     ],
 )
 def test_bad_recipes(text, pattern):
@@ -121,8 +130,14 @@ tokenizer:
 def test_keys_outside_the_schema_are_ignored_with_a_located_warning():
     recipe = parse_recipe(LENIENT)
     found = {w.location: w for w in recipe.warnings}
-    assert list(found) == ["int8_mask", "paramters", "models[1].weight", "models[1].parameters.weight[0].note", "slices_note",
-                           "tokenizer.sorce"]
+    assert list(found) == [
+        "int8_mask",
+        "paramters",
+        "models[1].weight",
+        "models[1].parameters.weight[0].note",
+        "slices_note",
+        "tokenizer.sorce",
+    ]
     assert [w.line for w in recipe.warnings] == [3, 4, 9, 15, 17, 21]
     assert "did you mean `parameters`?" in found["paramters"].message
     assert "did you mean `source`?" in found["tokenizer.sorce"].message
@@ -135,11 +150,15 @@ def test_numbers_as_text_are_read_as_the_parameter_type():
     as_float = float.__call__
     assert evaluate_setting("1e-5", "x", 0.0, as_float) == 1e-5
     assert evaluate_setting(["0", "1e-0"], "x", 0.5, as_float) == 0.5  # a gradient of numbers written as text
-    assert evaluate_setting(["1e-5", "x"], "x", 1.0) == "x"  # without a type: discrete labels, as mergekit reads strings
+    assert (
+        evaluate_setting(["1e-5", "x"], "x", 1.0) == "x"
+    )  # without a type: discrete labels, as mergekit reads strings
 
 
 def test_residual_weight_is_read_but_has_no_effect():
-    recipe = parse_recipe("merge_method: passthrough\nslices:\n  - sources: [{model: a, layer_range: [0, 2]}]\n    residual_weight: 0.5\n")
+    recipe = parse_recipe(
+        "merge_method: passthrough\nslices:\n  - sources: [{model: a, layer_range: [0, 2]}]\n    residual_weight: 0.5\n"
+    )
     (warning,) = recipe.warnings
     assert warning.location == "slices[0].residual_weight" and warning.line == 4
 

@@ -14,7 +14,15 @@ from mergehub.recipe import load_recipe, parse_recipe
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:
     """A ~600-byte recipe whose `tokenizer.tokens` expands to width**levels strings once aliases are followed."""
-    lines = ["merge_method: linear", "models:", "  - model: org/a", "  - model: org/b", "tokenizer:", "  source: union", "  tokens:"]
+    lines = [
+        "merge_method: linear",
+        "models:",
+        "  - model: org/a",
+        "  - model: org/b",
+        "tokenizer:",
+        "  source: union",
+        "  tokens:",
+    ]
     lines.append("    t0: &a0 [" + ", ".join(["lol"] * width) + "]")
     lines += [f"    t{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]" for i in range(1, levels)]
     return "\n".join(lines) + "\n"
@@ -25,7 +33,12 @@ def test_alias_bomb_is_refused_at_once_by_the_cli_with_a_short_message(tmp_path)
     recipe.write_text(alias_bomb())
     assert len(recipe.read_bytes()) < 700
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "mergehub", "merge", "--dry-run", str(recipe)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "mergehub", "merge", "--dry-run", str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert time.monotonic() - started < 30
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "anchors and aliases" in run.stderr and "line 9" in run.stderr
@@ -35,7 +48,10 @@ def test_alias_bomb_is_refused_at_once_by_the_cli_with_a_short_message(tmp_path)
 def test_aliases_are_refused_even_when_harmless():
     from mergehub import safe_yaml
 
-    text = "merge_method: linear\nmodels:\n  - {model: org/a, parameters: &w {weight: 1}}\n  - {model: org/b, " "parameters: *w}\n"
+    text = (
+        "merge_method: linear\nmodels:\n  - {model: org/a, parameters: &w {weight: 1}}\n  - {model: org/b, "
+        "parameters: *w}\n"
+    )
     with pytest.raises(RecipeError, match="anchors and aliases .* at line 4") as info:
         parse_recipe(text)
     assert isinstance(info.value.__cause__, safe_yaml.AliasRefused) and info.value.__cause__.problem_mark.line == 3

@@ -288,7 +288,9 @@ def test_align_rows_errors():
 def test_model_chat_template_prefers_the_jinja_file():
     config = json.dumps({"chat_template": TEMPLATE_A}).encode()
     assert model_chat_template({"tokenizer_config.json": config}) == TEMPLATE_A
-    assert model_chat_template({"tokenizer_config.json": config, "chat_template.jinja": TEMPLATE_B.encode()}) == TEMPLATE_B
+    assert (
+        model_chat_template({"tokenizer_config.json": config, "chat_template.jinja": TEMPLATE_B.encode()}) == TEMPLATE_B
+    )
     named = [{"name": "tool_use", "template": "x"}, {"name": "default", "template": TEMPLATE_B}]
     listed = json.dumps({"chat_template": named})
     assert model_chat_template({"tokenizer_config.json": listed.encode()}) == TEMPLATE_B
@@ -323,7 +325,11 @@ def _render(template: str, conversation: list[dict], generation: bool) -> str:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered = render_jinja_template(
-        conversations=[conversation], chat_template=template, add_generation_prompt=generation, bos_token="<s>", eos_token="</s>"
+        conversations=[conversation],
+        chat_template=template,
+        add_generation_prompt=generation,
+        bos_token="<s>",
+        eos_token="</s>",
     )
     return rendered[0][0]
 
@@ -392,7 +398,9 @@ def test_build_matches_mergekit(files, tmp_path, source, added):
     theirs = info.tokenizer.get_vocab()
     assert set(out.vocab) == set(theirs)
     hashed = ("x1", "x2")  # mergekit orders new regular tokens by hash
-    assert {t: i for t, i in out.vocab.items() if t not in hashed} == {t: i for t, i in theirs.items() if t not in hashed}
+    assert {t: i for t, i in out.vocab.items() if t not in hashed} == {
+        t: i for t, i in theirs.items() if t not in hashed
+    }
     for label, ref in zip(files, refs):  # compare per token
         ours = align_vocabularies(out, {paths[label]: ROWS[label]}).maps[paths[label]]
         # mergekit leaves out a token beyond the model's rows (and then fails on it); we map it to -1

@@ -27,7 +27,10 @@ def _tensors() -> dict[str, torch.Tensor]:
 def test_layout_respects_shard_size():
     shards = layout_shards([("a", "F32", (10, 10)), ("b", "F32", (10, 10)), ("c", "F32", (30, 30))], 800)
     assert [[s.name for s in shard.slots] for shard in shards] == [["a", "b"], ["c"]]
-    assert [shard.filename for shard in shards] == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    assert [shard.filename for shard in shards] == [
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ]
 
 
 def test_written_shards_load_with_safetensors(tmp_path):

@@ -148,7 +148,9 @@ def memory_needs(plan: Plan, *, eval_itemsize: int = 4) -> MemoryNeeds:
     model_bytes = sum(_numel(job.shape) for job in plan.jobs) * eval_itemsize
     evaluation = model_bytes + RUNTIME_BYTES
     merge = plan.peak_memory_bytes + RUNTIME_BYTES
-    return MemoryNeeds(in_memory=max(merge + plan.write_bytes, plan.write_bytes + evaluation), on_disk=max(merge, evaluation))
+    return MemoryNeeds(
+        in_memory=max(merge + plan.write_bytes, plan.write_bytes + evaluation), on_disk=max(merge, evaluation)
+    )
 
 
 def available_memory() -> int:
@@ -203,7 +205,8 @@ def load_merged_model(merged: api.MemoryMerge, device: str) -> tuple[Any, Any]:
     missing = set(loaded.missing_keys) - _tied_keys(model)
     if missing or loaded.unexpected_keys:
         raise EvaluationError(
-            f"The merged tensors do not fit {type(model).__name__}: missing {sorted(missing)[:3]}, unexpected " f"{loaded.unexpected_keys[:3]}.",
+            f"The merged tensors do not fit {type(model).__name__}: missing {sorted(missing)[:3]}, unexpected "
+            f"{loaded.unexpected_keys[:3]}.",
             hint="Check the recipe's architecture; `mergehub merge` of the same recipe writes the tensors to inspect.",
         )
     model.tie_weights()
@@ -238,7 +241,9 @@ def _mode(candidate: Candidate, run: RunSettings) -> str:
     return "memory" if candidate.needs.in_memory <= available_memory() else "disk"
 
 
-def _score_variant(candidate: Candidate, mode: str, settings: EvalSettings, run: RunSettings, device: str) -> tuple[EvalReport, float, float]:
+def _score_variant(
+    candidate: Candidate, mode: str, settings: EvalSettings, run: RunSettings, device: str
+) -> tuple[EvalReport, float, float]:
     from mergehub.evaluation import evaluate, evaluate_loaded
 
     recipe = api.parse_recipe(candidate.recipe_yaml or "")
@@ -271,13 +276,20 @@ def run_candidate(candidate: Candidate, settings: EvalSettings, run: RunSettings
         if candidate.is_parent:
             from mergehub.evaluation import evaluate
 
-            report = evaluate(candidate.model or "", settings.tasks, device=device, token=run.token, **settings.options())
-            return CandidateResult(candidate, "ok", report, mode=mode, eval_seconds=time.perf_counter() - started, node=_node())
+            report = evaluate(
+                candidate.model or "", settings.tasks, device=device, token=run.token, **settings.options()
+            )
+            return CandidateResult(
+                candidate, "ok", report, mode=mode, eval_seconds=time.perf_counter() - started, node=_node()
+            )
         report, merge_seconds, eval_seconds = _score_variant(candidate, mode, settings, run, device)
-        return CandidateResult(candidate, "ok", report, mode=mode, merge_seconds=merge_seconds, eval_seconds=eval_seconds, node=_node())
+        return CandidateResult(
+            candidate, "ok", report, mode=mode, merge_seconds=merge_seconds, eval_seconds=eval_seconds, node=_node()
+        )
     except MergehubError as e:
         error = e.message
     except Exception as e:  # noqa: BLE001 - a candidate's failure is its result; the experiment goes on
         error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=-3)}"
-    return CandidateResult(candidate, "failed", error=error, mode=mode, merge_seconds=time.perf_counter() - started, node=_node())
-
+    return CandidateResult(
+        candidate, "failed", error=error, mode=mode, merge_seconds=time.perf_counter() - started, node=_node()
+    )

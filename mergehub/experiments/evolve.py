@@ -114,8 +114,12 @@ class Evolution:
         if self.config.shuffle:
             self.warnings.append("shuffle is ignored: every candidate is scored on the same first `limit` documents.")
         self.settings = EvalSettings(
-            tuple(dict.fromkeys(t.name for t in self.config.tasks)), limit=self.config.limit, num_fewshot=self.config.num_fewshot,
-            seed=self.options.seed, apply_chat_template=chat, fewshot_as_multiturn=self.config.fewshot_as_multiturn and chat,
+            tuple(dict.fromkeys(t.name for t in self.config.tasks)),
+            limit=self.config.limit,
+            num_fewshot=self.config.num_fewshot,
+            seed=self.options.seed,
+            apply_chat_template=chat,
+            fewshot_as_multiturn=self.config.fewshot_as_multiturn and chat,
         )
         self.objective = fitness_objective(self.config)
         self.table = Table(("genotype",), self.objective, [])
@@ -138,8 +142,13 @@ class Evolution:
     def _save(self, strategy: Any) -> None:
         import numpy as np
 
-        state = {"strategy": strategy, "numpy": np.random.get_state(), "generations": self.generations, "best": self.best,
-                 "results": self.table.results}
+        state = {
+            "strategy": strategy,
+            "numpy": np.random.get_state(),
+            "generations": self.generations,
+            "best": self.best,
+            "results": self.table.results,
+        }
         write_atomically(self.out / CHECKPOINT, pickle.dumps(state))
         write_atomically(self.out / "evolve.json", json.dumps(self._record(), indent=1))
         write_atomically(self.out / "results.json", self.table.to_json(config=self.config.model_dump(mode="json")))
@@ -155,8 +164,10 @@ class Evolution:
         try:
             state = pickle.loads((self.out / CHECKPOINT).read_bytes())
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as e:
-            raise ExperimentError(f"Cannot resume: {self.out / CHECKPOINT} is missing or unreadable ({e}).",
-                                  hint="Start without --resume, or point --out at the search's directory.") from e
+            raise ExperimentError(
+                f"Cannot resume: {self.out / CHECKPOINT} is missing or unreadable ({e}).",
+                hint="Start without --resume, or point --out at the search's directory.",
+            ) from e
         np.random.set_state(state["numpy"])
         self.generations, self.best, self.table.results = state["generations"], state["best"], state["results"]
         return state["strategy"]
@@ -195,13 +206,22 @@ class Evolution:
         recipes = [self.genome.recipe_yaml(x) for x in genotypes]
         plans = api.plan_merges([api.parse_recipe(text) for text in recipes])
         return [
-            Candidate(first_index + i, f"g{generation:03d}-{i:02d}", (("genotype", [round(v, 6) for v in x]),), recipe_yaml=text,
-                      needs=memory_needs(plan))
+            Candidate(
+                first_index + i,
+                f"g{generation:03d}-{i:02d}",
+                (("genotype", [round(v, 6) for v in x]),),
+                recipe_yaml=text,
+                needs=memory_needs(plan),
+            )
             for i, (x, text, plan) in enumerate(zip(genotypes, recipes, plans))
         ]
 
     def run(
-        self, *, runner: RayRunner | LocalRunner, run: RunSettings = RunSettings(), resume: bool = False,
+        self,
+        *,
+        runner: RayRunner | LocalRunner,
+        run: RunSettings = RunSettings(),
+        resume: bool = False,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Iterator[Generation]:
         """Run generations until CMA-ES stops or `max_fevals` evaluations are done, yielding each; checkpointed after
@@ -211,7 +231,9 @@ class Evolution:
         """
         self.out.mkdir(parents=True, exist_ok=True)
         if not resume and (self.out / CHECKPOINT).exists():
-            raise ExperimentError(f"{self.out} already holds a search.", hint="Pass --resume to continue it, or choose another --out.")
+            raise ExperimentError(
+                f"{self.out} already holds a search.", hint="Pass --resume to continue it, or choose another --out."
+            )
         strategy = self._load() if resume else self._new_strategy()
         strategy.opts["maxfevals"] = self.options.max_fevals  # a resumed search may be given a larger budget
         for warning in self.warnings:
@@ -222,7 +244,10 @@ class Evolution:
             try:
                 candidates = self._candidates(genotypes, number, len(self.table.results))
             except MergehubError as e:
-                raise RecipeError(f"Generation {number}: a genotype decodes to a recipe that cannot be planned: {e.message}", hint=e.hint) from e
+                raise RecipeError(
+                    f"Generation {number}: a genotype decodes to a recipe that cannot be planned: {e.message}",
+                    hint=e.hint,
+                ) from e
             results = {r.candidate.index: r for r in runner.run(candidates, self.settings, run, on_progress)}
             ordered = [results[c.index] for c in candidates]
             self.table.results += ordered
@@ -231,12 +256,19 @@ class Evolution:
             if not good:
                 self._save(strategy)
                 errors = "; ".join(sorted({self._why(r) for r in ordered}))
-                raise ExperimentError(f"Every candidate of generation {number} failed: {errors}", hint="Fix the cause; --resume continues.")
+                raise ExperimentError(
+                    f"Every candidate of generation {number} failed: {errors}",
+                    hint="Fix the cause; --resume continues.",
+                )
             worst = min(good) - _FAILED_PENALTY
             strategy.tell(genotypes, [-(s if s is not None else worst) for s in scores])
             k = max(range(len(scores)), key=lambda i: -1e300 if scores[i] is None else scores[i])
             if self.best is None or good and max(good) > self.best[0]:
                 self.best = (max(good), genotypes[k], ordered[k])
-            self.generations.append(Generation(number, strategy.countevals, max(good), sum(good) / len(good), self.best[0], len(scores) - len(good)))
+            self.generations.append(
+                Generation(
+                    number, strategy.countevals, max(good), sum(good) / len(good), self.best[0], len(scores) - len(good)
+                )
+            )
             self._save(strategy)
             yield self.generations[-1]

@@ -112,8 +112,14 @@ def load_evolve_config(path: str | Path) -> EvolveConfig:
     try:
         config = EvolveConfig.model_validate(data)
     except ValidationError as e:
-        problems = "\n".join(f"  {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors())
-        raise RecipeError(f"{path} is not a valid mergekit-evolve configuration:\n{problems}", hint="See mergekit-evolve's genome and tasks keys.") from e
+        problems = "\n".join(
+            f"  {'.'.join(map(str, err['loc'])) or 'config'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in e.errors()
+        )
+        raise RecipeError(
+            f"{path} is not a valid mergekit-evolve configuration:\n{problems}",
+            hint="See mergekit-evolve's genome and tasks keys.",
+        ) from e
     if not config.tasks:
         raise RecipeError(f"{path} lists no tasks.", hint="Add `tasks:` with at least one lm-eval task.")
     return config
@@ -146,7 +152,9 @@ class Genome:
         """
         layers = num_layers(config)
         if layers is None:
-            raise RecipeError(f"{spec.models[0]}: config.json names no layer count.", hint="A genome needs models with layers.")
+            raise RecipeError(
+                f"{spec.models[0]}: config.json names no layer count.", hint="A genome needs models with layers."
+            )
         return cls(spec, layers)
 
     @property
@@ -181,11 +189,16 @@ class Genome:
         filters: list[str | None] = [*(self.spec.filters or []), None]
         params: dict[str, Any] = {}
         for p, name in enumerate(self.parameters):
-            per_set = [self._setting([round(self._value(genotype, g, model, s, p), 6) for g in groups]) for s in range(self.sets)]
+            per_set = [
+                self._setting([round(self._value(genotype, g, model, s, p), 6) for g in groups])
+                for s in range(self.sets)
+            ]
             if self.sets == 1:
                 params[name] = per_set[0]
             else:
-                params[name] = [{"filter": f, "value": v} if f is not None else {"value": v} for f, v in zip(filters, per_set)]
+                params[name] = [
+                    {"filter": f, "value": v} if f is not None else {"value": v} for f, v in zip(filters, per_set)
+                ]
         return params
 
     def _range(self, group: int) -> list[int]:
@@ -198,13 +211,21 @@ class Genome:
     def _slerp_slices(self, genotype: Sequence[float]) -> list[dict[str, Any]]:
         slices = []
         for group in range(self.groups):
-            weights = [float(genotype[((group * len(self.spec.models) + m) * self.sets) * len(self.parameters)]) for m in range(len(self.spec.models))]
+            weights = [
+                float(genotype[((group * len(self.spec.models) + m) * self.sets) * len(self.parameters)])
+                for m in range(len(self.spec.models))
+            ]
             first, second = sorted(range(len(weights)), key=lambda m: (-weights[m], m))[:2]
             top = (weights[first], weights[second])
             t = math.exp(top[1] - max(top)) / (math.exp(top[0] - max(top)) + math.exp(top[1] - max(top)))
             sources = [{"model": self.spec.models[m], "layer_range": self._range(group)} for m in (first, second)]
-            slices.append({"sources": sources + self._base_source(group), "base_model": self.spec.models[first],
-                           "parameters": {"t": round(t, 6)}})
+            slices.append(
+                {
+                    "sources": sources + self._base_source(group),
+                    "base_model": self.spec.models[first],
+                    "parameters": {"t": round(t, 6)},
+                }
+            )
         return slices
 
     def recipe(self, genotype: Sequence[float]) -> dict[str, Any]:
@@ -222,19 +243,37 @@ class Genome:
         if spec.merge_method == "slerp":
             recipe["slices"] = self._slerp_slices(genotype)
         elif spec.smooth:
-            models = [{"model": model, "parameters": self._parameters(genotype, m, range(self.groups))} for m, model in enumerate(spec.models)]
+            models = [
+                {"model": model, "parameters": self._parameters(genotype, m, range(self.groups))}
+                for m, model in enumerate(spec.models)
+            ]
             if spec.base_model and spec.base_model not in spec.models:
                 models.append({"model": spec.base_model})
             recipe["models"] = models
         else:
             recipe["slices"] = [
-                {"sources": [{"model": model, "layer_range": self._range(group), "parameters": self._parameters(genotype, m, [group])}
-                             for m, model in enumerate(spec.models)] + self._base_source(group)}
+                {
+                    "sources": [
+                        {
+                            "model": model,
+                            "layer_range": self._range(group),
+                            "parameters": self._parameters(genotype, m, [group]),
+                        }
+                        for m, model in enumerate(spec.models)
+                    ]
+                    + self._base_source(group)
+                }
                 for group in range(self.groups)
             ]
         method = get_method(spec.merge_method)
-        normalize = spec.normalize if spec.normalize is not None else spec.merge_method in ("ties", "dare_ties", "linear")
-        parameters = {name: value for name, value in (("normalize", normalize), ("int8_mask", True)) if method.param(name) is not None}
+        normalize = (
+            spec.normalize if spec.normalize is not None else spec.merge_method in ("ties", "dare_ties", "linear")
+        )
+        parameters = {
+            name: value
+            for name, value in (("normalize", normalize), ("int8_mask", True))
+            if method.param(name) is not None
+        }
         if parameters:
             recipe["parameters"] = parameters
         recipe["dtype"] = "bfloat16"

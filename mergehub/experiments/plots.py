@@ -15,7 +15,6 @@ from mergehub.experiments.variants import Vary, format_value
 __all__ = ["sweep_plots", "evolve_plot", "plot_name"]
 
 
-
 def _pyplot() -> Any:
     require("matplotlib", "Plotting results").use("Agg", force=True)  # files only, no display
     return require("matplotlib.pyplot", "Plotting results")
@@ -41,7 +40,13 @@ def _parent_lines(ax: Any, table: Table) -> None:
     for k, parent in enumerate(table.parents()):
         score = table.score(parent)
         if score is not None:
-            ax.axhline(score, color="0.5", linestyle=("--", ":", "-.")[k % 3], linewidth=1, label=f"parent {model_label(parent.candidate.model or '')}")
+            ax.axhline(
+                score,
+                color="0.5",
+                linestyle=("--", ":", "-.")[k % 3],
+                linewidth=1,
+                label=f"parent {model_label(parent.candidate.model or '')}",
+            )
 
 
 def _line_plot(plt: Any, table: Table, vary: Vary, sampled: bool, out: Path) -> Path:
@@ -56,20 +61,41 @@ def _line_plot(plt: Any, table: Table, vary: Vary, sampled: bool, out: Path) -> 
         ax.set_title(f"Objective of {len(results)} random samples")
     else:
         positions, _ = _positions(vary)
-        groups = {_key(v): [r for r in results if _key(dict(r.candidate.values)[vary.path]) == _key(v)] for v in vary.values}
+        groups = {
+            _key(v): [r for r in results if _key(dict(r.candidate.values)[vary.path]) == _key(v)] for v in vary.values
+        }
         several = len(table.paths) > 1
         metrics = table.metrics()
         for k, (task, metric) in enumerate(metrics if len(metrics) > 1 else []):
             ys, errs = [], []
             for value in vary.values:
-                found = [r.report.get(task, metric) for r in groups[_key(value)] if r.report and r.report.get(task, metric)]
+                found = [
+                    r.report.get(task, metric) for r in groups[_key(value)] if r.report and r.report.get(task, metric)
+                ]
                 ys.append(sum(f.value for f in found) / len(found) if found else float("nan"))
                 errs.append(found[0].stderr if len(found) == 1 and found[0].stderr is not None else 0.0)
-            ax.errorbar(positions, ys, yerr=None if several else errs, marker="o", color=f"C{k + 1}", alpha=0.6, capsize=3, label=f"{task}/{metric}")
+            ax.errorbar(
+                positions,
+                ys,
+                yerr=None if several else errs,
+                marker="o",
+                color=f"C{k + 1}",
+                alpha=0.6,
+                capsize=3,
+                label=f"{task}/{metric}",
+            )
         objective = [
-            sum(table.score(r) for r in groups[_key(v)]) / len(groups[_key(v)]) if groups[_key(v)] else float("nan") for v in vary.values
+            sum(table.score(r) for r in groups[_key(v)]) / len(groups[_key(v)]) if groups[_key(v)] else float("nan")
+            for v in vary.values
         ]
-        ax.plot(positions, objective, marker="o", color="black", linewidth=2, label="objective" + (" (mean over the other parameters)" if several else ""))
+        ax.plot(
+            positions,
+            objective,
+            marker="o",
+            color="black",
+            linewidth=2,
+            label="objective" + (" (mean over the other parameters)" if several else ""),
+        )
         ax.set_title(f"{len(results)} variants")
     _parent_lines(ax, table)
     if not vary.numeric:
@@ -95,7 +121,9 @@ def _heatmap(plt: Any, table: Table, rows: Vary, cols: Vary, out: Path) -> Path:
     image = ax.imshow([[float("nan") if v is None else v for v in row] for row in grid], cmap="viridis", aspect="auto")
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            ax.text(j, i, "failed" if value is None else f"{value:.3f}", ha="center", va="center", fontsize=7, color="white")
+            ax.text(
+                j, i, "failed" if value is None else f"{value:.3f}", ha="center", va="center", fontsize=7, color="white"
+            )
     ax.set_xticks(range(len(cols.values)), [format_value(v) for v in cols.values])
     ax.set_yticks(range(len(rows.values)), [format_value(v) for v in rows.values])
     ax.set_xlabel(cols.path)
@@ -129,7 +157,9 @@ def evolve_plot(generations: Sequence[dict[str, Any]], target: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     numbers = [g["generation"] for g in generations]
-    ax.plot(numbers, [g["best_so_far"] for g in generations], marker="o", color="black", linewidth=2, label="best so far")
+    ax.plot(
+        numbers, [g["best_so_far"] for g in generations], marker="o", color="black", linewidth=2, label="best so far"
+    )
     ax.plot(numbers, [g["best"] for g in generations], marker=".", color="C0", alpha=0.7, label="generation best")
     ax.plot(numbers, [g["mean"] for g in generations], marker=".", color="C1", alpha=0.7, label="generation mean")
     ax.set_xlabel("generation")

@@ -60,7 +60,9 @@ def push_winner(
     """
     missing = [str(p) for p in [*evidence, *images] if not p.is_file()]
     if missing:
-        raise ExperimentError(f"Cannot push: {', '.join(missing)} missing.", hint="Rerun the experiment into this --out directory.")
+        raise ExperimentError(
+            f"Cannot push: {', '.join(missing)} missing.", hint="Rerun the experiment into this --out directory."
+        )
 
     def add_experiment(result: api.MergeResult) -> None:
         for path in [*evidence, *images]:
@@ -71,5 +73,7 @@ def push_winner(
         section = card_section(section_title, section_text, table_markdown, [p.name for p in images])
         card.write_text(_insert_section(text, section), encoding="utf-8")
 
-    _, pushed = api.push_merge(recipe, repo_id, private=private, force=force, token=token, before_commit=add_experiment, **merge_options)
+    _, pushed = api.push_merge(
+        recipe, repo_id, private=private, force=force, token=token, before_commit=add_experiment, **merge_options
+    )
     return pushed

@@ -53,7 +53,10 @@ class Objective:
             except ValueError:
                 value = None
             if not task.strip() or not metric.strip() or value is None:
-                raise RecipeError(f"--objective {spec!r} is not TASK/METRIC[=WEIGHT].", hint="For example: --objective mergehub_facts/acc")
+                raise RecipeError(
+                    f"--objective {spec!r} is not TASK/METRIC[=WEIGHT].",
+                    hint="For example: --objective mergehub_facts/acc",
+                )
             terms.append((task.strip(), _metric_key(metric.strip()), value))
         return cls(tuple(terms))
 
@@ -63,7 +66,9 @@ class Objective:
             return self.terms
         tasks = report.tasks()
         firsts = [next(r for r in report.results if r.task == task) for task in tasks]
-        return tuple((s.task, s.metric, (1.0 if s.higher_is_better is not False else -1.0) / len(tasks)) for s in firsts)
+        return tuple(
+            (s.task, s.metric, (1.0 if s.higher_is_better is not False else -1.0) / len(tasks)) for s in firsts
+        )
 
     def score(self, report: EvalReport) -> float:
         """The weighted sum of the report's metrics.
@@ -76,14 +81,19 @@ class Objective:
             found = report.get(task, metric)
             if found is None:
                 have = ", ".join(f"{r.task}/{r.metric}" for r in report.results)
-                raise RecipeError(f"The objective names {task}/{metric}, which the scores lack.", hint=f"Scored: {have}.")
+                raise RecipeError(
+                    f"The objective names {task}/{metric}, which the scores lack.", hint=f"Scored: {have}."
+                )
             total += weight * found.value
         return total
 
     def describe(self, report: EvalReport | None = None) -> str:
         """`0.5 × mergehub_facts/acc + 0.5 × mergehub_arithmetic/exact_match`."""
         terms = self.resolved(report) if report is not None else self.terms
-        return " + ".join(f"{weight:g} × {task}/{metric}" for task, metric, weight in terms) or "mean of each task's first metric"
+        return (
+            " + ".join(f"{weight:g} × {task}/{metric}" for task, metric, weight in terms)
+            or "mean of each task's first metric"
+        )
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:
@@ -140,7 +150,10 @@ class Table:
         rows = []
         for result in sorted(self.results, key=lambda r: (not r.candidate.is_parent, r.candidate.index)):
             values = dict(result.candidate.values)
-            row: dict[str, Any] = {"candidate": result.candidate.name, "kind": "parent" if result.candidate.is_parent else "variant"}
+            row: dict[str, Any] = {
+                "candidate": result.candidate.name,
+                "kind": "parent" if result.candidate.is_parent else "variant",
+            }
             row["model"] = result.candidate.model or ""
             for path in self.paths:
                 row[path] = values.get(path, "")
@@ -167,7 +180,9 @@ class Table:
             writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             for row in rows:
-                writer.writerow({k: format_value(v) if isinstance(v, list) else ("" if v is None else v) for k, v in row.items()})
+                writer.writerow(
+                    {k: format_value(v) if isinstance(v, list) else ("" if v is None else v) for k, v in row.items()}
+                )
         return out.getvalue()
 
     def to_json(self, **metadata: Any) -> str:
@@ -188,7 +203,15 @@ class Table:
         """The table in Markdown: parents first, the best variant starred; metrics with ± stderr."""
         metrics = self.metrics()
         best = self.best()
-        header = ["Candidate", *self.paths, *(f"{t}/{m}" for t, m in metrics), "Objective", "Merge s", "Eval s", "Status"]
+        header = [
+            "Candidate",
+            *self.paths,
+            *(f"{t}/{m}" for t, m in metrics),
+            "Objective",
+            "Merge s",
+            "Eval s",
+            "Status",
+        ]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for result in sorted(self.results, key=lambda r: (not r.candidate.is_parent, r.candidate.index)):
             values = dict(result.candidate.values)
@@ -198,7 +221,11 @@ class Table:
             cells += [format_value(values[p]) if p in values else "" for p in self.paths]
             for task, metric in metrics:
                 found = result.report.get(task, metric) if result.report else None
-                cells.append("" if found is None else f"{found.value:.4f}" + (f" ± {found.stderr:.4f}" if found.stderr is not None else ""))
+                cells.append(
+                    ""
+                    if found is None
+                    else f"{found.value:.4f}" + (f" ± {found.stderr:.4f}" if found.stderr is not None else "")
+                )
             score = self.score(result)
             cells.append("" if score is None else f"{score:.4f}")
             cells += [f"{result.merge_seconds:.1f}", f"{result.eval_seconds:.1f}"]

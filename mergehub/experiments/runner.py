@@ -58,7 +58,10 @@ class LocalRunner:
         return None
 
     def run(
-        self, candidates: Sequence[Candidate], settings: EvalSettings, run: RunSettings,
+        self,
+        candidates: Sequence[Candidate],
+        settings: EvalSettings,
+        run: RunSettings,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Iterator[CandidateResult]:
         """Yield each candidate's result in turn."""
@@ -132,7 +135,9 @@ class RayRunner:
         self._started: dict[int, list[str]] = {}
 
     def __enter__(self) -> RayRunner:
-        ray = self.ray = require("ray", "Running candidates on Ray", alternative=", or pass --no-ray to run them one after another here")
+        ray = self.ray = require(
+            "ray", "Running candidates on Ray", alternative=", or pass --no-ray to run them one after another here"
+        )
         if ray.is_initialized():
             return self
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -146,10 +151,13 @@ class RayRunner:
             where = self.address or "this machine"
             raise ExperimentError(
                 f"Could not start or join Ray on {where}: {e}",
-                hint="Check --ray-address / RAY_ADDRESS (`ray status` on the head shows it), or omit it to " "start Ray here.",
+                hint="Check --ray-address / RAY_ADDRESS (`ray status` on the head shows it), or omit it to "
+                "start Ray here.",
             ) from e
         if handler is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, handler)  # ray.init replaces it; the caller's (the CLI's) stops us, and __exit__ stops Ray
+            signal.signal(
+                signal.SIGTERM, handler
+            )  # ray.init replaces it; the caller's (the CLI's) stops us, and __exit__ stops Ray
         self._started_ray = True
         return self
 
@@ -176,7 +184,10 @@ class RayRunner:
         )
 
     def run(
-        self, candidates: Sequence[Candidate], settings: EvalSettings, run: RunSettings,
+        self,
+        candidates: Sequence[Candidate],
+        settings: EvalSettings,
+        run: RunSettings,
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Iterator[CandidateResult]:
         """Submit every candidate, then yield results as they finish (not in candidate order)."""
@@ -191,8 +202,13 @@ class RayRunner:
         self.tracker = tracker = _started_tracker(ray)
         pending: dict[Any, Candidate] = {}
         for candidate in candidates:
-            options: dict[str, Any] = {"num_cpus": self.resources.cpus, "num_gpus": gpus, "max_retries": self.retries,
-                                       "name": candidate.name, "scheduling_strategy": "SPREAD"}
+            options: dict[str, Any] = {
+                "num_cpus": self.resources.cpus,
+                "num_gpus": gpus,
+                "max_retries": self.retries,
+                "name": candidate.name,
+                "scheduling_strategy": "SPREAD",
+            }
             memory = self._memory(candidate, largest)
             if memory:
                 options["memory"] = memory
@@ -208,13 +224,17 @@ class RayRunner:
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as e:  # lost worker or node after Ray's retries, or cancelled
-                        result = CandidateResult(candidate, "failed", error=f"{_describe(e)} (after up to {self.retries} retries)")
+                        result = CandidateResult(
+                            candidate, "failed", error=f"{_describe(e)} (after up to {self.retries} retries)"
+                        )
                     done += 1
                     failed += not result.ok
                     yield replace(result, attempts=max(1, len(self.started().get(candidate.index, ()))))
                 if on_progress is not None:
                     started = self.started()
-                    on_progress(Progress(len(candidates), done, sum(c.index in started for c in pending.values()), failed))
+                    on_progress(
+                        Progress(len(candidates), done, sum(c.index in started for c in pending.values()), failed)
+                    )
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)

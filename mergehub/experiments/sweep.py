@@ -65,13 +65,20 @@ class Sweep:
 
     def describe(self) -> str:
         """What `--dry-run` prints: each variant and what it needs, then what the recipe sets that is ignored."""
-        lines = [f"Sweep of {len(self.variants)} variant(s) over {', '.join(v.path for v in self.varies)}; tasks " f"{', '.join(self.settings.tasks)}"]
+        lines = [
+            f"Sweep of {len(self.variants)} variant(s) over {', '.join(v.path for v in self.varies)}; tasks "
+            f"{', '.join(self.settings.tasks)}"
+        ]
         for candidate in self.candidates:
             if candidate.is_parent:
                 lines.append(f"  parent {candidate.model}")
             else:
                 needs = candidate.needs
-                memory = f"  (memory: {needs.in_memory / 2**30:.2f} GiB in memory, {needs.on_disk / 2**30:.2f} GiB via disk)" if needs else ""
+                memory = (
+                    f"  (memory: {needs.in_memory / 2**30:.2f} GiB in memory, {needs.on_disk / 2**30:.2f} GiB via disk)"
+                    if needs
+                    else ""
+                )
                 lines.append(f"  {candidate.name}  {Variant(candidate.index, candidate.values).label}{memory}")
         lines += [f"Warning: {w}" for w in self.warnings]
         return "\n".join(lines)
@@ -100,19 +107,27 @@ class Sweep:
             "# Sweep",
             "",
             f"{len(variants)} of {sum(not c.is_parent for c in self.candidates)} variants done ({failed} failed), "
-            f"varying {', '.join(f'`{v.path}`' for v in self.varies)}; scored with lm-eval on " f"{', '.join(self.settings.tasks)}{limit}.",
+            f"varying {', '.join(f'`{v.path}`' for v in self.varies)}; scored with lm-eval on "
+            f"{', '.join(self.settings.tasks)}{limit}.",
             f"Objective: {self.objective.describe(report)}.",
             "",
         ]
         if best is not None:
-            lines += [f"Best: **{best.candidate.name}** ({Variant(best.candidate.index, best.candidate.values).label}), "
-                      f"objective {table.score(best):.4f}: `variants/{best.candidate.name}.yml`.", ""]
+            lines += [
+                f"Best: **{best.candidate.name}** ({Variant(best.candidate.index, best.candidate.values).label}), "
+                f"objective {table.score(best):.4f}: `variants/{best.candidate.name}.yml`.",
+                "",
+            ]
         lines += [table.markdown(), ""]
         lines += [f"![{name}]({name})" for name in plots]
         return "\n".join(lines) + "\n"
 
     def run(
-        self, out: str | os.PathLike, *, runner: RayRunner | LocalRunner, run: RunSettings = RunSettings(),
+        self,
+        out: str | os.PathLike,
+        *,
+        runner: RayRunner | LocalRunner,
+        run: RunSettings = RunSettings(),
         on_progress: Callable[[Progress], None] | None = None,
     ) -> Iterator[CandidateResult]:
         """Run every candidate, yielding each result as it finishes, after rewriting the results files.
@@ -149,9 +164,13 @@ def _pinned(plan: api.Plan) -> dict[str, str]:
 
 def _pin_text(text: str, pins: dict[str, str]) -> str:
     """The recipe YAML with Hub references pinned, so every candidate reads the same bytes."""
+
     def pin(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: (pins.get(v, v) if k in ("model", "base_model") and isinstance(v, str) else pin(v)) for k, v in value.items()}
+            return {
+                k: (pins.get(v, v) if k in ("model", "base_model") and isinstance(v, str) else pin(v))
+                for k, v in value.items()
+            }
         if isinstance(value, list):
             return [pin(v) for v in value]
         return value
@@ -182,7 +201,9 @@ def prepare_sweep(
     text = safe_yaml.read_text(recipe)
     api.parse_recipe(text)
     if not tasks:
-        raise RecipeError("A sweep needs tasks to score the variants.", hint="Add --eval TASKS, e.g. --eval mergehub_facts.")
+        raise RecipeError(
+            "A sweep needs tasks to score the variants.", hint="Add --eval TASKS, e.g. --eval mergehub_facts."
+        )
     varies = tuple(v if isinstance(v, Vary) else parse_vary(v) for v in vary)
     variants = sample(varies, samples, seed) if samples else grid(varies)
     applied = [apply_variant(text, variant) for variant in variants]
@@ -206,13 +227,26 @@ def prepare_sweep(
     needs = [memory_needs(plan) for plan in plans]
     largest = max((n.on_disk for n in needs), default=0)
     for k, parent in enumerate(parents):
-        candidates.append(Candidate(-len(parents) + k, f"parent-{k}", model=parent, needs=MemoryNeeds(largest, largest)))
+        candidates.append(
+            Candidate(-len(parents) + k, f"parent-{k}", model=parent, needs=MemoryNeeds(largest, largest))
+        )
     for variant, variant_text, need in zip(variants, texts, needs):
         candidates.append(Candidate(variant.index, variant.name, variant.values, recipe_yaml=variant_text, needs=need))
     settings = EvalSettings(tuple(tasks), limit=limit, num_fewshot=num_fewshot, batch_size=batch_size, seed=seed)
-    warnings = tuple(dict.fromkeys(str(w) for plan in plans for w in plan.warnings))  # what the variants set that is ignored
-    return Sweep(text, varies, tuple(variants), tuple(texts), tuple(candidates), settings, Objective.parse(objective), bool(samples),
-                 warnings)
+    warnings = tuple(
+        dict.fromkeys(str(w) for plan in plans for w in plan.warnings)
+    )  # what the variants set that is ignored
+    return Sweep(
+        text,
+        varies,
+        tuple(variants),
+        tuple(texts),
+        tuple(candidates),
+        settings,
+        Objective.parse(objective),
+        bool(samples),
+        warnings,
+    )
 
 
 def _first_unplannable(applied: list[tuple[Recipe, str]], variants: list[Variant], token: str | None) -> Variant | None:
@@ -253,4 +287,3 @@ def run_sweep(
     with RayRunner(ray_address, resources=resources or Resources(), retries=retries) as runner:
         for result in sweep.run(out, runner=runner, run=run, on_progress=on_progress):
             yield result, sweep
-

@@ -29,7 +29,17 @@ from mergehub import safe_yaml
 from mergehub.errors import RecipeError
 from mergehub.recipe import Recipe, parse_recipe
 
-__all__ = ["Vary", "Variant", "parse_vary", "parse_path", "set_value", "grid", "sample", "apply_variant", "variant_label"]
+__all__ = [
+    "Vary",
+    "Variant",
+    "parse_vary",
+    "parse_path",
+    "set_value",
+    "grid",
+    "sample",
+    "apply_variant",
+    "variant_label",
+]
 
 _SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)?((?:\[[^\[\]]+\])*)")
 _SELECTOR = re.compile(r"\[([^\[\]]+)\]")
@@ -109,17 +119,24 @@ def _parse_values(path: str, text: str) -> tuple[tuple[Any, ...], tuple[float, f
     if match:
         start, stop, count = float(match[1]), float(match[2]), int(match[3])
         if count < 1:
-            raise RecipeError(f"--vary {path}: a range needs at least one point, got {text!r}.", hint="Write START:STOP:COUNT, e.g. 0.2:0.8:4.")
+            raise RecipeError(
+                f"--vary {path}: a range needs at least one point, got {text!r}.",
+                hint="Write START:STOP:COUNT, e.g. 0.2:0.8:4.",
+            )
         step = (stop - start) / (count - 1) if count > 1 else 0.0
         return tuple(round(start + i * step, 10) for i in range(count)), (start, stop)
     values = []
     for part in _split_top_level(text):
         if not part:
-            raise RecipeError(f"--vary {path}: an empty value in {text!r}.", hint="Separate values with single commas: 0.3,0.5,0.7.")
+            raise RecipeError(
+                f"--vary {path}: an empty value in {text!r}.", hint="Separate values with single commas: 0.3,0.5,0.7."
+            )
         try:
             values.append(yaml.safe_load(part))
         except yaml.YAMLError as e:
-            raise RecipeError(f"--vary {path}: {part!r} is not a YAML value: {e}", hint="Quote strings that contain ':' or '#'.") from e
+            raise RecipeError(
+                f"--vary {path}: {part!r} is not a YAML value: {e}", hint="Quote strings that contain ':' or '#'."
+            ) from e
     return tuple(values), None
 
 
@@ -132,7 +149,9 @@ def parse_vary(text: str) -> Vary:
     path, sep, values = text.partition("=")
     path = path.strip()
     if not sep or not path or not values.strip():
-        raise RecipeError(f"--vary {text!r} is not PATH=VALUES.", hint="For example: --vary models[1].parameters.weight=0.3,0.5,0.7")
+        raise RecipeError(
+            f"--vary {text!r} is not PATH=VALUES.", hint="For example: --vary models[1].parameters.weight=0.3,0.5,0.7"
+        )
     parse_path(path)
     parsed, bounds = _parse_values(path, values.strip())
     return Vary(path, parsed, bounds)
@@ -162,7 +181,9 @@ def parse_path(path: str) -> list[str | int]:
 def _where(steps: list[str | int], upto: int) -> str:
     text = ""
     for step in steps[:upto]:
-        text += f"[{step}]" if isinstance(step, int) else step if step.startswith("[") else (f".{step}" if text else step)
+        text += (
+            f"[{step}]" if isinstance(step, int) else step if step.startswith("[") else (f".{step}" if text else step)
+        )
     return text or "the recipe"
 
 
@@ -173,7 +194,11 @@ def _select(container: list, name: str, steps: list[str | int], k: int) -> tuple
             return container, i
         if isinstance(entry, dict) and "filter" in entry and str(entry.get("filter")) == name:
             return entry, "value"
-    found = [str(e.get("model", e.get("filter"))) for e in container if isinstance(e, dict) and ("model" in e or "filter" in e)]
+    found = [
+        str(e.get("model", e.get("filter")))
+        for e in container
+        if isinstance(e, dict) and ("model" in e or "filter" in e)
+    ]
     raise RecipeError(
         f"--vary path {_where(steps, k + 1)}: no entry of {_where(steps, k)} has model or filter {name!r}.",
         hint=f"Entries there: {', '.join(found) or 'none with a model or filter'}.",
@@ -197,26 +222,33 @@ def set_value(data: dict, path: str, value: Any) -> None:
             container = container[key]
         if isinstance(step, int):
             if not isinstance(container, list):
-                raise RecipeError(f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is not a list.", hint=_PATH_HINT)
+                raise RecipeError(
+                    f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is not a list.", hint=_PATH_HINT
+                )
             if not -len(container) <= step < len(container):
                 raise RecipeError(
-                    f"--vary path {_where(steps, k + 1)}: index {step} is out of range; {_where(steps, k)} has " f"{len(container)} entries.",
+                    f"--vary path {_where(steps, k + 1)}: index {step} is out of range; {_where(steps, k)} has "
+                    f"{len(container)} entries.",
                     hint=f"Use an index from 0 to {len(container) - 1}.",
                 )
             key = step
         elif step.startswith("["):
             if not isinstance(container, list):
-                raise RecipeError(f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is not a list.", hint=_PATH_HINT)
+                raise RecipeError(
+                    f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is not a list.", hint=_PATH_HINT
+                )
             container, key = _select(container, step[1:-1], steps, k)
         else:
             if isinstance(container, list):
                 raise RecipeError(
                     f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is a list.",
-                    hint=f"Pick an entry first: {_where(steps, k)}[0] (by index) or {_where(steps, k)}[NAME] " "(by model or filter).",
+                    hint=f"Pick an entry first: {_where(steps, k)}[0] (by index) or {_where(steps, k)}[NAME] "
+                    "(by model or filter).",
                 )
             if not isinstance(container, dict):
                 raise RecipeError(
-                    f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is {format_value(container)!r}, " "not a mapping.",
+                    f"--vary path {_where(steps, k + 1)}: {_where(steps, k)} is {format_value(container)!r}, "
+                    "not a mapping.",
                     hint=_PATH_HINT,
                 )
             key = step
@@ -247,7 +279,12 @@ def sample(varies: Sequence[Vary], count: int, seed: int) -> list[Variant]:
     variants = []
     for i in range(count):
         point = tuple(
-            (v.path, round(rng.uniform(*v.bounds), 6) if v.bounds is not None and len(v.values) > 1 else rng.choice(v.values))
+            (
+                v.path,
+                round(rng.uniform(*v.bounds), 6)
+                if v.bounds is not None and len(v.values) > 1
+                else rng.choice(v.values),
+            )
             for v in varies
         )
         variants.append(Variant(i, point))
@@ -258,9 +295,13 @@ def _check_distinct(varies: Sequence[Vary]) -> None:
     paths = [v.path for v in varies]
     repeated = sorted({p for p in paths if paths.count(p) > 1})
     if repeated:
-        raise RecipeError(f"--vary names {', '.join(repeated)} more than once.", hint="Give each path one --vary with all its values.")
+        raise RecipeError(
+            f"--vary names {', '.join(repeated)} more than once.", hint="Give each path one --vary with all its values."
+        )
     if not varies:
-        raise RecipeError("Nothing to vary.", hint="Add --vary PATH=VALUES, e.g. --vary parameters.density=0.3,0.5,0.7.")
+        raise RecipeError(
+            "Nothing to vary.", hint="Add --vary PATH=VALUES, e.g. --vary parameters.density=0.3,0.5,0.7."
+        )
 
 
 def apply_variant(recipe_text: str, variant: Variant) -> tuple[Recipe, str]:

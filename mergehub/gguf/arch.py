@@ -19,7 +19,16 @@ import torch
 from mergehub.architecture import is_language_model_tensor
 from mergehub.errors import GGUFError
 
-__all__ = ["Family", "FAMILIES", "TensorTarget", "ModelMap", "hparams_of", "rope_parameters", "map_model", "prepare_tensor"]
+__all__ = [
+    "Family",
+    "FAMILIES",
+    "TensorTarget",
+    "ModelMap",
+    "hparams_of",
+    "rope_parameters",
+    "map_model",
+    "prepare_tensor",
+]
 
 
 @dataclass(frozen=True)
@@ -100,8 +109,12 @@ def rope_parameters(hparams: Mapping[str, Any]) -> dict[str, Any]:
     rope = dict(hparams.get("rope_parameters") or hparams.get("rope_scaling") or {})
     if "full_attention" in rope or "sliding_attention" in rope:
         return rope
-    theta = _find(hparams, "global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base")
-    local = _find(hparams, "local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta", "rope_local_base_freq")
+    theta = _find(
+        hparams, "global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base"
+    )
+    local = _find(
+        hparams, "local_rope_theta", "rope_local_theta", "rope_theta_local", "swa_rope_theta", "rope_local_base_freq"
+    )
     partial = _find(hparams, "partial_rotary_factor", "rope_pct", "rope_percent")
     original = _find(hparams, "original_max_position_embeddings")
     if local is not None:
@@ -121,7 +134,9 @@ def block_count(hparams: Mapping[str, Any]) -> int:
     """Number of transformer blocks."""
     count = _find(hparams, "n_layers", "num_hidden_layers", "n_layer", "num_layers")
     if not isinstance(count, int):
-        raise GGUFError("The model's config.json names no layer count.", hint="A GGUF export needs `num_hidden_layers`.")
+        raise GGUFError(
+            "The model's config.json names no layer count.", hint="A GGUF export needs `num_hidden_layers`."
+        )
     return count
 
 
@@ -139,7 +154,8 @@ def family_of(config: Mapping[str, Any]) -> Family:
     found = ", ".join(names) or f"model_type {config.get('model_type')!r}"
     raise GGUFError(
         f"mergehub does not write GGUF for {found}.",
-        hint=f"Supported: {supported}. For another architecture, write safetensors and use llama.cpp's " "convert_hf_to_gguf.py.",
+        hint=f"Supported: {supported}. For another architecture, write safetensors and use llama.cpp's "
+        "convert_hf_to_gguf.py.",
     )
 
 
@@ -156,7 +172,14 @@ def _extra_targets(family: Family, hparams: Mapping[str, Any], rope: Mapping[str
     if family.name == "llama" and str(params.get("rope_type", "")).lower() == "llama3":
         dim = hparams.get("head_dim") or hparams["hidden_size"] // hparams["num_attention_heads"]
         values = _llama3_rope_factors(params, dim)
-        return [TensorTarget(names[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", gguf.MODEL_TENSOR.ROPE_FREQS, (len(values),), values=values)]
+        return [
+            TensorTarget(
+                names[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight",
+                gguf.MODEL_TENSOR.ROPE_FREQS,
+                (len(values),),
+                values=values,
+            )
+        ]
     if family.name == "phi3" and rope.get("long_factor"):
         long, short = rope.get("long_factor"), rope.get("short_factor")
         if not short or len(long) != len(short):
@@ -226,7 +249,9 @@ def map_model(
         rows = _vocab_rows(tokenizer_size, family, shape) if "embed_tokens.weight" in name else None
         out_shape = (rows, *shape[1:]) if rows is not None else tuple(shape)
         shift = 1.0 if family.norm_shift and name.endswith("norm.weight") else 0.0
-        targets.append(TensorTarget(gguf_name, kind, out_shape, source=name, permute_heads=heads, shift=shift, rows=rows))
+        targets.append(
+            TensorTarget(gguf_name, kind, out_shape, source=name, permute_heads=heads, shift=shift, rows=rows)
+        )
     if unknown:
         listed = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise GGUFError(
@@ -238,7 +263,11 @@ def map_model(
 
 def _permute(weights: torch.Tensor, n_head: int) -> torch.Tensor:
     """Hugging Face's rotary halves → llama.cpp's interleaved pairs, per head."""
-    return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
 
 
 def prepare_tensor(target: TensorTarget, tensor: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,12 +36,21 @@ class GGUFCard:
 def quantized_lineage(repo_id: str, source: LineageGraph) -> LineageGraph:
     """The source model's lineage with the GGUF repo on top, as its quantized child."""
     nodes = tuple(replace(n, depth=n.depth + 1) for n in source.nodes)
-    return LineageGraph(repo_id, (LineageNode(repo_id, 0), *nodes), (LineageEdge(repo_id, source.root, "quantized"), *source.edges))
+    return LineageGraph(
+        repo_id, (LineageNode(repo_id, 0), *nodes), (LineageEdge(repo_id, source.root, "quantized"), *source.edges)
+    )
 
 
 def gguf_card(
-    repo_id: str, source: str, *, source_on_hub: bool, source_readme: str | bytes | None, architecture: str,
-    files: tuple[GGUFFile, ...], command: str, lineage: LineageGraph | None,
+    repo_id: str,
+    source: str,
+    *,
+    source_on_hub: bool,
+    source_readme: str | bytes | None,
+    architecture: str,
+    files: tuple[GGUFFile, ...],
+    command: str,
+    lineage: LineageGraph | None,
 ) -> GGUFCard:
     """The card data of a GGUF repo made from `source`; license and merge method come from the source's card."""
     data = read_card_data(source_readme)
@@ -51,25 +60,61 @@ def gguf_card(
     name = data.license_name if data and isinstance(data.license_name, str) else None
     if data and license_id is None and card_license(data):
         license_id = card_license(data)
-    return GGUFCard(repo_id, source, source_on_hub, architecture, files, command, license_id, name, method,
-                    quantized_lineage(repo_id, lineage) if lineage else None)
+    return GGUFCard(
+        repo_id,
+        source,
+        source_on_hub,
+        architecture,
+        files,
+        command,
+        license_id,
+        name,
+        method,
+        quantized_lineage(repo_id, lineage) if lineage else None,
+    )
 
 
 def _body(card: GGUFCard) -> str:
     name = card.repo_id.split("/")[-1]
     source = f"[{card.source}]({HUB_URL}/{card.source})" if card.source_on_hub else f"`{card.source}`"
     what = f"a {card.method} merge" if card.method else "a model"
-    lines = [f"# {name}", "", f"GGUF files of {source} ({what}, {card.architecture} architecture) for llama.cpp, "
-             "Ollama and LM Studio, written by mergehub from the model's tensors as they were produced.", ""]
+    lines = [
+        f"# {name}",
+        "",
+        f"GGUF files of {source} ({what}, {card.architecture} architecture) for llama.cpp, "
+        "Ollama and LM Studio, written by mergehub from the model's tensors as they were produced.",
+        "",
+    ]
     lines += ["## Files", "", "| File | Type | Size | sha256 |", "|---|---|---|---|"]
-    lines += [f"| [{f.filename}]({HUB_URL}/{card.repo_id}/blob/main/{f.filename}) | {f.file_type} | " f"{format_size(f.size)} | `{f.sha256}` |"
-              for f in card.files]
+    lines += [
+        f"| [{f.filename}]({HUB_URL}/{card.repo_id}/blob/main/{f.filename}) | {f.file_type} | "
+        f"{format_size(f.size)} | `{f.sha256}` |"
+        for f in card.files
+    ]
     default = next((f for f in card.files if f.file_type == "Q8_0"), card.files[0])
-    lines += ["", "## Run", "", "llama.cpp:", "", _fence(f"llama-cli -hf {card.repo_id}:{default.file_type}", "bash"), "",
-              "Ollama:", "", _fence(f"ollama run hf.co/{card.repo_id}:{default.file_type}", "bash"), "",
-              "Any other file: replace the type after the colon."]
+    lines += [
+        "",
+        "## Run",
+        "",
+        "llama.cpp:",
+        "",
+        _fence(f"llama-cli -hf {card.repo_id}:{default.file_type}", "bash"),
+        "",
+        "Ollama:",
+        "",
+        _fence(f"ollama run hf.co/{card.repo_id}:{default.file_type}", "bash"),
+        "",
+        "Any other file: replace the type after the colon.",
+    ]
     if card.lineage is not None:
-        lines += ["", "## Lineage", "", f"{name} is the quantized form of {source}.", "", _fence(card.lineage.to_mermaid(), "mermaid")]
+        lines += [
+            "",
+            "## Lineage",
+            "",
+            f"{name} is the quantized form of {source}.",
+            "",
+            _fence(card.lineage.to_mermaid(), "mermaid"),
+        ]
     lines += ["", "## How it was made", "", _fence(card.command, "bash"), ""]
     return "\n".join(lines)
 

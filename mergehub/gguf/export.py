@@ -68,7 +68,10 @@ class GGUFPlan:
             for qtype in file.tensor_types:
                 counts[qtype.name] = counts.get(qtype.name, 0) + 1
             mix = ", ".join(f"{n} {name}" for name, n in counts.items())
-            lines.append(f"{file.filename}: {self.model.family.arch.name.lower()}, {mix} tensors, " f"{format_size(file.size(self.model))}")
+            lines.append(
+                f"{file.filename}: {self.model.family.arch.name.lower()}, {mix} tensors, "
+                f"{format_size(file.size(self.model))}"
+            )
         return "\n".join(lines)
 
 
@@ -130,7 +133,9 @@ class _OpenFile:
         file.metadata.apply(self.writer)
         plan.vocab.apply(self.writer)
         for target, qtype in zip(plan.model.targets, file.tensor_types):
-            self.writer.add_tensor_info(target.name, target.shape, np.dtype(np.float32), tensor_nbytes(target.shape, qtype), raw_dtype=qtype)
+            self.writer.add_tensor_info(
+                target.name, target.shape, np.dtype(np.float32), tensor_nbytes(target.shape, qtype), raw_dtype=qtype
+            )
         self.writer.write_header_to_file()
         self.writer.write_kv_data_to_file()
         self.writer.write_ti_data_to_file()
@@ -163,13 +168,17 @@ class GGUFSink:
         try:
             self._files = [_OpenFile(directory / f.filename, plan, f) for f in plan.files]
         except OSError as e:
-            raise OutputError(f"Cannot write GGUF files in {directory}: {e.strerror}.", hint="Check the path and free disk space.") from e
+            raise OutputError(
+                f"Cannot write GGUF files in {directory}: {e.strerror}.", hint="Check the path and free disk space."
+            ) from e
         while self._next < len(self._order) and self._order[self._next].source is None:
             self._emit(self._order[self._next], prepare_tensor(self._order[self._next]))
 
     def _emit(self, target: TensorTarget, tensor: torch.Tensor) -> None:
         if tuple(tensor.shape) != target.shape:
-            raise OutputError(f"GGUF tensor {target.name!r} has shape {list(tensor.shape)}, the layout says {list(target.shape)}.")
+            raise OutputError(
+                f"GGUF tensor {target.name!r} has shape {list(tensor.shape)}, the layout says {list(target.shape)}."
+            )
         for file in self._files:
             array = encode(tensor, file.file.tensor_types[self._next])
             try:
@@ -200,11 +209,13 @@ class GGUFSink:
             OutputError: some tensors were never written.
         """
         if self._next != len(self._order):
-            raise OutputError(f"{len(self._order) - self._next} GGUF tensors were never written, starting with " f"{self._order[self._next].name!r}.")
+            raise OutputError(
+                f"{len(self._order) - self._next} GGUF tensors were never written, starting with "
+                f"{self._order[self._next].name!r}."
+            )
         return tuple(file.finish() for file in self._files)
 
     def close(self) -> None:
         """Close files left open by a failed run."""
         for file in self._files:
             file.writer.close()
-

@@ -78,8 +78,11 @@ def _rope_scaling(keys: _Keys, params: Mapping[str, Any]) -> None:
         keys.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         keys.add_rope_scaling_factor(factor)
         keys.add_rope_scaling_orig_ctx_len(params["original_max_position_embeddings"])
-        for option, method in (("extrapolation_factor", "add_rope_scaling_yarn_ext_factor"), ("beta_fast", "add_rope_scaling_yarn_beta_fast"),
-                               ("beta_slow", "add_rope_scaling_yarn_beta_slow")):
+        for option, method in (
+            ("extrapolation_factor", "add_rope_scaling_yarn_ext_factor"),
+            ("beta_fast", "add_rope_scaling_yarn_beta_fast"),
+            ("beta_slow", "add_rope_scaling_yarn_beta_slow"),
+        ):
             if params.get(option) is not None:
                 getattr(keys, method)(params[option])
         if (attention := params.get("attention_factor", params.get("attn_factor"))) is not None:
@@ -92,9 +95,22 @@ def _text_model(keys: _Keys, hp: Mapping[str, Any], rope: Mapping[str, Any]) -> 
     """`TextModel.set_gguf_parameters`: the keys every text model shares (MoE keys left out: no MoE is exported)."""
     keys.add_block_count(block_count(hp))
     for method, names in (
-        ("add_context_length", ("max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length", "model_max_length")),
+        (
+            "add_context_length",
+            (
+                "max_position_embeddings",
+                "n_ctx",
+                "n_positions",
+                "max_length",
+                "max_sequence_length",
+                "model_max_length",
+            ),
+        ),
         ("add_embedding_length", ("hidden_size", "n_embd", "dim")),
-        ("add_feed_forward_length", ("prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size", "n_inner", "hidden_dim")),
+        (
+            "add_feed_forward_length",
+            ("prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size", "n_inner", "hidden_dim"),
+        ),
         ("add_head_count", ("num_attention_heads", "n_head", "n_heads")),
         ("add_head_count_kv", ("num_key_value_heads", "n_kv_heads")),
     ):
@@ -151,7 +167,9 @@ def _phi3(keys: _Keys, hp: Mapping[str, Any], rope: Mapping[str, Any]) -> None:
     max_positions = _find(hp, "n_positions", "max_position_embeddings")
     original = rope.get("original_max_position_embeddings")
     if original is None:
-        raise GGUFError("The Phi-3 config has no original_max_position_embeddings.", hint="llama.cpp needs it for Phi-3.")
+        raise GGUFError(
+            "The Phi-3 config has no original_max_position_embeddings.", hint="llama.cpp needs it for Phi-3."
+        )
     rope_dims = int(rope.get("partial_rotary_factor", 1.0) * n_embd) // n_head
     keys.add_context_length(max_positions)
     keys.add_rope_scaling_orig_ctx_len(original)
@@ -168,7 +186,9 @@ def _phi3(keys: _Keys, hp: Mapping[str, Any], rope: Mapping[str, Any]) -> None:
         scale = max_positions / original
         kind = str(rope.get("rope_type", "")).lower()
         if kind in ("su", "longrope"):
-            keys.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0)
+            keys.add_rope_scaling_attn_factors(
+                math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+            )
         elif kind == "yarn":
             keys.add_rope_scaling_attn_factors(0.1 * math.log(scale) + 1.0 if scale > 1.0 else 1.0)
         else:

@@ -62,15 +62,32 @@ class GGUFOutput:
         return GGUFResult(self.target, repo_id, files, self.plan.warnings)
 
     def finish_card(
-        self, repo_id: str, source: str, *, source_on_hub: bool, readme: str | bytes | None, command: str,
+        self,
+        repo_id: str,
+        source: str,
+        *,
+        source_on_hub: bool,
+        readme: str | bytes | None,
+        command: str,
         lineage: LineageGraph | None,
     ) -> GGUFResult:
         """`finish`, with the card of a GGUF repo made from `source` (its `readme` gives the license and method)."""
         arch = self.plan.model.family.arch.name.lower()
-        return self.finish(repo_id, lambda files: render_gguf_card(gguf_card(
-            repo_id, source, source_on_hub=source_on_hub, source_readme=readme, architecture=arch, files=files,
-            command=command, lineage=lineage,
-        )))
+        return self.finish(
+            repo_id,
+            lambda files: render_gguf_card(
+                gguf_card(
+                    repo_id,
+                    source,
+                    source_on_hub=source_on_hub,
+                    source_readme=readme,
+                    architecture=arch,
+                    files=files,
+                    command=command,
+                    lineage=lineage,
+                )
+            ),
+        )
 
     def close(self) -> None:
         """Remove what a failed run left."""
@@ -79,7 +96,13 @@ class GGUFOutput:
 
 
 def open_gguf(
-    plan: Plan, *, name: str, types: Sequence[str] | str, target: Path, overwrite: bool, base_models: Sequence[str] = (),
+    plan: Plan,
+    *,
+    name: str,
+    types: Sequence[str] | str,
+    target: Path,
+    overwrite: bool,
+    base_models: Sequence[str] = (),
     tags: Sequence[str] = (),
 ) -> GGUFOutput:
     """Lay out the GGUF files of the model a plan writes (from the plan alone, before any weight is read), open in
@@ -89,7 +112,11 @@ def open_gguf(
     optional `gguf` package, and its types are an output format chosen per run, not part of the merge.
     """
     gguf_plan = plan_gguf(
-        plan.config, [(job.name, job.shape) for job in plan.jobs], plan.output_files(), name=name, types=types,
+        plan.config,
+        [(job.name, job.shape) for job in plan.jobs],
+        plan.output_files(),
+        name=name,
+        types=types,
         info=ModelInfo(name, base_models=tuple(base_models), tags=tuple(tags)),
     )
     for warning in gguf_plan.warnings:
@@ -104,5 +131,9 @@ def push_gguf(api: HfApi, repo_id: str, result: GGUFResult) -> Any:
         PublishError: the upload failed.
     """
     with hub_errors(f"Pushing the GGUF files to {repo_id}", hint="Nothing was committed; rerun to try again."):
-        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(result.out_dir.iterdir()) if p.is_file()]
+        operations = [
+            CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p))
+            for p in sorted(result.out_dir.iterdir())
+            if p.is_file()
+        ]
         return api.create_commit(repo_id, operations, commit_message="Add GGUF files made with mergehub")

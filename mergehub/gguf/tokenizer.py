@@ -89,7 +89,9 @@ def pre_tokenizer(tokenizer: Any, tokenizer_json: Mapping[str, Any] | None = Non
     except ImportError:
         return None
     known = set(table.values())
-    return next((name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex == splits[0] and name in known), None)
+    return next(
+        (name for name, regex in GGUF_PRE_TOKENIZER_SPLITS.items() if regex == splits[0] and name in known), None
+    )
 
 
 def _looks_special(token: str) -> bool:
@@ -108,7 +110,9 @@ def _load_tokenizer(directory: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except Exception as e:
-        raise GGUFError(f"The tokenizer cannot be loaded for GGUF: {e}", hint="It must load with AutoTokenizer without remote code.") from e
+        raise GGUFError(
+            f"The tokenizer cannot be loaded for GGUF: {e}", hint="It must load with AutoTokenizer without remote code."
+        ) from e
 
 
 def _gpt2(directory: Path, hparams: Mapping[str, Any]) -> tuple[list[str], list[int], str, list[str]]:
@@ -151,7 +155,9 @@ def _gpt2(directory: Path, hparams: Mapping[str, Any]) -> tuple[list[str], list[
     return tokens, types, pre, warnings
 
 
-def _sentencepiece(directory: Path, hparams: Mapping[str, Any], *, phi3: bool) -> tuple[list[bytes], list[float], list[int]]:
+def _sentencepiece(
+    directory: Path, hparams: Mapping[str, Any], *, phi3: bool
+) -> tuple[list[bytes], list[float], list[int]]:
     """Tokens, scores and types of a `tokenizer.model` vocabulary, with added tokens laid over it.
 
     `phi3` follows the Phi-3 converter's variant: added tokens from `tokenizer.json` too, no look-alike control tokens.
@@ -227,7 +233,9 @@ def _choose(family: Family, directory: Path) -> str:
     if has_model:
         return "spm"
     if family.name == "gemma2":
-        raise GGUFError("A Gemma 2 GGUF needs the SentencePiece tokenizer.model.", hint="Keep tokenizer.model with the model.")
+        raise GGUFError(
+            "A Gemma 2 GGUF needs the SentencePiece tokenizer.model.", hint="Keep tokenizer.model with the model."
+        )
     if family.name == "llama":
         try:
             gguf.LlamaHfVocab(directory)
@@ -244,7 +252,10 @@ def build_vocab(family: Family, files: Mapping[str, bytes], hparams: Mapping[str
         GGUFError: no tokenizer, or one that cannot be read.
     """
     if not any(name in files for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise GGUFError("The model has no tokenizer files.", hint="A GGUF file carries its tokenizer: keep tokenizer.json with the model.")
+        raise GGUFError(
+            "The model has no tokenizer files.",
+            hint="A GGUF file carries its tokenizer: keep tokenizer.json with the model.",
+        )
     with tempfile.TemporaryDirectory(prefix="mergehub-gguf-vocab-") as tmp:
         directory = Path(tmp)
         for name, data in files.items():
@@ -261,7 +272,9 @@ def build_vocab(family: Family, files: Mapping[str, bytes], hparams: Mapping[str
             else:
                 tokens, scores, types = _sentencepiece(directory, hparams, phi3=kind == "phi3")
             model, pre, size = "llama", "default", len(tokens)
-        special = gguf.SpecialVocab(directory, load_merges=model == "gpt2", n_vocab=None if model == "gpt2" else len(tokens))
+        special = gguf.SpecialVocab(
+            directory, load_merges=model == "gpt2", n_vocab=None if model == "gpt2" else len(tokens)
+        )
     config = json.loads(files.get("tokenizer_config.json", b"{}"))
     add_space_prefix = None
     if family.name in ("gemma2", "gemma3") and kind == "spm":
@@ -270,5 +283,14 @@ def build_vocab(family: Family, files: Mapping[str, bytes], hparams: Mapping[str
         add_space_prefix = bool(config["add_prefix_space"])
     if family.name == "llama" and hparams.get("vocab_size") == 49152:
         special.add_special_token["bos"] = False  # the converter's rule for 49152-token Llamas (Granite, SmolLM)
-    return GGUFVocab(model, pre, tuple(tokens), tuple(int(t) for t in types), tuple(scores) if scores is not None else None,
-                     special, add_space_prefix, size, tuple(warnings))
+    return GGUFVocab(
+        model,
+        pre,
+        tuple(tokens),
+        tuple(int(t) for t in types),
+        tuple(scores) if scores is not None else None,
+        special,
+        add_space_prefix,
+        size,
+        tuple(warnings),
+    )

@@ -189,7 +189,9 @@ def match_recipes(paths: Iterable[str], patterns: Sequence[str]) -> list[str]:
 def _git(workspace: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", "-c", f"safe.directory={workspace.resolve()}", "-C", str(workspace), *args],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
@@ -239,8 +241,10 @@ def changed_recipes(
             log(f"{before[:10]} and {after[:10]} share no history: every recipe counts as changed.")
             return all_recipes(workspace, patterns)
         base = merge_base.stdout.strip()
-        log(f"{before[:10]} is not an ancestor of {after[:10]} (a force push, or a base that moved on): "
-            f"comparing with their merge-base {base[:10]}.")
+        log(
+            f"{before[:10]} is not an ancestor of {after[:10]} (a force push, or a base that moved on): "
+            f"comparing with their merge-base {base[:10]}."
+        )
     diff = _git(workspace, "diff", "--name-status", "-M", base, after)
     if diff.returncode != 0:
         log(f"`git diff` failed ({diff.stderr.strip()}): every recipe counts as changed.")
@@ -385,7 +389,8 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
                 except (RepositoryNotFoundError, RevisionNotFoundError) as e:
                     raise ModelReferenceError(
                         f"Model '{ref}' was not found on the Hub.",
-                        hint="Check the model ID and revision; a private or gated model needs an `hf-token` " "that can read it.",
+                        hint="Check the model ID and revision; a private or gated model needs an `hf-token` "
+                        "that can read it.",
                     ) from e
         except MergehubError as e:
             recipe.locate(e, recipe.location_of(ref))
@@ -469,8 +474,14 @@ def _gradio_client(space_id: str, token: str) -> Any:
 
 
 def dispatch_to_space(
-    space_id: str, recipe_text: str, repo_id: str, *, private: bool, token: str | None,
-    log: Callable[[str], None] = print, client_factory: Callable[[str, str], Any] = _gradio_client,
+    space_id: str,
+    recipe_text: str,
+    repo_id: str,
+    *,
+    private: bool,
+    token: str | None,
+    log: Callable[[str], None] = print,
+    client_factory: Callable[[str, str], Any] = _gradio_client,
 ) -> str:
     """Run the merge on a mergehub Space (its Merge button's endpoint), streaming its log; returns its last line.
 
@@ -539,7 +550,12 @@ def _eval_options(tasks: Sequence[str], log: Callable[[str], None]) -> dict[str,
     if not tasks:
         return {}
     if importlib.util.find_spec("lm_eval") is None:
-        log(annotation("warning", f"eval-tasks ({', '.join(tasks)}) ignored: lm-eval is not installed (pip install 'mergehub[eval]')."))
+        log(
+            annotation(
+                "warning",
+                f"eval-tasks ({', '.join(tasks)}) ignored: lm-eval is not installed (pip install 'mergehub[eval]').",
+            )
+        )
         return {}
     return {"eval_tasks": list(tasks)}
 
@@ -627,9 +643,14 @@ class _Runner:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, self.namespace)
             recipe = api.parse_recipe(text)
-            reason = "force" if self.inputs.force else merge_reason(
-                fetch_published(repo_id, self.inputs.token), recipe_sha256(text),
-                current_parents(recipe, self.inputs.token),
+            reason = (
+                "force"
+                if self.inputs.force
+                else merge_reason(
+                    fetch_published(repo_id, self.inputs.token),
+                    recipe_sha256(text),
+                    current_parents(recipe, self.inputs.token),
+                )
             )
             if reason is None:
                 self.log(f"{path} → {repo_id}: up to date (same recipe, same parent commits); skipped.")
@@ -641,8 +662,14 @@ class _Runner:
                 return self._on_space(path, text, repo_id, reason, started)
             options = _eval_options(self.inputs.eval_tasks, self.log)
             result, pushed = api.push_merge(
-                self.inputs.workspace / path, repo_id, token=self.inputs.token, private=self.inputs.private,
-                force=self.inputs.force, on_progress=self._progress(), strict=self.inputs.strict, **options,
+                self.inputs.workspace / path,
+                repo_id,
+                token=self.inputs.token,
+                private=self.inputs.private,
+                force=self.inputs.force,
+                on_progress=self._progress(),
+                strict=self.inputs.strict,
+                **options,
             )
         except Exception as e:  # noqa: BLE001 - one recipe's failure does not stop the others
             return self.fail(path, e, started, repo_id)
@@ -664,7 +691,12 @@ class _Runner:
         if self.inputs.eval_tasks:
             self.log(annotation("warning", "eval-tasks are ignored with dispatch-to-space.", file=path))
         last = dispatch_to_space(
-            space, text, repo_id, private=self.inputs.private, token=self.inputs.token, log=self.log,
+            space,
+            text,
+            repo_id,
+            private=self.inputs.private,
+            token=self.inputs.token,
+            log=self.log,
             client_factory=self.space_client,
         )
         return Outcome(path, repo_id, "merged", time.monotonic() - started, f"{reason}; on {space}: {last}")
@@ -731,7 +763,12 @@ def main(env: Mapping[str, str] | None = None, *, space_client: Callable[[str, s
     try:
         return _run(env, log, space_client)
     except Exception as e:  # noqa: BLE001 - anything not handled below is a bug: say so, with the traceback
-        log(annotation("error", f"{type(e).__name__}: {e}. This is a bug in mergehub: please report it with the traceback below."))
+        log(
+            annotation(
+                "error",
+                f"{type(e).__name__}: {e}. This is a bug in mergehub: please report it with the traceback below.",
+            )
+        )
         _log_traceback(log, e)
         return BUG_EXIT_CODE
 
@@ -764,8 +801,14 @@ def _run(env: Mapping[str, str], log: _Console, space_client: Callable[[str, str
                 log("::endgroup::")
     except KeyboardInterrupt as e:
         log("::endgroup::")
-        log(annotation("error", f"The run was stopped ({'SIGTERM' if isinstance(e, Terminated) else 'SIGINT'}) during " f"{path or 'setup'}; "
-                                "its partial output and any repo it had just created were removed."))
+        log(
+            annotation(
+                "error",
+                f"The run was stopped ({'SIGTERM' if isinstance(e, Terminated) else 'SIGINT'}) during "
+                f"{path or 'setup'}; "
+                "its partial output and any repo it had just created were removed.",
+            )
+        )
         return exit_code(e)
     for o in outcomes:
         log(f"{o.status:>9}  {o.recipe}  {o.repo_id or ''}  {o.detail}")

@@ -39,7 +39,9 @@ def parse_size(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mergehub", description="Merge language models with mergekit recipes, streaming.")
+    parser = argparse.ArgumentParser(
+        prog="mergehub", description="Merge language models with mergekit recipes, streaming."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -56,23 +58,40 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
     merge.add_argument("--push", metavar="REPO", help="push the result to this Hub repo (`name` or `user/name`)")
     merge.add_argument("--private", action="store_true", help="with --push: create the repo private")
-    merge.add_argument("--force", action="store_true", help="with --push: push into an existing repo mergehub did not make")
+    merge.add_argument(
+        "--force", action="store_true", help="with --push: push into an existing repo mergehub did not make"
+    )
     merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
-    merge.add_argument("--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)")
+    merge.add_argument(
+        "--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)"
+    )
     merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
-    merge.add_argument("--strict", action="store_true", help="warnings become errors: keys or parameters the recipe sets that would be ignored, NaN or Inf in " "an input or the output")
-    merge.add_argument("--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)")
+    merge.add_argument(
+        "--strict",
+        action="store_true",
+        help="warnings become errors: keys or parameters the recipe sets that would be ignored, NaN or Inf in "
+        "an input or the output",
+    )
+    merge.add_argument(
+        "--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)"
+    )
     merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
     merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
 
     export = commands.add_parser("gguf", help="write a model (directory or Hub repo, streamed) as GGUF files")
     export.add_argument("model", help="a model directory or Hub repo (org/name[@revision])")
     export.add_argument("out", help="output directory for the GGUF files and their card")
-    export.add_argument("--types", required=True, help="comma-separated GGUF types: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0")
+    export.add_argument(
+        "--types", required=True, help="comma-separated GGUF types: f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0"
+    )
     export.add_argument("--name", help="file name prefix and general.name (default: the model's name)")
-    export.add_argument("--push", nargs="?", const="", metavar="REPO", help="push the files to a Hub repo (default: your NAME-GGUF)")
+    export.add_argument(
+        "--push", nargs="?", const="", metavar="REPO", help="push the files to a Hub repo (default: your NAME-GGUF)"
+    )
     export.add_argument("--private", action="store_true", help="with --push: create the repo private")
-    export.add_argument("--force", action="store_true", help="with --push: push into an existing repo mergehub did not make")
+    export.add_argument(
+        "--force", action="store_true", help="with --push: push into an existing repo mergehub did not make"
+    )
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     export.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     export.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
@@ -89,11 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     scores.add_argument("--json", action="store_true", help="print the report as JSON")
     where = scores.add_mutually_exclusive_group()
     where.add_argument("--write-card", action="store_true", help="add the scores to MODEL/README.md")
-    where.add_argument("--push-card", action="store_true", help="add the scores to the Hub repo's card (a PR unless you own it)")
+    where.add_argument(
+        "--push-card", action="store_true", help="add the scores to the Hub repo's card (a PR unless you own it)"
+    )
 
     card = commands.add_parser("card", help="write the model card of a merge (directory or Hub repo)")
     card.add_argument("target", help="a merged model directory, or a Hub repo made by mergehub or mergekit")
-    card.add_argument("--push", action="store_true", help="commit the card to the repo (a pull request unless you own it)")
+    card.add_argument(
+        "--push", action="store_true", help="commit the card to the repo (a pull request unless you own it)"
+    )
     card.add_argument("--seed", type=int, default=0, help="the seed the merge used (default: 0)")
 
     family = commands.add_parser("lineage", help="show the family tree of a Hub model")
@@ -117,7 +140,14 @@ class _ProgressBar:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            self.bar = tqdm(total=progress.bytes_total, unit="B", unit_scale=True, unit_divisor=1000, desc=self.desc, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=progress.bytes_total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1000,
+                desc=self.desc,
+                dynamic_ncols=True,
+            )
         self.bar.update(progress.bytes_read - self.bar.n)
         self.bar.set_postfix_str(f"{progress.tensors_done}/{progress.tensors_total} tensors", refresh=False)
 
@@ -135,14 +165,27 @@ def _merge(args: argparse.Namespace) -> int:
     if args.dry_run:
         plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size, seed=args.seed, strict=args.strict)
         print(plan.to_json() if args.json else plan.describe())
-        ignored = f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it" if plan.warnings else ""
+        ignored = (
+            f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it"
+            if plan.warnings
+            else ""
+        )
         print(f"Plan OK: no problems found{ignored}.", file=sys.stderr)
         return 0
     if not args.out and not args.push:
-        raise MergehubError("No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, add --push REPO, or --dry-run.")
+        raise MergehubError(
+            "No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, add --push REPO, or --dry-run."
+        )
     bar = None if args.no_progress else _ProgressBar()
-    options = dict(device=args.device, seed=args.seed, out_shard_bytes=args.out_shard_size, overwrite=args.overwrite,
-                   cache_dir=args.cache_dir, on_progress=bar, strict=args.strict)
+    options = dict(
+        device=args.device,
+        seed=args.seed,
+        out_shard_bytes=args.out_shard_size,
+        overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
+        on_progress=bar,
+        strict=args.strict,
+    )
     if args.gguf:
         options.update(gguf_types=api.gguf_types(args.gguf), gguf_dir=args.gguf_dir)
     tasks = _tasks(args.eval)
@@ -150,8 +193,15 @@ def _merge(args: argparse.Namespace) -> int:
     try:
         if args.push:
             result, pushed = api.push_merge(
-                args.recipe, args.push, out_dir=args.out, private=args.private, force=args.force,
-                eval_tasks=tasks, eval_options=evaluation, gguf_repo=args.gguf_repo, **options,
+                args.recipe,
+                args.push,
+                out_dir=args.out,
+                private=args.private,
+                force=args.force,
+                eval_tasks=tasks,
+                eval_options=evaluation,
+                gguf_repo=args.gguf_repo,
+                **options,
             )
         else:
             result, pushed = api.run_merge(args.recipe, args.out, **options), None
@@ -178,8 +228,17 @@ def _gguf(args: argparse.Namespace) -> int:
         repo_id = api.hub_repo_id(args.push or default)
     bar = None if args.no_progress else _ProgressBar("converting")
     try:
-        result = api.convert_gguf(args.model, args.out, types, name=args.name, repo_id=repo_id, overwrite=args.overwrite,
-                                  device=args.device, cache_dir=args.cache_dir, on_progress=bar)
+        result = api.convert_gguf(
+            args.model,
+            args.out,
+            types,
+            name=args.name,
+            repo_id=repo_id,
+            overwrite=args.overwrite,
+            device=args.device,
+            cache_dir=args.cache_dir,
+            on_progress=bar,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -211,7 +270,10 @@ def _eval(args: argparse.Namespace) -> int:
     if args.write_card:
         _write_card(Path(args.model), api.card_with_scores(args.model, report, comparison))
     elif args.push_card:
-        print("Card pushed: " f"{api.push_card(args.model.split('@')[0], api.card_with_scores(args.model, report, comparison))}")
+        print(
+            "Card pushed: "
+            f"{api.push_card(args.model.split('@')[0], api.card_with_scores(args.model, report, comparison))}"
+        )
     return 0
 
 
@@ -253,7 +315,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with stop_on_signals():
-            commands = {"merge": _merge, "gguf": _gguf, "eval": _eval, "card": _card, "lineage": _lineage, **experiments.COMMANDS}
+            commands = {
+                "merge": _merge,
+                "gguf": _gguf,
+                "eval": _eval,
+                "card": _card,
+                "lineage": _lineage,
+                **experiments.COMMANDS,
+            }
             return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
         if args.debug:
@@ -261,14 +330,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(e, args)
         return 1
     except KeyboardInterrupt as e:
-        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: stopped and cleaned up; no " "output was left behind.",
-              file=sys.stderr)
+        print(
+            f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: stopped and cleaned up; no "
+            "output was left behind.",
+            file=sys.stderr,
+        )
         return exit_code(e)
     except Exception as e:  # noqa: BLE001 - anything else is a bug: say so, and how to see the traceback
         if args.debug:
             raise
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        print("this is a bug in mergehub: please report it with the traceback that this command prints:", file=sys.stderr)
+        print(
+            "this is a bug in mergehub: please report it with the traceback that this command prints:", file=sys.stderr
+        )
         print(f"  mergehub --debug {shlex.join(a for a in argv if a != '--debug')}", file=sys.stderr)
         return BUG_EXIT_CODE
 

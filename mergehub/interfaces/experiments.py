@@ -23,14 +23,31 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     ray = parser.add_argument_group("where candidates run")
     ray.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else start Ray here)")
     ray.add_argument("--no-ray", action="store_true", help="run candidates one after another in this process")
-    ray.add_argument("--cpus-per-candidate", type=float, default=1.0, help="CPUs each candidate asks of Ray (default: 1)")
-    ray.add_argument("--gpus-per-candidate", type=float, help="GPUs each candidate asks for (default: 1 when the cluster has GPUs)")
-    ray.add_argument("--memory-per-candidate", type=_size, help="memory each candidate asks for (default: computed from its plan)")
-    ray.add_argument("--retries", type=int, default=3, help="reruns of a candidate whose worker or node was lost (default: 3)")
-    ray.add_argument("--merge-to", choices=("auto", "memory", "disk"), default="auto",
-                     help="merge into memory, or write shards to a temporary directory (default: memory when it fits)")
-    ray.add_argument("--cache-dir", help="node-local cache of tensors streamed from the Hub (default: a folder in the system temp dir)")
-    ray.add_argument("--device", default="cpu", help="device to merge and score on without a GPU from Ray (default: cpu)")
+    ray.add_argument(
+        "--cpus-per-candidate", type=float, default=1.0, help="CPUs each candidate asks of Ray (default: 1)"
+    )
+    ray.add_argument(
+        "--gpus-per-candidate", type=float, help="GPUs each candidate asks for (default: 1 when the cluster has GPUs)"
+    )
+    ray.add_argument(
+        "--memory-per-candidate", type=_size, help="memory each candidate asks for (default: computed from its plan)"
+    )
+    ray.add_argument(
+        "--retries", type=int, default=3, help="reruns of a candidate whose worker or node was lost (default: 3)"
+    )
+    ray.add_argument(
+        "--merge-to",
+        choices=("auto", "memory", "disk"),
+        default="auto",
+        help="merge into memory, or write shards to a temporary directory (default: memory when it fits)",
+    )
+    ray.add_argument(
+        "--cache-dir",
+        help="node-local cache of tensors streamed from the Hub (default: a folder in the system temp dir)",
+    )
+    ray.add_argument(
+        "--device", default="cpu", help="device to merge and score on without a GPU from Ray (default: cpu)"
+    )
     ray.add_argument("--no-progress", action="store_true", help="no progress bar")
     push = parser.add_argument_group("pushing the winner")
     push.add_argument("--private", action="store_true", help="create the pushed repo private")
@@ -42,21 +59,40 @@ def add_commands(commands: Any) -> None:
     """Add `sweep` and `evolve` to the CLI's subcommands."""
     sweep = commands.add_parser("sweep", help="merge and score every variant of a recipe (on Ray)")
     sweep.add_argument("recipe", help="mergekit YAML recipe the variants start from")
-    sweep.add_argument("--vary", action="append", required=True, metavar="PATH=VALUES",
-                       help="a recipe path and its values: `models[1].parameters.weight=0.3,0.5,0.7` or " "`parameters.density=0.2:0.8:4`; "
-                            "several make a grid")
-    sweep.add_argument("--eval", required=True, metavar="TASKS", help="comma-separated lm-eval tasks that score each variant")
+    sweep.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="PATH=VALUES",
+        help="a recipe path and its values: `models[1].parameters.weight=0.3,0.5,0.7` or "
+        "`parameters.density=0.2:0.8:4`; "
+        "several make a grid",
+    )
+    sweep.add_argument(
+        "--eval", required=True, metavar="TASKS", help="comma-separated lm-eval tasks that score each variant"
+    )
     sweep.add_argument("--limit", type=float, help="documents per task (a fraction when below 1)")
     sweep.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's own)")
     sweep.add_argument("--batch-size", default="8", help="documents per forward pass (default: 8)")
     sweep.add_argument("--samples", type=int, help="draw this many random points instead of the grid")
-    sweep.add_argument("--seed", type=int, default=0, help="seed for random samples, random merge methods and lm-eval (default: 0)")
-    sweep.add_argument("--eval-parents", action="store_true", help="score the parents too, as reference lines on the plots")
-    sweep.add_argument("--objective", action="append", default=[], metavar="TASK/METRIC[=WEIGHT]",
-                       help="what ranks the variants (default: the mean of each task's first metric)")
+    sweep.add_argument(
+        "--seed", type=int, default=0, help="seed for random samples, random merge methods and lm-eval (default: 0)"
+    )
+    sweep.add_argument(
+        "--eval-parents", action="store_true", help="score the parents too, as reference lines on the plots"
+    )
+    sweep.add_argument(
+        "--objective",
+        action="append",
+        default=[],
+        metavar="TASK/METRIC[=WEIGHT]",
+        help="what ranks the variants (default: the mean of each task's first metric)",
+    )
     sweep.add_argument("--out", help="results directory (default: sweep-<recipe name>)")
     sweep.add_argument("--dry-run", action="store_true", help="plan every variant and print them; merge nothing")
-    sweep.add_argument("--push-best", metavar="REPO", help="push the best variant, with the sweep as evidence in its card")
+    sweep.add_argument(
+        "--push-best", metavar="REPO", help="push the best variant, with the sweep as evidence in its card"
+    )
     _run_options(sweep)
 
     evolve = commands.add_parser("evolve", help="CMA-ES search over a mergekit-evolve genome (on Ray)")
@@ -65,8 +101,12 @@ def add_commands(commands: Any) -> None:
     evolve.add_argument("--resume", action="store_true", help="continue the search checkpointed in --out")
     evolve.add_argument("--max-fevals", type=int, default=100, help="evaluations in all (default: 100)")
     evolve.add_argument("--sigma0", type=float, default=1 / 6, help="initial CMA-ES step size (default: 1/6)")
-    evolve.add_argument("--popsize", "--force-population-size", dest="popsize", type=int, help="population size (default: CMA-ES's)")
-    evolve.add_argument("--seed", type=int, default=0, help="seed of CMA-ES, random merge methods and lm-eval (default: 0)")
+    evolve.add_argument(
+        "--popsize", "--force-population-size", dest="popsize", type=int, help="population size (default: CMA-ES's)"
+    )
+    evolve.add_argument(
+        "--seed", type=int, default=0, help="seed of CMA-ES, random merge methods and lm-eval (default: 0)"
+    )
     evolve.add_argument("--push", metavar="REPO", help="push the best merge, with the search in its card")
     _run_options(evolve)
 
@@ -130,8 +170,15 @@ def _sweep(args: argparse.Namespace) -> int:
 
     batch: int | str = int(args.batch_size) if args.batch_size.isdigit() else args.batch_size
     sweep = prepare_sweep(
-        args.recipe, args.vary, [t.strip() for t in args.eval.split(",") if t.strip()], limit=args.limit,
-        num_fewshot=args.num_fewshot, batch_size=batch, samples=args.samples, seed=args.seed, eval_parents=args.eval_parents,
+        args.recipe,
+        args.vary,
+        [t.strip() for t in args.eval.split(",") if t.strip()],
+        limit=args.limit,
+        num_fewshot=args.num_fewshot,
+        batch_size=batch,
+        samples=args.samples,
+        seed=args.seed,
+        eval_parents=args.eval_parents,
         objective=args.objective,
     )
     print(sweep.describe())
@@ -159,7 +206,10 @@ def _sweep(args: argparse.Namespace) -> int:
     if best is None:
         print("No variant succeeded.", file=sys.stderr)
         return 1
-    print(f"Best: {best.candidate.name} ({dict(best.candidate.values)}): " f"{out / 'variants' / (best.candidate.name + '.yml')}")
+    print(
+        f"Best: {best.candidate.name} ({dict(best.candidate.values)}): "
+        f"{out / 'variants' / (best.candidate.name + '.yml')}"
+    )
     if args.push_best:
         _push_sweep(args, sweep, out, best)
     return 0
@@ -169,10 +219,12 @@ def _push_sweep(args: argparse.Namespace, sweep: Any, out: Path, best: Any) -> N
     from mergehub.experiments.publish import push_winner
 
     drawn = sweep.write(out)
-    text = (f"This model is the best of {len(sweep.table.variants())} variants of a sweep over "
-            f"{', '.join(f'`{v.path}`' for v in sweep.varies)}, each merged and scored with lm-eval on "
-            f"{', '.join(sweep.settings.tasks)}; objective: {sweep.objective.describe(best.report)}. "
-            "All variants are below and in `sweep-results.csv`/`sweep-results.json`.")
+    text = (
+        f"This model is the best of {len(sweep.table.variants())} variants of a sweep over "
+        f"{', '.join(f'`{v.path}`' for v in sweep.varies)}, each merged and scored with lm-eval on "
+        f"{', '.join(sweep.settings.tasks)}; objective: {sweep.objective.describe(best.report)}. "
+        "All variants are below and in `sweep-results.csv`/`sweep-results.json`."
+    )
     evidence = []
     for name in ("results.csv", "results.json"):
         renamed = out / f"sweep-{name}"
@@ -181,9 +233,20 @@ def _push_sweep(args: argparse.Namespace, sweep: Any, out: Path, best: Any) -> N
     parents = {r.candidate.model: r.report for r in sweep.table.parents() if r.report is not None}
     run = _run_settings(args)
     pushed = push_winner(
-        out / "variants" / f"{best.candidate.name}.yml", args.push_best, report=best.report, table_markdown=sweep.table.markdown(),
-        section_title="Sweep", section_text=text, evidence=evidence, images=drawn, parents=parents, private=args.private,
-        force=args.force, seed=run.seed, device=args.device, cache_dir=run.cache_dir,
+        out / "variants" / f"{best.candidate.name}.yml",
+        args.push_best,
+        report=best.report,
+        table_markdown=sweep.table.markdown(),
+        section_title="Sweep",
+        section_text=text,
+        evidence=evidence,
+        images=drawn,
+        parents=parents,
+        private=args.private,
+        force=args.force,
+        seed=run.seed,
+        device=args.device,
+        cache_dir=run.cache_dir,
     )
     print(f"Pushed {best.candidate.name} to {pushed.repo_id}: {pushed.commit_url}")
 
@@ -207,11 +270,17 @@ def _evolve(args: argparse.Namespace) -> int:
             for generation in search.run(runner=runner, run=_run_settings(args), resume=args.resume, on_progress=bar):
                 if bar is not None:
                     bar.close()
-                print(f"generation {generation.generation}: best {generation.best:.4f}, mean {generation.mean:.4f}, "
-                      f"best so far {generation.best_so_far:.4f} ({generation.evaluations} evaluations, " f"{generation.failed} failed)")
+                print(
+                    f"generation {generation.generation}: best {generation.best:.4f}, mean {generation.mean:.4f}, "
+                    f"best so far {generation.best_so_far:.4f} ({generation.evaluations} evaluations, "
+                    f"{generation.failed} failed)"
+                )
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
-        print(f"{_stopped(e)}: the search is checkpointed in {out} after its last full generation; --resume " "continues it.",
-              file=sys.stderr)
+        print(
+            f"{_stopped(e)}: the search is checkpointed in {out} after its last full generation; --resume "
+            "continues it.",
+            file=sys.stderr,
+        )
         return exit_code(e)
     finally:
         if bar is not None:
@@ -219,7 +288,9 @@ def _evolve(args: argparse.Namespace) -> int:
     if search.best is None:
         print("No candidate succeeded.", file=sys.stderr)
         return 1
-    print(f"Best fitness {search.best[0]:.4f}: {out / 'best.yml'} (mergehub merge {out / 'best.yml'} OUT reproduces it)")
+    print(
+        f"Best fitness {search.best[0]:.4f}: {out / 'best.yml'} (mergehub merge {out / 'best.yml'} OUT reproduces it)"
+    )
     if args.push:
         _push_evolve(args, search, out)
     return 0
@@ -229,10 +300,17 @@ def _push_evolve(args: argparse.Namespace, search: Any, out: Path) -> None:
     from mergehub.experiments.publish import push_winner
 
     rows = ["| Generation | Evaluations | Best | Mean | Best so far | Failed |", "|---|---|---|---|---|---|"]
-    rows += [f"| {g.generation} | {g.evaluations} | {g.best:.4f} | {g.mean:.4f} | {g.best_so_far:.4f} | {g.failed} |" for g in search.generations]
-    text = (f"This model is the best of {len(search.table.results)} candidates of a CMA-ES search over a " "mergekit-evolve genome "
-            f"(shape {list(search.genome.shape)}, {len(search.generations)} generations, sigma0 " f"{search.options.sigma0:g}, seed "
-            f"{search.options.seed}); fitness: {search.objective.describe()}. Every candidate is in `evolve-results.csv`.")
+    rows += [
+        f"| {g.generation} | {g.evaluations} | {g.best:.4f} | {g.mean:.4f} | {g.best_so_far:.4f} | {g.failed} |"
+        for g in search.generations
+    ]
+    text = (
+        f"This model is the best of {len(search.table.results)} candidates of a CMA-ES search over a "
+        "mergekit-evolve genome "
+        f"(shape {list(search.genome.shape)}, {len(search.generations)} generations, sigma0 "
+        f"{search.options.sigma0:g}, seed "
+        f"{search.options.seed}); fitness: {search.objective.describe()}. Every candidate is in `evolve-results.csv`."
+    )
     evidence = []
     for name in ("results.csv", "evolve.json"):
         renamed = out / (name if name.startswith("evolve") else f"evolve-{name}")
@@ -241,9 +319,19 @@ def _push_evolve(args: argparse.Namespace, search: Any, out: Path) -> None:
         evidence.append(renamed)
     run = _run_settings(args)
     pushed = push_winner(
-        out / "best.yml", args.push, report=search.best_report, table_markdown="\n".join(rows), section_title="Evolutionary search",
-        section_text=text, evidence=evidence, images=[out / "evolve.png"], private=args.private, force=args.force,
-        seed=run.seed, device=args.device, cache_dir=run.cache_dir,
+        out / "best.yml",
+        args.push,
+        report=search.best_report,
+        table_markdown="\n".join(rows),
+        section_title="Evolutionary search",
+        section_text=text,
+        evidence=evidence,
+        images=[out / "evolve.png"],
+        private=args.private,
+        force=args.force,
+        seed=run.seed,
+        device=args.device,
+        cache_dir=run.cache_dir,
     )
     print(f"Pushed the best candidate to {pushed.repo_id}: {pushed.commit_url}")
 

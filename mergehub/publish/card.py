@@ -22,16 +22,35 @@ from mergehub.sources import open_source
 from mergehub.writer import ShardResult
 
 __all__ = [
-    "TAGS", "ParentCard", "EvalScore", "MergeCard", "parent_card",
-    "resolve_license", "merge_card", "plan_card", "merged_model_files", "render_card", "provenance", "eval_result",
+    "TAGS",
+    "ParentCard",
+    "EvalScore",
+    "MergeCard",
+    "parent_card",
+    "resolve_license",
+    "merge_card",
+    "plan_card",
+    "merged_model_files",
+    "render_card",
+    "provenance",
+    "eval_result",
 ]
 
 TAGS = ("merge", "mergekit", "mergehub")
 HUB_URL = "https://huggingface.co"
 # Licenses (Hub ids or `license_name`s) that forbid commercial use; `cc-by-nc*` is matched by prefix.
 _NON_COMMERCIAL = frozenset(
-    {"apple-amlr", "deepfloyd-if-license", "fair-noncommercial-research-license", "intel-research",
-     "llama-license", "llama-research", "mnpl", "mrl", "qwen-research"}
+    {
+        "apple-amlr",
+        "deepfloyd-if-license",
+        "fair-noncommercial-research-license",
+        "intel-research",
+        "llama-license",
+        "llama-research",
+        "mnpl",
+        "mrl",
+        "qwen-research",
+    }
 )
 
 
@@ -147,8 +166,15 @@ def _version(package: str) -> str:
 
 
 def merge_card(
-    repo_id: str, plan: Plan, shards: Iterable[ShardResult], *, command: str, parents: Iterable[ParentCard],
-    lineage_mermaid: str | None = None, eval_results: Sequence[EvalScore] = (), non_finite: Sequence[str] = (),
+    repo_id: str,
+    plan: Plan,
+    shards: Iterable[ShardResult],
+    *,
+    command: str,
+    parents: Iterable[ParentCard],
+    lineage_mermaid: str | None = None,
+    eval_results: Sequence[EvalScore] = (),
+    non_finite: Sequence[str] = (),
 ) -> MergeCard:
     """The card data of a finished merge; parents follow the plan's models (base first, then recipe order)."""
     order = {m.pinned.path: i for i, m in enumerate(plan.models)}
@@ -172,14 +198,27 @@ def merge_card(
 
 
 def plan_card(
-    plan: Plan, shards: Iterable[ShardResult], *, repo_id: str, command: str, readmes: Mapping[str, bytes | None],
-    lineage: LineageGraph | None = None, non_finite: Sequence[str] = (),
+    plan: Plan,
+    shards: Iterable[ShardResult],
+    *,
+    repo_id: str,
+    command: str,
+    readmes: Mapping[str, bytes | None],
+    lineage: LineageGraph | None = None,
+    non_finite: Sequence[str] = (),
 ) -> ModelCard:
     """The merged model's card, from its plan: parents with pinned revisions and licenses (from their `readmes`,
     by plan key), recipe, seed, checksums, lineage, and the tensors found holding NaN or Inf values."""
     parents = [parent_card(m.ref, m.revision, readmes.get(m.ref), gated=m.gated) for m in plan.models]
-    card = merge_card(repo_id, plan, shards, command=command, parents=parents,
-                      lineage_mermaid=lineage.to_mermaid() if lineage else None, non_finite=non_finite)
+    card = merge_card(
+        repo_id,
+        plan,
+        shards,
+        command=command,
+        parents=parents,
+        lineage_mermaid=lineage.to_mermaid() if lineage else None,
+        non_finite=non_finite,
+    )
     return render_card(card)
 
 
@@ -195,20 +234,32 @@ def merged_model_files(target: str, token: str | bool | None) -> tuple[str, tupl
     if directory.is_dir():
         recipe = directory / RECIPE_FILE
         if not recipe.is_file():
-            raise OutputError(f"{directory} has no {RECIPE_FILE}.", hint="Give a directory made by mergehub or mergekit.")
+            raise OutputError(
+                f"{directory} has no {RECIPE_FILE}.", hint="Give a directory made by mergehub or mergekit."
+            )
         text = safe_yaml.read_text(recipe)
         try:
-            shards = tuple(ShardResult(p.name, p.stat().st_size, _sha256(p)) for p in sorted(directory.glob("*.safetensors")))
+            shards = tuple(
+                ShardResult(p.name, p.stat().st_size, _sha256(p)) for p in sorted(directory.glob("*.safetensors"))
+            )
         except OSError as e:
-            raise SourceError(f"Cannot read the weights in {directory}: {e.strerror or e}.", hint="Check the files' permissions.") from e
+            raise SourceError(
+                f"Cannot read the weights in {directory}: {e.strerror or e}.", hint="Check the files' permissions."
+            ) from e
         return text, shards, directory.name
     source = open_source(ModelRef.parse(target), token=token)
     try:
         text = source.read_file(RECIPE_FILE)
         if text is None:
-            raise OutputError(f"{target} has no {RECIPE_FILE}.", hint="Only merges made by mergehub or mergekit can be re-carded.")
+            raise OutputError(
+                f"{target} has no {RECIPE_FILE}.", hint="Only merges made by mergehub or mergekit can be re-carded."
+            )
         listed = getattr(source, "file_sizes", {})
-        shards = tuple(ShardResult(name, listed[name] or 0, source.lfs_sha256.get(name, "")) for name in sorted(listed) if name.endswith(".safetensors"))
+        shards = tuple(
+            ShardResult(name, listed[name] or 0, source.lfs_sha256.get(name, ""))
+            for name in sorted(listed)
+            if name.endswith(".safetensors")
+        )
         return text.decode("utf-8"), shards, source.repo_id
     finally:
         source.close()
@@ -271,8 +322,14 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     lines += ["## Parents", "", "| Model | Revision | License | Scores |", "|---|---|---|---|"]
     lines += [_parent_row(p, card.base) for p in card.parents]
     if warnings:
-        lines += ["", "## License", "", "> [!WARNING]", "> The parents' licenses differ, are unknown or restrict use, "
-                  f"so this merge is marked `{license_id}`. Each parent's terms still apply:"]
+        lines += [
+            "",
+            "## License",
+            "",
+            "> [!WARNING]",
+            "> The parents' licenses differ, are unknown or restrict use, "
+            f"so this merge is marked `{license_id}`. Each parent's terms still apply:",
+        ]
         lines += [f"> - {w}" for w in warnings]
     if card.eval_results:
         lines += ["", "## Evaluation", "", "| Dataset | Metric | Value |", "|---|---|---|"]
@@ -280,7 +337,9 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     lines += ["", "## Recipe", "", _fence(card.recipe_yaml, "yaml")]
     if card.warnings:
         lines += ["", "Ignored by the merge, as mergekit ignores them:", ""]
-        lines += [f"- `{w.location or 'recipe'}`{f' (line {w.line})' if w.line else ''}: {w.message}" for w in card.warnings]
+        lines += [
+            f"- `{w.location or 'recipe'}`{f' (line {w.line})' if w.line else ''}: {w.message}" for w in card.warnings
+        ]
     lines += ["", "## Reproducibility", ""]
     lines.append("Versions: " + ", ".join(f"{package} {v}" for package, v in card.versions) + f"; seed: {card.seed}.")
     lines += ["", "| Shard | sha256 |", "|---|---|"] + [f"| {f} | `{sha}` |" for f, sha in card.shards]
@@ -302,10 +361,15 @@ def _integrity_lines(card: MergeCard) -> list[str]:
     lines = []
     if card.checked:
         verified = [name for name, ok, _ in card.checked if ok]
-        lines += ["", f"Hub weight files verified against their sha256 as they streamed: {len(verified)} of {len(card.checked)}."]
+        lines += [
+            "",
+            f"Hub weight files verified against their sha256 as they streamed: {len(verified)} of {len(card.checked)}.",
+        ]
         lines += [f"- not verified: `{name}` ({reason})" for name, ok, reason in card.checked if not ok]
     if card.non_finite:
-        lines += ["", "> [!WARNING]", "> These tensors hold NaN or Inf values:"] + [f"> - {_cell(n)}" for n in card.non_finite]
+        lines += ["", "> [!WARNING]", "> These tensors hold NaN or Inf values:"] + [
+            f"> - {_cell(n)}" for n in card.non_finite
+        ]
     return lines
 
 

@@ -47,8 +47,11 @@ def card_scores(data: ModelCardData | None) -> tuple[EvalResult, ...]:
     """The card's `model-index` results that hold a number, in card order."""
     results = (data.eval_results or []) if data else []
     return tuple(
-        r for r in results
-        if isinstance(r, EvalResult) and isinstance(r.metric_value, (int, float)) and not isinstance(r.metric_value, bool)
+        r
+        for r in results
+        if isinstance(r, EvalResult)
+        and isinstance(r.metric_value, (int, float))
+        and not isinstance(r.metric_value, bool)
     )
 
 

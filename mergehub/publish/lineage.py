@@ -85,7 +85,7 @@ class LineageGraph:
             lines.append(f'  {ids[n.id]}["{_escape(n.id)}<br/>{_escape(detail)}"]')
         for e in self.edges:
             text = e.method or e.relation
-            lines.append(f'  {ids[e.parent]} -->{f"|{_escape(text)}|" if text else ""} {ids[e.child]}')
+            lines.append(f"  {ids[e.parent]} -->{f'|{_escape(text)}|' if text else ''} {ids[e.child]}")
         if unavailable := [ids[n.id] for n in self.nodes if n.unavailable]:
             lines += ["  classDef unavailable stroke-dasharray: 4 4", f"  class {','.join(unavailable)} unavailable"]
         return "\n".join(lines)
@@ -228,7 +228,9 @@ def walk_lineage(
             if given_root and model == repo_id:
                 license_id, relation, method, parents = _inspect(root_card, lambda: root_recipe)
             else:
-                license_id, relation, method, parents = _inspect(read_card(model), lambda model=model: read_recipe(model))
+                license_id, relation, method, parents = _inspect(
+                    read_card(model), lambda model=model: read_recipe(model)
+                )
         except (OSError, HTTPError) as e:  # huggingface_hub's HTTP errors are OSErrors; network errors are not
             nodes.append(LineageNode(model, depth, unavailable=_unavailable_reason(e)))
             continue
@@ -252,6 +254,10 @@ def merge_lineage(repo_id: str, plan: Plan, token: str | bool | None) -> Lineage
         return lambda model: None if model in local else read(model)
 
     return walk_lineage(
-        repo_id, max_depth=LINEAGE_DEPTH, root_recipe=plan.recipe_text, token=token,
-        read_card=hub_only(hub_reader("README.md", token)), read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
+        repo_id,
+        max_depth=LINEAGE_DEPTH,
+        root_recipe=plan.recipe_text,
+        token=token,
+        read_card=hub_only(hub_reader("README.md", token)),
+        read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
     )

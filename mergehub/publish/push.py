@@ -24,8 +24,16 @@ from mergehub.workers import DaemonPool
 from mergehub.writer import ShardResult
 
 __all__ = [
-    "ShardUploader", "PushResult", "full_repo_id", "prepare_repo", "commit_merge", "delete_created_repo", "push_card",
-    "staging_directory", "hub_errors", "MERGEHUB_TAG",
+    "ShardUploader",
+    "PushResult",
+    "full_repo_id",
+    "prepare_repo",
+    "commit_merge",
+    "delete_created_repo",
+    "push_card",
+    "staging_directory",
+    "hub_errors",
+    "MERGEHUB_TAG",
 ]
 
 MERGEHUB_TAG = "mergehub"
@@ -156,7 +164,13 @@ def _is_weight_file(path: str) -> bool:
 
 
 def commit_merge(
-    api: HfApi, repo_id: str, directory: Path, shard_operations: list[CommitOperationAdd], method: str, *, replace_weights: bool = True
+    api: HfApi,
+    repo_id: str,
+    directory: Path,
+    shard_operations: list[CommitOperationAdd],
+    method: str,
+    *,
+    replace_weights: bool = True,
 ) -> Any:
     """One commit adding the pre-uploaded shards and every other file of the merged model.
 
@@ -175,8 +189,14 @@ def commit_merge(
         stale = sorted(f for f in api.list_repo_files(repo_id) if _is_weight_file(f) and f not in written)
         deletes = [CommitOperationDelete(path_in_repo=f) for f in stale] if replace_weights else []
         if stale and not replace_weights:
-            logger.warning("%s keeps weight files this merge does not have (the repo was not made by mergehub): %s", repo_id, ", ".join(stale))
-        return api.create_commit(repo_id, shard_operations + others + deletes, commit_message=f"Add {method} merge made with mergehub")
+            logger.warning(
+                "%s keeps weight files this merge does not have (the repo was not made by mergehub): %s",
+                repo_id,
+                ", ".join(stale),
+            )
+        return api.create_commit(
+            repo_id, shard_operations + others + deletes, commit_message=f"Add {method} merge made with mergehub"
+        )
 
 
 def delete_created_repo(api: HfApi, repo_id: str) -> None:
@@ -208,11 +228,16 @@ def push_card(repo_id: str, card: Any, *, token: str | bool | None = None) -> st
         PublishError: no token, no such repo, or the Hub refused the commit.
     """
     api = HfApi(token=token)
-    with hub_errors(f"Pushing the card to {repo_id}", hint="Nothing was committed; check the repo ID and the token's rights, then rerun."):
+    with hub_errors(
+        f"Pushing the card to {repo_id}",
+        hint="Nothing was committed; check the repo ID and the token's rights, then rerun.",
+    ):
         who = api.whoami()
         owners = {who["name"], *(org["name"] for org in who.get("orgs", []))}
         commit = api.create_commit(
-            repo_id, [CommitOperationAdd("README.md", str(card).encode())], commit_message="Model card by mergehub",
+            repo_id,
+            [CommitOperationAdd("README.md", str(card).encode())],
+            commit_message="Model card by mergehub",
             create_pr=repo_id.split("/")[0] not in owners,
         )
     return commit.pr_url or commit.commit_url

@@ -16,7 +16,17 @@ from mergehub.recipe import ModelRef, Recipe
 from mergehub.sources.base import DTYPES, INDEX_NAME, TensorInfo, TensorSource, parse_safetensors_header
 from mergehub.sources.local import LocalSource
 
-__all__ = ["DTYPES", "INDEX_NAME", "TensorInfo", "TensorSource", "LocalSource", "Sources", "parse_safetensors_header", "open_source", "open_sources"]
+__all__ = [
+    "DTYPES",
+    "INDEX_NAME",
+    "TensorInfo",
+    "TensorSource",
+    "LocalSource",
+    "Sources",
+    "parse_safetensors_header",
+    "open_source",
+    "open_sources",
+]
 
 
 def open_source(
@@ -71,12 +81,16 @@ class Sources(Mapping[ModelRef, TensorSource]):
     def __enter__(self) -> Sources:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.close()
 
 
 def open_sources(
-    models: Recipe | Mapping[ModelRef, ModelRef] | Iterable[ModelRef], *, token: str | bool | None = None,
+    models: Recipe | Mapping[ModelRef, ModelRef] | Iterable[ModelRef],
+    *,
+    token: str | bool | None = None,
     cache_dir: str | Path | None = None,
 ) -> Sources:
     """Open models once, as a context manager that closes them all: `with open_sources(recipe) as sources:`.

@@ -111,7 +111,9 @@ def parse_json(data: bytes | str, file: str, label: str) -> object:
     try:
         return json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{label}: {file} is not valid JSON: {e}.", hint="The file is corrupt; check the model.") from e
+        raise SourceError(
+            f"{label}: {file} is not valid JSON: {e}.", hint="The file is corrupt; check the model."
+        ) from e
 
 
 def parse_config(raw: bytes | None, label: str, *, missing_hint: str) -> dict:
@@ -140,7 +142,9 @@ def weight_files(names: list[str], index: object, label: str) -> list[str]:
     if index is not None:
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise SourceError(f"{label}: {INDEX_NAME} has no `weight_map`.", hint="The index is corrupt; check the model.")
+            raise SourceError(
+                f"{label}: {INDEX_NAME} has no `weight_map`.", hint="The index is corrupt; check the model."
+            )
         return sorted({check_repo_file(file, label) for file in weight_map.values()})
     if "model.safetensors" in names:
         return ["model.safetensors"]
@@ -165,9 +169,13 @@ def header_length(prefix: bytes, file: str, file_size: int | None = None) -> int
         raise SourceError(f"{file} is too short to be a safetensors file.", hint="The file may be truncated.")
     (length,) = struct.unpack("<Q", prefix[:8])
     if length > MAX_HEADER_BYTES:
-        raise SourceError(f"{file} declares a {length}-byte header; that is not a safetensors file.", hint=_CORRUPT_HINT)
+        raise SourceError(
+            f"{file} declares a {length}-byte header; that is not a safetensors file.", hint=_CORRUPT_HINT
+        )
     if file_size is not None and 8 + length > file_size:
-        raise SourceError(f"{file} declares a {length}-byte header, but the file has {file_size} bytes.", hint=_CORRUPT_HINT)
+        raise SourceError(
+            f"{file} declares a {length}-byte header, but the file has {file_size} bytes.", hint=_CORRUPT_HINT
+        )
     return length
 
 
@@ -182,7 +190,9 @@ def _tensor_entry(name: str, entry: object, file: str) -> tuple[str, tuple[int, 
         raise SourceError(f"{shown} has no dtype, shape and data_offsets.", hint=_CORRUPT_HINT)
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if dtype not in DTYPES:
-        raise SourceError(f"{shown} has unsupported dtype {excerpt(dtype)}.", hint=f"mergehub reads {', '.join(DTYPES)}.")
+        raise SourceError(
+            f"{shown} has unsupported dtype {excerpt(dtype)}.", hint=f"mergehub reads {', '.join(DTYPES)}."
+        )
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise SourceError(f"{shown} has a malformed shape {excerpt(shape)}.", hint=_CORRUPT_HINT)
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
@@ -190,7 +200,9 @@ def _tensor_entry(name: str, entry: object, file: str) -> tuple[str, tuple[int, 
     return dtype, tuple(shape), offsets[0], offsets[1]
 
 
-def parse_safetensors_header(header: bytes, file: str, file_size: int | None = None, *, label: str = "") -> dict[str, TensorInfo]:
+def parse_safetensors_header(
+    header: bytes, file: str, file_size: int | None = None, *, label: str = ""
+) -> dict[str, TensorInfo]:
     """Parse and check a safetensors JSON header (without its 8-byte length) into tensor locations.
 
     The checks are those the safetensors library makes before it reads a byte of data: every
@@ -214,8 +226,12 @@ def parse_safetensors_header(header: bytes, file: str, file_size: int | None = N
         raise SourceError(f"{where}: the header's __metadata__ is not a map of strings.", hint=_CORRUPT_HINT)
     data_start = 8 + len(header)
     parsed = sorted(
-        ((begin, end, name, dtype, shape) for name, entry in entries.items() if name != "__metadata__"
-         for dtype, shape, begin, end in [_tensor_entry(name, entry, where)]),
+        (
+            (begin, end, name, dtype, shape)
+            for name, entry in entries.items()
+            if name != "__metadata__"
+            for dtype, shape, begin, end in [_tensor_entry(name, entry, where)]
+        ),
         key=lambda t: (t[0], t[1]),
     )
     infos: dict[str, TensorInfo] = {}
@@ -223,7 +239,13 @@ def parse_safetensors_header(header: bytes, file: str, file_size: int | None = N
     for begin, end, name, dtype, shape in parsed:
         shown = f"{where}: tensor {excerpt(name)}"
         if begin != expected or end < begin:
-            problem = "overlaps the tensor before it" if begin < expected else "leaves a gap before it" if begin > expected else "ends before it begins"
+            problem = (
+                "overlaps the tensor before it"
+                if begin < expected
+                else "leaves a gap before it"
+                if begin > expected
+                else "ends before it begins"
+            )
             raise SourceError(f"{shown} has data_offsets [{begin}, {end}], which {problem}.", hint=_CORRUPT_HINT)
         numel = 1
         for dim in shape:
@@ -231,10 +253,13 @@ def parse_safetensors_header(header: bytes, file: str, file_size: int | None = N
         size = numel * DTYPES[dtype].itemsize
         if end - begin != size:
             raise SourceError(
-                f"{shown} is {dtype}{list(shape)} ({size} bytes), but its data_offsets span {end - begin} bytes.", hint=_CORRUPT_HINT
+                f"{shown} is {dtype}{list(shape)} ({size} bytes), but its data_offsets span {end - begin} bytes.",
+                hint=_CORRUPT_HINT,
             )
         expected = end
-        infos[name] = TensorInfo(name=name, dtype=dtype, shape=shape, file=file, start=data_start + begin, end=data_start + end)
+        infos[name] = TensorInfo(
+            name=name, dtype=dtype, shape=shape, file=file, start=data_start + begin, end=data_start + end
+        )
     if file_size is not None and data_start + expected != file_size:
         state = "it is truncated" if file_size < data_start + expected else "the rest is not described by the header"
         raise SourceError(

@@ -55,7 +55,15 @@ from mergehub.sources.base import (
 )
 from mergehub.sources.stream_hash import OrderedHash
 
-__all__ = ["HubSource", "HTTPError", "HEADER_PROBE_BYTES", "MAX_COALESCED_BYTES", "DEFAULT_MAX_RETRY_AFTER", "hub_timeout", "max_retry_after"]
+__all__ = [
+    "HubSource",
+    "HTTPError",
+    "HEADER_PROBE_BYTES",
+    "MAX_COALESCED_BYTES",
+    "DEFAULT_MAX_RETRY_AFTER",
+    "hub_timeout",
+    "max_retry_after",
+]
 
 HEADER_PROBE_BYTES = 100_000
 MAX_COALESCED_BYTES = 64 * 1024**2
@@ -98,7 +106,10 @@ def max_retry_after() -> float:
     try:
         return float(value) if value else DEFAULT_MAX_RETRY_AFTER
     except ValueError:
-        raise SourceError(f"MERGEHUB_MAX_RETRY_AFTER={value[:20]!r} is not a number of seconds.", hint="Unset it, or give seconds, e.g. 60.") from None
+        raise SourceError(
+            f"MERGEHUB_MAX_RETRY_AFTER={value[:20]!r} is not a number of seconds.",
+            hint="Unset it, or give seconds, e.g. 60.",
+        ) from None
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -156,9 +167,15 @@ class HubSource:
         """The sha256 the Hub lists for each LFS file of the commit."""
         self._blob_ids = {s.rfilename: s.blob_id for s in siblings if s.blob_id and not s.lfs}
         self.verify_enabled = _verification_enabled()
-        self.checksums: dict[str, str] = {
-            f: sha for f, sha in self.lfs_sha256.items() if f.endswith(".safetensors") and self.file_sizes.get(f) is not None
-        } if self.verify_enabled else {}
+        self.checksums: dict[str, str] = (
+            {
+                f: sha
+                for f, sha in self.lfs_sha256.items()
+                if f.endswith(".safetensors") and self.file_sizes.get(f) is not None
+            }
+            if self.verify_enabled
+            else {}
+        )
         """The LFS sha256 of each weight file whose size is listed too: those can be verified as they stream."""
         self._tensors: dict[str, TensorInfo] | None = None
         self._headers: dict[str, bytes] = {}
@@ -173,10 +190,14 @@ class HubSource:
         except GatedRepoError as e:
             raise SourceError(
                 f"{self.label} is a gated repo and this token has not been granted access.",
-                hint=f"Accept its conditions at {self.endpoint}/{self.repo_id}, then use a token of that " "account (HF_TOKEN).",
+                hint=f"Accept its conditions at {self.endpoint}/{self.repo_id}, then use a token of that "
+                "account (HF_TOKEN).",
             ) from e
         except RevisionNotFoundError as e:
-            raise SourceError(f"{self.label}: revision not found in {self.repo_id}.", hint="Check the branch, tag or commit after `@`.") from e
+            raise SourceError(
+                f"{self.label}: revision not found in {self.repo_id}.",
+                hint="Check the branch, tag or commit after `@`.",
+            ) from e
         except RepositoryNotFoundError as e:
             raise SourceError(
                 f"{self.label}: repo {self.repo_id!r} not found, or it is private and the token cannot read it.",
@@ -196,7 +217,9 @@ class HubSource:
 
     def _weight_files(self) -> list[str]:
         raw = self.read_file(INDEX_NAME)
-        return weight_files(list(self.file_sizes), parse_json(raw, INDEX_NAME, self.label) if raw is not None else None, self.label)
+        return weight_files(
+            list(self.file_sizes), parse_json(raw, INDEX_NAME, self.label) if raw is not None else None, self.label
+        )
 
     def tensors(self) -> Mapping[str, TensorInfo]:
         """Every tensor of the model, from ranged reads of each shard's header, checked against the listed sizes."""
@@ -226,7 +249,11 @@ class HubSource:
 
     def config(self) -> dict:
         """The model's config.json."""
-        return parse_config(self.read_file("config.json"), self.label, missing_hint="mergehub merges transformers models with a config.json.")
+        return parse_config(
+            self.read_file("config.json"),
+            self.label,
+            missing_hint="mergehub merges transformers models with a config.json.",
+        )
 
     def read_file(self, filename: str) -> bytes | None:
         """A small file of the repo at the pinned commit, or None when absent; checked against the listing's id.
@@ -245,7 +272,8 @@ class HubSource:
             return data
         if actual != expected:
             raise SourceError(
-                f"{self.label}: {filename} arrived with content {actual[:12]}…, but the repo lists " f"{expected[:12]}…: it was changed in transit.",
+                f"{self.label}: {filename} arrived with content {actual[:12]}…, but the repo lists "
+                f"{expected[:12]}…: it was changed in transit.",
                 hint="Try again; if it persists, a proxy or the network corrupts downloads.",
             )
         return data
@@ -341,7 +369,9 @@ class HubSource:
         if path is not None and not path.exists():
             _write_atomically(path, chunk)
 
-    def _fetch(self, file: str, start: int | None = None, end: int | None = None, *, may_end_early: bool = False) -> bytes:
+    def _fetch(
+        self, file: str, start: int | None = None, end: int | None = None, *, may_end_early: bool = False
+    ) -> bytes:
         """Bytes `[start, end)` of a repo file (the whole file without a range), with timeouts, retries and checks.
 
         `may_end_early`: the file may be shorter than `end` (a header probe of a small shard whose size
@@ -353,7 +383,9 @@ class HubSource:
         ranged = start is not None and end is not None
         if ranged and end <= start:
             return b""
-        url = hf_hub_url(self.repo_id, check_repo_file(file, self.label), revision=self.revision, endpoint=self.endpoint)
+        url = hf_hub_url(
+            self.repo_id, check_repo_file(file, self.label), revision=self.revision, endpoint=self.endpoint
+        )
         headers = build_hf_headers(token=self.token, headers={"Range": f"bytes={start}-{end - 1}"} if ranged else None)
         what = f"bytes {start}-{end - 1} of {file}" if ranged else file
         problem, hint = "", ""
@@ -364,17 +396,26 @@ class HubSource:
                 response = get_session().get(url, headers=headers, timeout=timeout, follow_redirects=True)
             except _httpx.TimeoutException as e:
                 kind = "connecting" if isinstance(e, _httpx.ConnectTimeout) else "waiting for data"
-                problem = f"no progress for {timeout.connect if kind == 'connecting' else timeout.read:.0f} s while {kind}"
-                hint = "The server stopped answering. Try again later; on a slow link raise " "HF_HUB_DOWNLOAD_TIMEOUT (seconds)."
+                problem = (
+                    f"no progress for {timeout.connect if kind == 'connecting' else timeout.read:.0f} s while {kind}"
+                )
+                hint = (
+                    "The server stopped answering. Try again later; on a slow link raise "
+                    "HF_HUB_DOWNLOAD_TIMEOUT (seconds)."
+                )
             except (_httpx.NetworkError, _httpx.RemoteProtocolError) as e:
-                problem, hint = f"the connection failed ({e or type(e).__name__})", "Check the network connection, then try again."
+                problem, hint = (
+                    f"the connection failed ({e or type(e).__name__})",
+                    "Check the network connection, then try again.",
+                )
             else:
                 if response.status_code == 429 or response.status_code >= 500:
                     problem, hint = f"the server answered {response.status_code}", "Try again later."
                     asked = _retry_after(response.headers)
                     if asked is not None and asked > max_retry_after():
                         raise SourceError(
-                            f"{self.label}: reading {what}: the server answered {response.status_code} and asks " "to wait "
+                            f"{self.label}: reading {what}: the server answered {response.status_code} and asks "
+                            "to wait "
                             f"{asked:.0f} s (Retry-After), more than mergehub waits ({max_retry_after():.0f} s).",
                             hint="Try again later, or raise MERGEHUB_MAX_RETRY_AFTER (seconds).",
                         )
@@ -386,9 +427,17 @@ class HubSource:
                     content = response.content
                     if ranged:
                         problem = _range_problem(
-                            response.status_code, response.headers.get("Content-Range"), len(content), start, end, may_end_early
+                            response.status_code,
+                            response.headers.get("Content-Range"),
+                            len(content),
+                            start,
+                            end,
+                            may_end_early,
                         )
-                        hint = "The server or a proxy does not honour HTTP Range requests; mergehub refuses to " "guess the weights."
+                        hint = (
+                            "The server or a proxy does not honour HTTP Range requests; mergehub refuses to "
+                            "guess the weights."
+                        )
                     elif self.file_sizes.get(file) not in (None, len(content)):
                         problem = f"the body has {len(content)} bytes, but the repo lists {self.file_sizes[file]}"
                         hint = "The download was cut short or altered; try again."
@@ -408,7 +457,9 @@ class HubSource:
             hasher.close()
 
 
-def _range_problem(status: int, content_range: str | None, length: int, start: int, end: int, may_end_early: bool = False) -> str:
+def _range_problem(
+    status: int, content_range: str | None, length: int, start: int, end: int, may_end_early: bool = False
+) -> str:
     """Why a response does not hold bytes `[start, end)`, or "" when it does.
 
     With `may_end_early`, a range that runs past the end of the file may be answered up to its

@@ -56,13 +56,17 @@ class LocalSource:
                 except SourceError:
                     raise
                 except OSError as e:
-                    raise SourceError(f"{self.label}: cannot read {path}: {e.strerror or e}.", hint="Check the model directory.") from e
+                    raise SourceError(
+                        f"{self.label}: cannot read {path}: {e.strerror or e}.", hint="Check the model directory."
+                    ) from e
             self._tensors = tensors
         return self._tensors
 
     def config(self) -> dict:
         """The model's config.json."""
-        return parse_config(self.read_file("config.json"), self.label, missing_hint="A model directory needs its config.json.")
+        return parse_config(
+            self.read_file("config.json"), self.label, missing_hint="A model directory needs its config.json."
+        )
 
     def read_file(self, filename: str) -> bytes | None:
         """A small file from the model directory, or None when absent."""
@@ -86,7 +90,9 @@ class LocalSource:
         while done < info.nbytes:
             count = os.preadv(fd, [view[done:]], info.start + done)
             if count == 0:
-                raise SourceError(f"{self.label}: {info.file} ends before tensor {name!r}.", hint="The file is truncated.")
+                raise SourceError(
+                    f"{self.label}: {info.file} ends before tensor {name!r}.", hint="The file is truncated."
+                )
             done += count
         return buffer.view(info.torch_dtype).reshape(info.shape)
 

@@ -35,7 +35,10 @@ def linear_recipe(scored_family: list[Path], tmp_path: Path) -> Path:
     base, first = scored_family[0], scored_family[1]
     recipe = {
         "merge_method": "linear",
-        "models": [{"model": str(base), "parameters": {"weight": 0.5}}, {"model": str(first), "parameters": {"weight": 0.5}}],
+        "models": [
+            {"model": str(base), "parameters": {"weight": 0.5}},
+            {"model": str(first), "parameters": {"weight": 0.5}},
+        ],
         "dtype": "bfloat16",
     }
     path = tmp_path / "linear.yml"

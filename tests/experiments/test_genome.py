@@ -67,18 +67,35 @@ def test_genotypes_decode_as_mergekit_evolve_decodes_them(case: dict, family: li
 
 def test_config_is_read_and_checked(tmp_path: Path, family: list[Path]):
     config = tmp_path / "evolve.yml"
-    config.write_text(yaml.safe_dump({
-        "genome": {"models": [str(family[1]), str(family[2])], "merge_method": "ties", "base_model": str(family[0])},
-        "tasks": ["mergehub_facts", {"name": "mergehub_arithmetic", "weight": 2, "metric": "exact_match,none"}],
-        "limit": 5,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "genome": {
+                    "models": [str(family[1]), str(family[2])],
+                    "merge_method": "ties",
+                    "base_model": str(family[0]),
+                },
+                "tasks": ["mergehub_facts", {"name": "mergehub_arithmetic", "weight": 2, "metric": "exact_match,none"}],
+                "limit": 5,
+            }
+        )
+    )
     parsed = load_evolve_config(config)
-    assert [(t.name, t.metric, t.weight) for t in parsed.tasks] == [("mergehub_facts", "acc,none", 1.0), ("mergehub_arithmetic", "exact_match,none", 2.0)]
+    assert [(t.name, t.metric, t.weight) for t in parsed.tasks] == [
+        ("mergehub_facts", "acc,none", 1.0),
+        ("mergehub_arithmetic", "exact_match,none", 2.0),
+    ]
     assert parsed.apply_chat_template and parsed.limit == 5
-    config.write_text(yaml.safe_dump({"genome": {"models": [str(family[1]), str(family[2])], "merge_method": "ties"}, "tasks": ["x"]}))
+    config.write_text(
+        yaml.safe_dump({"genome": {"models": [str(family[1]), str(family[2])], "merge_method": "ties"}, "tasks": ["x"]})
+    )
     with pytest.raises(RecipeError, match="genome: ties needs a base_model"):
         load_evolve_config(config)
-    config.write_text(yaml.safe_dump({"genome": {"models": ["a", "b"], "merge_method": "slerp", "smooth": True, "typo": 1}, "tasks": []}))
+    config.write_text(
+        yaml.safe_dump(
+            {"genome": {"models": ["a", "b"], "merge_method": "slerp", "smooth": True, "typo": 1}, "tasks": []}
+        )
+    )
     with pytest.raises(RecipeError, match=r"genome.typo: Extra inputs"):
         load_evolve_config(config)
     with pytest.raises(RecipeError, match="does not divide"):

@@ -38,20 +38,42 @@ def _reports(results):
 def test_cli_sweep_on_a_local_ray_equals_a_sequential_run(linear_recipe: Path, perplexity_task: str, tmp_path: Path):
     """`mergehub sweep` starts Ray here (in its own process: one Ray session per process) on the loopback interface."""
     varies = ["models[1].parameters.weight=0.2,0.8"]
-    sequential = list(prepare_sweep(linear_recipe, varies, [perplexity_task], limit=LIMIT).run(tmp_path / "seq", runner=LocalRunner()))
+    sequential = list(
+        prepare_sweep(linear_recipe, varies, [perplexity_task], limit=LIMIT).run(tmp_path / "seq", runner=LocalRunner())
+    )
     out = tmp_path / "ray"
-    command = [sys.executable, "-m", "mergehub", "sweep", str(linear_recipe), "--vary", varies[0], "--eval", perplexity_task,
-               "--limit", str(LIMIT), "--out", str(out), "--no-progress"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "mergehub",
+        "sweep",
+        str(linear_recipe),
+        "--vary",
+        varies[0],
+        "--eval",
+        perplexity_task,
+        "--limit",
+        str(LIMIT),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     on_ray = [CandidateResult.from_dict(c) for c in json.loads((out / "results.json").read_text())["candidates"]]
     assert all(r.ok for r in on_ray) and _reports(on_ray) == _reports(sequential)
     assert "Started a local Ray instance" in done.stderr
 
 
-def test_two_node_cluster_loses_a_node_and_keeps_every_result(linear_recipe: Path, perplexity_task: str, tmp_path: Path):
+def test_two_node_cluster_loses_a_node_and_keeps_every_result(
+    linear_recipe: Path, perplexity_task: str, tmp_path: Path
+):
     varies = ["models[1].parameters.weight=0:1:6"]
-    sequential = list(prepare_sweep(linear_recipe, varies, [perplexity_task]).run(tmp_path / "seq", runner=LocalRunner()))
+    sequential = list(
+        prepare_sweep(linear_recipe, varies, [perplexity_task]).run(tmp_path / "seq", runner=LocalRunner())
+    )
     sweep = prepare_sweep(linear_recipe, varies, [perplexity_task])
     handler = signal.getsignal(signal.SIGTERM)
     with ray_cluster(workers=1) as cluster:

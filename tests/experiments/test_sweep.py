@@ -42,7 +42,9 @@ def test_every_variant_is_planned_before_anything_runs(linear_recipe: Path, tmp_
     assert "v005  models[1].parameters.weight=0.8, parameters.normalize=False" in sweep.describe()
     with pytest.raises(RecipeError, match=r"Variant v001 \(models\[1\].parameters.weight=abc\).*'abc' is not a float"):
         prepare_sweep(linear_recipe, ["models[1].parameters.weight=0.5,abc"], ["mergehub_facts"])
-    with pytest.raises(RecipeError, match=r"Variant v000 \(merge_method=task_arithmetic\): task_arithmetic needs a `base_model`"):
+    with pytest.raises(
+        RecipeError, match=r"Variant v000 \(merge_method=task_arithmetic\): task_arithmetic needs a `base_model`"
+    ):
         prepare_sweep(linear_recipe, ["merge_method=task_arithmetic"], ["mergehub_facts"])
     with pytest.raises(RecipeError, match="needs tasks"):
         prepare_sweep(linear_recipe, [WEIGHTS], [])
@@ -71,15 +73,29 @@ def test_a_sweep_writes_table_summary_and_plots(linear_recipe: Path, perplexity_
     assert all(r.ok and r.report is not None for r in results)
     assert {r.mode for r in results} == {"parent", "memory"}
     files = {p.name for p in out.iterdir()}
-    assert {"recipe.yml", "variants", "results.json", "results.csv", "summary.md", "sweep-models-1-parameters-weight.png"} <= files
+    assert {
+        "recipe.yml",
+        "variants",
+        "results.json",
+        "results.csv",
+        "summary.md",
+        "sweep-models-1-parameters-weight.png",
+    } <= files
     assert (out / "sweep-models-1-parameters-weight.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load((out / "variants" / "v002.yml").read_text())["models"][1]["parameters"]["weight"] == 0.8
 
     rows = list(csv.DictReader(io.StringIO((out / "results.csv").read_text())))
     assert [r["candidate"] for r in rows] == ["parent-0", "parent-1", "v000", "v001", "v002"]
     assert [r["models[1].parameters.weight"] for r in rows[2:]] == ["0.2", "0.5", "0.8"]
-    for column in ("tiny_perplexity/word_perplexity", "mergehub_facts/acc", "mergehub_facts/acc stderr", "objective",
-                   "merge_seconds", "eval_seconds", "status"):
+    for column in (
+        "tiny_perplexity/word_perplexity",
+        "mergehub_facts/acc",
+        "mergehub_facts/acc stderr",
+        "objective",
+        "merge_seconds",
+        "eval_seconds",
+        "status",
+    ):
         assert column in rows[0]
     perplexities = [float(r["tiny_perplexity/word_perplexity"]) for r in rows[2:]]
     assert len(set(perplexities)) == 3  # the weight changes the model
@@ -98,20 +114,28 @@ def test_a_sweep_writes_table_summary_and_plots(linear_recipe: Path, perplexity_
 def test_in_memory_and_on_disk_candidates_score_the_same(linear_recipe: Path, perplexity_task: str, tmp_path: Path):
     sweep = prepare_sweep(linear_recipe, ["models[1].parameters.weight=0.3,0.9"], [perplexity_task], limit=LIMIT)
     memory = _run(sweep, tmp_path / "memory", mode="memory")
-    disk = _run(prepare_sweep(linear_recipe, ["models[1].parameters.weight=0.3,0.9"], [perplexity_task], limit=LIMIT),
-                tmp_path / "disk", mode="disk")
+    disk = _run(
+        prepare_sweep(linear_recipe, ["models[1].parameters.weight=0.3,0.9"], [perplexity_task], limit=LIMIT),
+        tmp_path / "disk",
+        mode="disk",
+    )
     assert [r.mode for r in memory] == ["memory"] * 2 and [r.mode for r in disk] == ["disk"] * 2
     assert [r.report.results for r in memory] == [r.report.results for r in disk]
 
 
 def test_heatmap_for_two_parameters_and_scatter_for_samples(linear_recipe: Path, tmp_path: Path):
-    grid = prepare_sweep(linear_recipe, ["models[0].parameters.weight=0.5,1", "models[1].parameters.weight=0.5,1"],
-                         ["mergehub_facts"], limit=2)
+    grid = prepare_sweep(
+        linear_recipe,
+        ["models[0].parameters.weight=0.5,1", "models[1].parameters.weight=0.5,1"],
+        ["mergehub_facts"],
+        limit=2,
+    )
     _run(grid, tmp_path / "grid")
     assert (tmp_path / "grid" / "sweep-heatmap.png").is_file()
     sampled = prepare_sweep(linear_recipe, [WEIGHTS], ["mergehub_facts"], limit=2, samples=2, seed=5)
-    assert [v.values for v in sampled.variants] == [v.values for v in prepare_sweep(
-        linear_recipe, [WEIGHTS], ["mergehub_facts"], samples=2, seed=5).variants]
+    assert [v.values for v in sampled.variants] == [
+        v.values for v in prepare_sweep(linear_recipe, [WEIGHTS], ["mergehub_facts"], samples=2, seed=5).variants
+    ]
     _run(sampled, tmp_path / "sampled")
     assert (tmp_path / "sampled" / "sweep-models-1-parameters-weight.png").is_file()
     assert not (tmp_path / "sampled" / "sweep-heatmap.png").exists()
@@ -149,15 +173,31 @@ def test_cli_sweep_dry_run_and_local_run(linear_recipe: Path, tmp_path: Path, ca
     assert main(["sweep", str(linear_recipe), "--vary", WEIGHTS, "--eval", "mergehub_facts", "--dry-run"]) == 0
     assert "v002  models[1].parameters.weight=0.8" in capsys.readouterr().out
     out = tmp_path / "cli"
-    args = ["sweep", str(linear_recipe), "--vary", "models[1].parameters.weight=0.4,0.6", "--eval", "mergehub_facts",
-            "--limit", "2", "--no-ray", "--no-progress", "--out", str(out), "--merge-to", "disk"]
+    args = [
+        "sweep",
+        str(linear_recipe),
+        "--vary",
+        "models[1].parameters.weight=0.4,0.6",
+        "--eval",
+        "mergehub_facts",
+        "--limit",
+        "2",
+        "--no-ray",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--merge-to",
+        "disk",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "| v001 | 0.6 |" in printed and "Best: v000" in printed
     assert json.loads((out / "results.json").read_text())["candidates"][0]["mode"] == "disk"
     assert main(args) == 1
     assert "already holds results" in capsys.readouterr().err
-    assert main(["sweep", str(linear_recipe), "--vary", "models[9].parameters.weight=1", "--eval", "mergehub_facts"]) == 1
+    assert (
+        main(["sweep", str(linear_recipe), "--vary", "models[9].parameters.weight=1", "--eval", "mergehub_facts"]) == 1
+    )
     assert "index 9 is out of range" in capsys.readouterr().err
 
 

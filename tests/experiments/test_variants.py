@@ -49,7 +49,9 @@ def test_paths_parse_into_keys_indices_and_names(text, found):
     assert parse_path(text) == found
 
 
-@pytest.mark.parametrize("bad", ["models[1].parameters.weight", "=0.5", "parameters..t=1", "[0].weight=1", "parameters.t=", "p=1,,2"])
+@pytest.mark.parametrize(
+    "bad", ["models[1].parameters.weight", "=0.5", "parameters..t=1", "[0].weight=1", "parameters.t=", "p=1,,2"]
+)
 def test_malformed_vary_is_a_recipe_error(bad):
     with pytest.raises(RecipeError) as caught:
         parse_vary(bad)
@@ -114,7 +116,9 @@ def test_repeated_or_missing_vary_is_refused():
 
 
 def test_apply_variant_gives_a_valid_recipe_or_names_the_variant():
-    recipe, text = apply_variant(RECIPE, Variant(2, (("models[1].parameters.weight", 0.25), ("parameters.t[self_attn]", 0.1))))
+    recipe, text = apply_variant(
+        RECIPE, Variant(2, (("models[1].parameters.weight", 0.25), ("parameters.t[self_attn]", 0.1)))
+    )
     assert recipe.models[1].parameters["weight"] == 0.25
     assert yaml.safe_load(text)["parameters"]["t"][0] == {"filter": "self_attn", "value": 0.1}
     assert yaml.safe_load(RECIPE)["models"][1]["parameters"]["weight"] == 0.5  # the source text is untouched

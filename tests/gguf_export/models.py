@@ -29,13 +29,22 @@ def bpe_tokenizer_files(vocab: int = VOCAB) -> dict[str, bytes]:
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
     fast.chat_template = CHAT_TEMPLATE
     return _saved(fast)
 
@@ -48,11 +57,26 @@ def spm_tokenizer_files(vocab: int = VOCAB) -> dict[str, bytes]:
 
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=vocab, model_type="bpe", byte_fallback=True,
-        character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+        sentence_iterator=iter(CORPUS),
+        model_writer=model,
+        vocab_size=vocab,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
     )
-    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-              "add_bos_token": True, "add_eos_token": False}
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.model").write_bytes(model.getvalue())
         (Path(tmp) / "tokenizer_config.json").write_text(json.dumps(config))
@@ -67,12 +91,25 @@ def _saved(tokenizer) -> dict[str, bytes]:
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
+_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 FAMILIES = {
     "llama": ("LlamaForCausalLM", "LlamaConfig", dict(tie_word_embeddings=False), "spm"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(tie_word_embeddings=False), "bpe"),
-    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(tie_word_embeddings=True, head_dim=128), "bpe"),  # the GGUF loader assumes 128
+    "qwen3": (
+        "Qwen3ForCausalLM",
+        "Qwen3Config",
+        dict(tie_word_embeddings=True, head_dim=128),
+        "bpe",
+    ),  # the GGUF loader assumes 128
     "gemma2": ("Gemma2ForCausalLM", "Gemma2Config", dict(head_dim=16, sliding_window=16), "spm"),
     "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(head_dim=16, sliding_window=16), "spm"),
     "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(tie_word_embeddings=False, pad_token_id=0), "spm"),
@@ -80,8 +117,16 @@ FAMILIES = {
 }
 
 
-def make_family_model(family: str, directory: Path, *, seed: int, base: Path | None = None, noise: float = 0.02,
-                      tokenizer: dict[str, bytes] | None = None, dtype: torch.dtype = torch.float32) -> Path:
+def make_family_model(
+    family: str,
+    directory: Path,
+    *,
+    seed: int,
+    base: Path | None = None,
+    noise: float = 0.02,
+    tokenizer: dict[str, bytes] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """A tiny model of `family` with its tokenizer; with `base`, base + seeded noise (a "fine-tune")."""
     model_class, config_class, extra, _ = FAMILIES[family]
     config = getattr(transformers, config_class)(vocab_size=VOCAB, **{**_TEXT, **extra})

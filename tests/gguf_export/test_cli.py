@@ -19,7 +19,11 @@ def test_types_are_parsed_and_k_quants_refused_with_the_offer():
     assert parse_types("f16, Q8_0,f16,q4_0") == ("F16", "Q8_0", "Q4_0")
     with pytest.raises(GGUFError) as error:
         parse_types("q4_k_m")
-    assert "llama.cpp's quantizer" in error.value.message and "q8_0" in error.value.hint and "llama-quantize" in error.value.hint
+    assert (
+        "llama.cpp's quantizer" in error.value.message
+        and "q8_0" in error.value.hint
+        and "llama-quantize" in error.value.hint
+    )
     with pytest.raises(GGUFError, match="not a GGUF type"):
         parse_types("f17")
 
@@ -56,14 +60,19 @@ def test_unsupported_architecture_is_refused_with_the_list(family, tmp_path, cap
 
 
 def test_merge_refuses_a_k_quant_before_merging(family, write_recipe, tmp_path, capsys):
-    recipe = write_recipe({"merge_method": "linear", "models": [{"model": str(p), "parameters": {"weight": 0.5}} for p in family[:2]]})
+    recipe = write_recipe(
+        {"merge_method": "linear", "models": [{"model": str(p), "parameters": {"weight": 0.5}} for p in family[:2]]}
+    )
     assert main(["merge", str(recipe), str(tmp_path / "out"), "--gguf", "q4_k_m", "--no-progress"]) == 1
     assert "llama.cpp's quantizer" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
 def test_without_the_gguf_package_the_command_says_how_to_install(tmp_path):
-    code = "import sys; sys.modules['gguf'] = None; from mergehub.interfaces.cli import main; " "sys.exit(main(['gguf', 'x', 'y', '--types', 'f16']))"
+    code = (
+        "import sys; sys.modules['gguf'] = None; from mergehub.interfaces.cli import main; "
+        "sys.exit(main(['gguf', 'x', 'y', '--types', 'f16']))"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 1 and "pip install 'mergehub[gguf]'" in run.stderr
 

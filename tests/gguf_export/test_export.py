@@ -39,15 +39,21 @@ def test_the_tokenizer_round_trips(gguf_merges, family: str):
     result = gguf_merges(family)
     expected = AutoTokenizer.from_pretrained(result.out_dir)(SAMPLE)["input_ids"]
     for file in result.gguf.files:
-        assert AutoTokenizer.from_pretrained(result.gguf.out_dir, gguf_file=file.filename)(SAMPLE)["input_ids"] == expected
+        assert (
+            AutoTokenizer.from_pretrained(result.gguf.out_dir, gguf_file=file.filename)(SAMPLE)["input_ids"] == expected
+        )
 
 
-@pytest.mark.parametrize(("family", "arch", "model"), [("llama", "llama", "llama"), ("qwen2", "qwen2", "gpt2"),
-                                                       ("gemma3", "gemma3", "llama"), ("phi3", "phi3", "llama")])
+@pytest.mark.parametrize(
+    ("family", "arch", "model"),
+    [("llama", "llama", "llama"), ("qwen2", "qwen2", "gpt2"), ("gemma3", "gemma3", "llama"), ("phi3", "phi3", "llama")],
+)
 def test_metadata_names_the_architecture_and_tokenizer(gguf_merges, family: str, arch: str, model: str):
     result = gguf_merges(family)
     reader = gguf.GGUFReader(result.gguf.out_dir / result.gguf.files[0].filename)
-    fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.token")}
+    fields = {
+        name: field.contents() for name, field in reader.fields.items() if not name.startswith("tokenizer.ggml.token")
+    }
     assert fields["general.architecture"] == arch
     assert fields["general.name"] == "merged"
     assert fields[f"{arch}.block_count"] == 2 and fields[f"{arch}.embedding_length"] == 64
@@ -63,8 +69,16 @@ def test_tensor_types_follow_llama_cpp(gguf_merges):
     result = gguf_merges("qwen2")
     reader = gguf.GGUFReader(result.gguf.out_dir / "merged-Q8_0.gguf")
     types = {t.name: t.tensor_type.name for t in reader.tensors}
-    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["token_embd.weight"] == "Q8_0" and types["output.weight"] == "Q8_0"
-    assert types["blk.0.attn_norm.weight"] == "F32" and types["blk.0.attn_q.bias"] == "F32" and types["output_norm.weight"] == "F32"
+    assert (
+        types["blk.0.attn_q.weight"] == "Q8_0"
+        and types["token_embd.weight"] == "Q8_0"
+        and types["output.weight"] == "Q8_0"
+    )
+    assert (
+        types["blk.0.attn_norm.weight"] == "F32"
+        and types["blk.0.attn_q.bias"] == "F32"
+        and types["output_norm.weight"] == "F32"
+    )
 
 
 def test_gemma_norms_are_stored_plus_one(gguf_merges):

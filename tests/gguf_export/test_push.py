@@ -29,8 +29,18 @@ def parents(hub, tmp_path):
 
 def test_merge_with_gguf_pushes_both_repos(parents, tmp_path):
     recipe = tmp_path / "recipe.yml"
-    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "dtype": "float32", "models": [
-        {"model": parents[0], "parameters": {"weight": 0.5}}, {"model": parents[1], "parameters": {"weight": 0.5}}]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "linear",
+                "dtype": "float32",
+                "models": [
+                    {"model": parents[0], "parameters": {"weight": 0.5}},
+                    {"model": parents[1], "parameters": {"weight": 0.5}},
+                ],
+            }
+        )
+    )
     result, pushed = push_merge(recipe, "merged", gguf_types=["f16", "q8_0"])
     assert pushed.repo_id == "alice/merged" and pushed.gguf is not None and pushed.gguf.repo_id == "alice/merged-GGUF"
     files = set(HfApi().list_repo_files("alice/merged-GGUF"))
@@ -41,8 +51,12 @@ def test_merge_with_gguf_pushes_both_repos(parents, tmp_path):
     assert card.data.library_name == "gguf" and card.data.license == "apache-2.0"
     for file in result.gguf.files:
         assert file.sha256 in card.text
-    assert "llama-cli -hf alice/merged-GGUF:Q8_0" in card.text and "ollama run hf.co/alice/merged-GGUF:Q8_0" in card.text
-    assert "alice/base" in card.text and "alice/tuned" in card.text and "quantized" in card.text  # lineage through the merge
+    assert (
+        "llama-cli -hf alice/merged-GGUF:Q8_0" in card.text and "ollama run hf.co/alice/merged-GGUF:Q8_0" in card.text
+    )
+    assert (
+        "alice/base" in card.text and "alice/tuned" in card.text and "quantized" in card.text
+    )  # lineage through the merge
     downloaded = hf_hub_download("alice/merged-GGUF", "merged-Q8_0.gguf")
     assert open(downloaded, "rb").read(4) == b"GGUF"
 

@@ -32,6 +32,6 @@ def test_smollm2_merge_as_gguf_knows_paris(slerp_merge: Path, tmp_path: Path):  
         inputs = tokenizer(PROMPT, return_tensors="pt")
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=20, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         print(f"{file.filename}: {PROMPT!r} -> {text!r}")
         assert "Paris" in text

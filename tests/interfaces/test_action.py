@@ -77,7 +77,9 @@ def _outputs(text: str) -> dict[str, str]:
     return {name: value for name, _, value in found}
 
 
-def run(repo: Path, event: str, payload: dict, capsys, space_client: Any = None, **inputs: str) -> tuple[int, str, str, dict[str, str]]:
+def run(
+    repo: Path, event: str, payload: dict, capsys, space_client: Any = None, **inputs: str
+) -> tuple[int, str, str, dict[str, str]]:
     """Run the action as GitHub would; returns (exit code, log, job summary, step outputs)."""
     work = repo.parent
     (work / "event.json").write_text(json.dumps(payload))
@@ -109,7 +111,8 @@ def parents(hub, family) -> tuple[str, str]:
 def test_changed_recipes_follow_adds_edits_renames_and_skip_deletions(repo):
     first = commit(repo, {"recipes/a.yml": "a", "recipes/b.yml": "b", "recipes/c.yml": "c", "docs/x.yml": "x"})
     second = commit(
-        repo, {"recipes/a.yml": "a2", "recipes/c.yml": None, "recipes/new/d.yaml": "d", "notes.txt": "n"},
+        repo,
+        {"recipes/a.yml": "a2", "recipes/c.yml": None, "recipes/new/d.yaml": "d", "notes.txt": "n"},
         moves={"recipes/b.yml": "recipes/moved/b2.yml"},
     )
     log: list[str] = []
@@ -139,7 +142,10 @@ def test_force_push_compares_with_the_merge_base(repo):
 
 def test_target_repo_from_comment_or_stem():
     assert target_repo("recipes/My Merge.yml", "merge_method: linear", lambda: "alice") == "alice/My-Merge"
-    assert target_repo("recipes/x.yml", "# mergehub: repo=org/custom\nmerge_method: linear", lambda: "alice") == "org/custom"
+    assert (
+        target_repo("recipes/x.yml", "# mergehub: repo=org/custom\nmerge_method: linear", lambda: "alice")
+        == "org/custom"
+    )
     assert target_repo("recipes/x.yml", "#mergehub: repo = short\n", lambda: "alice") == "alice/short"
     with pytest.raises(MergehubError, match="not a valid Hub repo name") as info:
         target_repo("recipes/x.yml", "# mergehub: repo=a/b/c\n", lambda: "alice")
@@ -149,28 +155,45 @@ def test_target_repo_from_comment_or_stem():
 def test_published_record_from_front_matter_or_from_the_card_body():
     recipe = "merge_method: linear\n"
     sha_a, sha_b = "a" * 40, "b" * 40
-    with_block = f"---\nmergehub:\n  recipe_sha256: {recipe_sha256(recipe)}\n  parents:\n    org/a: {sha_a}\n   " " ./local: null\n---\n# x\n"
+    with_block = (
+        f"---\nmergehub:\n  recipe_sha256: {recipe_sha256(recipe)}\n  parents:\n    org/a: {sha_a}\n   "
+        " ./local: null\n---\n# x\n"
+    )
     assert parse_published(with_block, None) == Published(recipe_sha256(recipe), {"org/a": sha_a})
     body = (
         "---\nlicense: mit\n---\n## Parents\n\n| Model | Revision | License | Scores |\n|---|---|---|---|\n"
-        "| [org/a](https://huggingface.co/org/a) (base) | " f"[`{sha_a[:10]}`](https://huggingface.co/org/a/commit/{sha_a}) | mit | — |\n"
-        "| [org/b](https://huggingface.co/org/b) | " f"[`{sha_b[:10]}`](https://huggingface.co/org/b/commit/{sha_b}) | mit | — |\n"
+        "| [org/a](https://huggingface.co/org/a) (base) | "
+        f"[`{sha_a[:10]}`](https://huggingface.co/org/a/commit/{sha_a}) | mit | — |\n"
+        "| [org/b](https://huggingface.co/org/b) | "
+        f"[`{sha_b[:10]}`](https://huggingface.co/org/b/commit/{sha_b}) | mit | — |\n"
         "| `./local` (local) | — | unknown | — |\n"
     )
     published = parse_published(body, recipe)
     assert published == Published(recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b})
     assert merge_reason(published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b}) is None
     assert merge_reason(published, recipe_sha256("other"), {"org/a": sha_a, "org/b": sha_b}) == "the recipe changed"
-    assert "org/b bbbbbbb → ccccccc" in merge_reason(published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": "c" * 40})
+    assert "org/b bbbbbbb → ccccccc" in merge_reason(
+        published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": "c" * 40}
+    )
     assert merge_reason(None, "x", {}) == "not merged yet"
     assert parse_published(None, None) is None
 
 
 def test_inputs_both_spellings_and_annotation_escaping(tmp_path, capsys):
-    inputs = read_inputs({"INPUT_HF-TOKEN": "secret", "INPUT_PRIVATE": "true", "INPUT_RECIPES": "a/*.yml\nb/**/*.yaml", "INPUT_EVAL_TASKS": "arc, hellaswag"})
+    inputs = read_inputs(
+        {
+            "INPUT_HF-TOKEN": "secret",
+            "INPUT_PRIVATE": "true",
+            "INPUT_RECIPES": "a/*.yml\nb/**/*.yaml",
+            "INPUT_EVAL_TASKS": "arc, hellaswag",
+        }
+    )
     assert inputs.token == "secret" and inputs.private and inputs.recipes == ("a/*.yml", "b/**/*.yaml")
     assert inputs.eval_tasks == ("arc", "hellaswag") and not inputs.force
-    assert annotation("error", "50% bad\nHint: fix", file="r,1.yml", line=3) == "::error file=r%2C1.yml,line=3::50%25 bad%0AHint: fix"
+    assert (
+        annotation("error", "50% bad\nHint: fix", file="r,1.yml", line=3)
+        == "::error file=r%2C1.yml,line=3::50%25 bad%0AHint: fix"
+    )
     assert main({"INPUT_FORCE": "maybe", "GITHUB_WORKSPACE": str(tmp_path)}) == 2
     assert "::error::Input `force` is 'maybe'" in capsys.readouterr().out
 
@@ -200,11 +223,14 @@ def test_action_yml_passes_every_input_and_the_shim_runs_main(repo, monkeypatch,
 
 def test_push_merges_changed_recipes_skips_reruns_and_force_remerges(hub, parents, repo, capsys):
     a, b = parents
-    first = commit(repo, {
-        "recipes/first.yml": RECIPE.format(a=a, b=b),
-        "recipes/team/second.yaml": "# mergehub: repo=org/renamed\n" + RECIPE.format(a=b, b=a),
-        "README.md": "not a recipe",
-    })
+    first = commit(
+        repo,
+        {
+            "recipes/first.yml": RECIPE.format(a=a, b=b),
+            "recipes/team/second.yaml": "# mergehub: repo=org/renamed\n" + RECIPE.format(a=b, b=a),
+            "README.md": "not a recipe",
+        },
+    )
     new_branch = {"ref": "refs/heads/main", "before": ZERO, "after": first, "created": True}
     code, log, summary, outputs = run(repo, "push", new_branch, capsys, hf_token="tok-alice")
     assert code == 0, log
@@ -233,7 +259,9 @@ def test_push_merges_changed_recipes_skips_reruns_and_force_remerges(hub, parent
 def test_schedule_remerges_only_when_an_unpinned_parent_moved(hub, parents, repo, capsys):
     a, b = parents
     pinned = f"{b}@{hub.revision_sha(b)}"
-    head = commit(repo, {"recipes/follows.yml": RECIPE.format(a=a, b=b), "recipes/pinned.yml": RECIPE.format(a=a, b=pinned)})
+    head = commit(
+        repo, {"recipes/follows.yml": RECIPE.format(a=a, b=b), "recipes/pinned.yml": RECIPE.format(a=a, b=pinned)}
+    )
     code, log, _, outputs = run(repo, "workflow_dispatch", {"after": head}, capsys, hf_token="tok-alice")
     assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/follows", "alice/pinned"], log
 
@@ -241,47 +269,66 @@ def test_schedule_remerges_only_when_an_unpinned_parent_moved(hub, parents, repo
     assert code == 0 and outputs["pushed-repos"] == "[]" and "nothing to do" in log and "No recipe" in summary
 
     hub.commit_files(b, {"README.md": b"---\nlicense: mit\n---\nA new revision."})
-    code, log, summary, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true")
+    code, log, summary, outputs = run(
+        repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true"
+    )
     assert code == 0, log
     assert json.loads(outputs["pushed-repos"]) == ["alice/follows"]
     assert f"parents moved: {b}" in log and "⏭️ skipped" in summary
 
 
-def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(hub, parents, repo, capsys, monkeypatch, tmp_path):
+def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(
+    hub, parents, repo, capsys, monkeypatch, tmp_path
+):
     from huggingface_hub import constants
 
     monkeypatch.delenv("HF_TOKEN", raising=False)  # a fork's pull request gets no secrets
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     a, b = parents
     base = commit(repo, {"recipes/old.yml": RECIPE.format(a=a, b=b)})
-    head = commit(repo, {
-        "recipes/good.yml": RECIPE.format(a=a, b=b),
-        "recipes/bad-method.yml": RECIPE.format(a=a, b=b).replace("merge_method: linear", "merge_method: nope"),
-        "recipes/bad-param.yml": RECIPE.format(a=a, b=b).replace("weight: 0.4", "weight: 0.4\n      density: 0.5"),
-        "recipes/bad-key.yml": RECIPE.format(a=a, b=b) + "tokenizer_sorce: base\n",
-    })
+    head = commit(
+        repo,
+        {
+            "recipes/good.yml": RECIPE.format(a=a, b=b),
+            "recipes/bad-method.yml": RECIPE.format(a=a, b=b).replace("merge_method: linear", "merge_method: nope"),
+            "recipes/bad-param.yml": RECIPE.format(a=a, b=b).replace("weight: 0.4", "weight: 0.4\n      density: 0.5"),
+            "recipes/bad-key.yml": RECIPE.format(a=a, b=b) + "tokenizer_sorce: base\n",
+        },
+    )
     event = {"pull_request": {"base": {"sha": base}, "head": {"sha": head}}}
     code, log, summary, outputs = run(repo, "pull_request", event, capsys)
     assert code == 1
     assert "::error file=recipes/bad-method.yml,line=2::Unknown merge_method 'nope'.%0AHint: Use one of:" in log
     # what mergekit ignores is a warning at its line, from the warning's fields
-    assert "::warning file=recipes/bad-param.yml,line=10::models[1].parameters.density: `density` is not a linear " "parameter" in log
+    assert (
+        "::warning file=recipes/bad-param.yml,line=10::models[1].parameters.density: `density` is not a linear "
+        "parameter" in log
+    )
     assert "::warning file=recipes/bad-key.yml,line=10::tokenizer_sorce: `tokenizer_sorce` is not a recipe key" in log
     assert "did you mean `tokenizer_source`?" in log
     assert "recipes/old.yml" not in log  # unchanged by the pull request
-    assert "| `recipes/good.yml` | [alice/good](" not in summary and "`recipes/good.yml` | <your user>/good | ✔️ validated" in summary
+    assert (
+        "| `recipes/good.yml` | [alice/good](" not in summary
+        and "`recipes/good.yml` | <your user>/good | ✔️ validated" in summary
+    )
     assert summary.count("❌ failed") == 1 and summary.count("✔️ validated") == 3 and outputs["pushed-repos"] == "[]"
     assert not HfApi().repo_exists("alice/good")
 
     code, log, summary, _ = run(repo, "pull_request", event, capsys, strict="true")
     assert code == 1 and summary.count("❌ failed") == 3
-    assert "::error file=recipes/bad-param.yml,line=10::strict: models[1].parameters.density: `density` is not a " "linear parameter" in log
+    assert (
+        "::error file=recipes/bad-param.yml,line=10::strict: models[1].parameters.density: `density` is not a "
+        "linear parameter" in log
+    )
     assert "::error file=recipes/bad-key.yml,line=10::strict: tokenizer_sorce: " in log
 
 
 def test_failed_recipe_fails_the_run_but_not_the_others(hub, parents, repo, capsys):
     a, b = parents
-    head = commit(repo, {"recipes/ok.yml": RECIPE.format(a=a, b=b), "recipes/missing.yml": RECIPE.format(a=a, b="bob/nothing-here")})
+    head = commit(
+        repo,
+        {"recipes/ok.yml": RECIPE.format(a=a, b=b), "recipes/missing.yml": RECIPE.format(a=a, b="bob/nothing-here")},
+    )
     code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice")
     assert code == 1 and json.loads(outputs["pushed-repos"]) == ["alice/ok"]
     assert re.search(r"::error file=recipes/missing.yml,line=7::.*bob/nothing-here", log)
@@ -290,12 +337,17 @@ def test_failed_recipe_fails_the_run_but_not_the_others(hub, parents, repo, caps
 
 def test_two_recipes_for_one_repo_and_a_bad_repo_comment_fail_where_they_are_written(repo, capsys):
     body = "merge_method: linear\nmodels:\n  - model: org/a\n"
-    head = commit(repo, {
-        "recipes/llama/slerp.yml": body,
-        "recipes/mistral/slerp.yml": body,
-        "recipes/odd.yml": "# A recipe\n# mergehub: repo=a/b/c\n" + body,
-    })
-    code, log, _, _ = run(repo, "workflow_dispatch", {"after": head}, capsys, namespace="team")  # fails before any Hub call
+    head = commit(
+        repo,
+        {
+            "recipes/llama/slerp.yml": body,
+            "recipes/mistral/slerp.yml": body,
+            "recipes/odd.yml": "# A recipe\n# mergehub: repo=a/b/c\n" + body,
+        },
+    )
+    code, log, _, _ = run(
+        repo, "workflow_dispatch", {"after": head}, capsys, namespace="team"
+    )  # fails before any Hub call
     assert code == 1
     assert "::error file=recipes/llama/slerp.yml,line=1::recipes/llama/slerp.yml and recipes/mistral/slerp.yml" in log
     assert "would both push to team/slerp." in log
@@ -308,7 +360,9 @@ def test_an_unexpected_error_is_reported_as_a_bug_with_its_traceback(repo, capsy
 
     head = commit(repo, {"recipes/a.yml": "merge_method: linear\nmodels:\n  - model: org/a\n"})
     monkeypatch.setattr(action, "target_repo", lambda *args: 1 / 0)
-    code, log, summary, _ = run(repo, "workflow_dispatch", {"after": head}, capsys, namespace="team", hf_token="tok-secret")
+    code, log, summary, _ = run(
+        repo, "workflow_dispatch", {"after": head}, capsys, namespace="team", hf_token="tok-secret"
+    )
     assert code == 1 and "❌ failed" in summary  # one recipe's bug does not stop the others
     assert "::error file=recipes/a.yml,line=1::ZeroDivisionError: division by zero. This is a bug in mergehub" in log
     assert "::group::Traceback (for the bug report)" in log and 'File "' in log
@@ -355,22 +409,44 @@ def test_dispatch_to_space_streams_the_space_log(hub, parents, repo, capsys):
     a, b = parents
     text = RECIPE.format(a=a, b=b)
     commit(repo, {"recipes/remote.yml": text})
-    space = FakeSpace(("/on_merge",), [
-        ("⏳ Planning...", "Checking 2 model(s)...", ""),
-        ("⏳ Merging...", "Checking 2 model(s)...\nPlan: linear merge\ntensors 3/39", ""),
-        ("✅ Pushed to [alice/remote](x)", "Checking 2 model(s)...\nPlan: linear merge\nMerged 39 tensors\nPushed commit abc: url", ""),
-    ])
-    code, log, summary, outputs = run(repo, "workflow_dispatch", {}, capsys, space, hf_token="tok-alice", dispatch_to_space="alice/mergehub")
+    space = FakeSpace(
+        ("/on_merge",),
+        [
+            ("⏳ Planning...", "Checking 2 model(s)...", ""),
+            ("⏳ Merging...", "Checking 2 model(s)...\nPlan: linear merge\ntensors 3/39", ""),
+            (
+                "✅ Pushed to [alice/remote](x)",
+                "Checking 2 model(s)...\nPlan: linear merge\nMerged 39 tensors\nPushed commit abc: url",
+                "",
+            ),
+        ],
+    )
+    code, log, summary, outputs = run(
+        repo, "workflow_dispatch", {}, capsys, space, hf_token="tok-alice", dispatch_to_space="alice/mergehub"
+    )
     assert code == 0, log
-    assert space.calls == [("client", "alice/mergehub", "tok-alice"), ("submit", (text, "alice/remote", False), "/on_merge")]
+    assert space.calls == [
+        ("client", "alice/mergehub", "tok-alice"),
+        ("submit", (text, "alice/remote", False), "/on_merge"),
+    ]
     assert log.count("[alice/mergehub] Plan: linear merge") == 1 and "[alice/mergehub] Pushed commit abc: url" in log
     assert "tensors 3/39" not in log  # a live progress line, replaced before it was final
     assert json.loads(outputs["pushed-repos"]) == ["alice/remote"] and "✅ merged" in summary
 
     failing = FakeSpace(("/on_merge",), [("❌ Unknown merge_method 'x'.", "Failed: Unknown merge_method 'x'.", "")])
-    code, log, _, _ = run(repo, "workflow_dispatch", {}, capsys, failing, hf_token="tok-alice", dispatch_to_space="alice/mergehub")
+    code, log, _, _ = run(
+        repo, "workflow_dispatch", {}, capsys, failing, hf_token="tok-alice", dispatch_to_space="alice/mergehub"
+    )
     assert code == 1 and "did not push: Unknown merge_method 'x'." in log
-    code, log, _, _ = run(repo, "workflow_dispatch", {}, capsys, FakeSpace(("/other",), []), hf_token="tok-alice", dispatch_to_space="alice/x")
+    code, log, _, _ = run(
+        repo,
+        "workflow_dispatch",
+        {},
+        capsys,
+        FakeSpace(("/other",), []),
+        hf_token="tok-alice",
+        dispatch_to_space="alice/x",
+    )
     assert code == 1 and "has no mergehub merge endpoint" in log
 
 
@@ -386,8 +462,14 @@ def test_dispatch_reaches_the_space_app_with_the_token(hub, parents, repo, capsy
     from mergehub.interfaces import space
 
     # A browser session would carry this token; the action has none, so the Space must use the one it is given.
-    session = {"access_token": "not-a-token", "token_type": "bearer", "expires_in": 3600, "scope": "openid", "expires_at": 2**31,
-               "userinfo": {"preferred_username": "alice", "name": "Alice", "profile": "", "picture": ""}}
+    session = {
+        "access_token": "not-a-token",
+        "token_type": "bearer",
+        "expires_in": 3600,
+        "scope": "openid",
+        "expires_at": 2**31,
+        "userinfo": {"preferred_username": "alice", "name": "Alice", "profile": "", "picture": ""},
+    }
     monkeypatch.setattr(gradio.oauth, "_get_mocked_oauth_info", lambda: session)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -423,7 +505,9 @@ def test_eval_tasks_are_scored_into_the_pushed_card(hub, parents, repo, capsys, 
     monkeypatch.setattr(api, "evaluate_merge", fake_evaluate_merge)
     a, b = parents
     head = commit(repo, {"recipes/scored.yml": RECIPE.format(a=a, b=b)})
-    code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice", eval_tasks="mergehub_facts")
+    code, log, summary, outputs = run(
+        repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice", eval_tasks="mergehub_facts"
+    )
     assert code == 0 and seen["tasks"] == ["mergehub_facts"]
     from huggingface_hub import ModelCard
 

@@ -23,7 +23,19 @@ def test_dry_run_prints_plan(family, write_recipe, capsys):
 
 
 def test_merge_prints_summary(family, write_recipe, tmp_path, capsys):
-    assert main(["merge", str(write_recipe(_recipe(family))), str(tmp_path / "out"), "--no-progress", "--out-shard-size", "100KB"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                str(write_recipe(_recipe(family))),
+                str(tmp_path / "out"),
+                "--no-progress",
+                "--out-shard-size",
+                "100KB",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Merged" in out and "B/s)" in out and "peak RSS" in out and out.count("sha256") >= 2
 
@@ -32,7 +44,9 @@ def test_errors_are_one_message_and_a_hint(family, write_recipe, capsys):
     recipe = write_recipe({**_recipe(family), "merge_method": "nope"})
     assert main(["merge", str(recipe), "out"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: Unknown merge_method 'nope'") and "hint: Use one of:" in err and "Traceback" not in err
+    assert (
+        err.startswith("error: Unknown merge_method 'nope'") and "hint: Use one of:" in err and "Traceback" not in err
+    )
 
 
 def test_debug_shows_traceback(family, write_recipe):
@@ -45,7 +59,9 @@ def test_console_script_runs(family, write_recipe):
     assert "slerp" in result.stdout and "task_arithmetic" in result.stdout
 
 
-@pytest.mark.parametrize(("text", "value"), [("2GB", 2 * 10**9), ("500MB", 5 * 10**8), ("1GiB", 2**30), ("123", 123), ("1.5kb", 1500)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("2GB", 2 * 10**9), ("500MB", 5 * 10**8), ("1GiB", 2**30), ("123", 123), ("1.5kb", 1500)]
+)
 def test_parse_size(text, value):
     assert parse_size(text) == value
 
@@ -80,7 +96,9 @@ def test_strict_refuses_a_recipe_with_warnings(family, write_recipe, tmp_path, c
 
 
 def test_an_error_at_one_place_of_the_recipe_names_its_line(family, write_recipe, capsys):
-    text = "merge_method: linear\nmodels:\n" + "".join(f"  - model: {m}\n    parameters: {{weight: heavy}}\n" for m in family)
+    text = "merge_method: linear\nmodels:\n" + "".join(
+        f"  - model: {m}\n    parameters: {{weight: heavy}}\n" for m in family
+    )
     recipe = write_recipe(text)
     assert main(["merge", "--dry-run", str(recipe)]) == 1
     err = capsys.readouterr().err
@@ -125,13 +143,18 @@ def test_hub_failures_while_pushing_a_card_are_one_message(family, write_recipe,
     merged = run_merge(write_recipe(_recipe(family[:2])), tmp_path / "merged").out_dir
     monkeypatch.setattr(api, "build_card", lambda target, **kwargs: "card")
     for failure in (HTTPError("connection refused"), OSError("network is unreachable")):
+
         def whoami(self, *args, failure=failure, **kwargs):
             raise failure
 
         monkeypatch.setattr(HfApi, "whoami", whoami)
         assert main(["card", "alice/merged", "--push"]) == 1
         err = capsys.readouterr().err
-        assert err.startswith("error: Pushing the card to alice/merged failed:") and "hint:" in err and "Traceback" not in err
+        assert (
+            err.startswith("error: Pushing the card to alice/merged failed:")
+            and "hint:" in err
+            and "Traceback" not in err
+        )
     assert merged.is_dir()
 
 

@@ -24,18 +24,39 @@ def stuck(hub, family, tmp_path):
     _upload(hub, "org/base", family[0])
     _upload(hub, "org/ft", family[1])
     recipe = tmp_path / "r.yml"
-    recipe.write_text(yaml.safe_dump({"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1}} for m in ("org/base", "org/ft")]}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "linear",
+                "models": [{"model": m, "parameters": {"weight": 1}} for m in ("org/base", "org/ft")],
+            }
+        )
+    )
     hub.fail_next(".safetensors", "hang", times=1000, after=2)  # one header read per model, then every read hangs
     (tmp_path / "tmp").mkdir()
-    env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "tok-alice", "HF_HOME": str(tmp_path / "hf_home"),
-           "HF_HUB_DISABLE_XET": "1", "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_TOKEN": "tok-alice",
+        "HF_HOME": str(tmp_path / "hf_home"),
+        "HF_HUB_DISABLE_XET": "1",
+        "TMPDIR": str(tmp_path / "tmp"),
+        "PYTHONUNBUFFERED": "1",
+    }
     return recipe, env
 
 
 def _stop_when_stuck(hub, args: list[str], env: dict, cwd: Path, sig: int) -> tuple[subprocess.CompletedProcess, float]:
     """Start `mergehub ARGS`, wait until the server holds one of its reads, send `sig`; the result and seconds to
     exit."""
-    proc = subprocess.Popen([sys.executable, "-m", "mergehub", *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergehub", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while hub.held == 0:
@@ -65,7 +86,9 @@ def test_one_signal_stops_a_merge_stuck_on_the_network_within_a_second_and_leave
 
 def test_sigterm_during_a_push_deletes_the_repo_it_created_and_its_temporary_directory(hub, stuck, tmp_path):
     recipe, env = stuck
-    run, seconds = _stop_when_stuck(hub, ["merge", str(recipe), "--push", "fresh-merge", "--no-progress"], env, tmp_path, signal.SIGTERM)
+    run, seconds = _stop_when_stuck(
+        hub, ["merge", str(recipe), "--push", "fresh-merge", "--no-progress"], env, tmp_path, signal.SIGTERM
+    )
     assert run.returncode == 143, run.stderr
     assert seconds < 2.0, f"took {seconds:.1f} s to stop"
     assert not HfApi(endpoint=hub.endpoint, token="tok-alice").repo_exists("alice/fresh-merge")
@@ -103,8 +126,12 @@ def test_the_action_stops_on_sigterm_with_an_annotation_and_code_143(tmp_path, m
         raise AssertionError("SIGTERM did not stop the run")
 
     monkeypatch.setattr(action._Runner, "merge", merge)
-    env = {"GITHUB_WORKSPACE": str(tmp_path), "GITHUB_EVENT_NAME": "workflow_dispatch", "GITHUB_EVENT_PATH": str(tmp_path / "event.json"),
-           "INPUT_NAMESPACE": "team"}
+    env = {
+        "GITHUB_WORKSPACE": str(tmp_path),
+        "GITHUB_EVENT_NAME": "workflow_dispatch",
+        "GITHUB_EVENT_PATH": str(tmp_path / "event.json"),
+        "INPUT_NAMESPACE": "team",
+    }
     assert action.main(env) == 143
     assert "::error::The run was stopped (SIGTERM) during recipes/a.yml" in capsys.readouterr().out
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

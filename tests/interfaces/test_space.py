@@ -543,7 +543,12 @@ def test_warnings_show_next_to_the_plan_and_strict_refuses_them(seeded):
     assert plan.index("Warning: int8_mask (line ") < plan.index("Tensors:") and "1 warning(s)" in plan
     assert "Plan failed" in space.dry_run(text, False, strict=True)
     status, log, _ = list(space.merge(text, "strict", False, Session(), ALICE, strict=True))[-1]
-    assert status.startswith("❌") and "strict" in status and "int8_mask" in status and not HfApi().repo_exists("alice/strict")
+    assert (
+        status.startswith("❌")
+        and "strict" in status
+        and "int8_mask" in status
+        and not HfApi().repo_exists("alice/strict")
+    )
 
 
 def test_lineage_of_a_pushed_merge(seeded):
@@ -631,4 +636,6 @@ def test_a_failed_plan_says_where_in_the_recipe_from_the_error_fields(seeded):
     text = "merge_method: linear\nmodels:\n  - model: org/base\n    parameters: {weight: heavy}\n  - model: org/ft1\n"
     shown = space.dry_run(text, False)
     assert "models[0].parameters.weight: 'heavy' is not a float." in shown
-    assert "At line 4 (models[0].parameters.weight) of the recipe." in shown and "Hint: Write `weight` as a float" in shown
+    assert (
+        "At line 4 (models[0].parameters.weight) of the recipe." in shown and "Hint: Write `weight` as a float" in shown
+    )

@@ -44,10 +44,25 @@ model-index:
 
 
 def _plan() -> Plan:
-    models = (ModelEntry("org/base@main", SHA_BASE, 1), ModelEntry("org/b", SHA_B, 1),
-              ModelEntry("/data/local-model", None, 1))
-    return Plan("slerp", models, jobs=(), shards=(), config={}, config_model="org/base@main", base_model="org/base@main",
-                input_dtype=None, num_layers=None, peak_memory_bytes=0, recipe_text=RECIPE, seed=3)
+    models = (
+        ModelEntry("org/base@main", SHA_BASE, 1),
+        ModelEntry("org/b", SHA_B, 1),
+        ModelEntry("/data/local-model", None, 1),
+    )
+    return Plan(
+        "slerp",
+        models,
+        jobs=(),
+        shards=(),
+        config={},
+        config_model="org/base@main",
+        base_model="org/base@main",
+        input_dtype=None,
+        num_layers=None,
+        peak_memory_bytes=0,
+        recipe_text=RECIPE,
+        seed=3,
+    )
 
 
 def _parents() -> list[ParentCard]:
@@ -60,9 +75,12 @@ def _parents() -> list[ParentCard]:
 
 def _card(parents=None, **changes) -> MergeCard:
     card = merge_card(
-        "alice/merged", _plan(), [],
+        "alice/merged",
+        _plan(),
+        [],
         command="mergehub merge mergekit_config.yml ./out --seed 3",
-        parents=_parents() if parents is None else parents, lineage_mermaid="graph TD\n  n0 --> n1",
+        parents=_parents() if parents is None else parents,
+        lineage_mermaid="graph TD\n  n0 --> n1",
     )
     return MergeCard(**{**card.__dict__, **changes}) if changes else card
 
@@ -77,8 +95,16 @@ def test_parent_card_reads_license_scores_and_pin():
 
 @pytest.mark.parametrize(
     "readme",
-    [None, b"", b"# no front matter", b"---\nlicense: [unclosed\n---\n", b"---\n- a list\n---\n", b"---\n1: x\n---\n",
-     b"---\nlicense: [mit, gpl]\nmodel-index: nonsense\nbase_model: 3\n---\n", b"\xff\xfe---\nlicense: mit\n"],
+    [
+        None,
+        b"",
+        b"# no front matter",
+        b"---\nlicense: [unclosed\n---\n",
+        b"---\n- a list\n---\n",
+        b"---\n1: x\n---\n",
+        b"---\nlicense: [mit, gpl]\nmodel-index: nonsense\nbase_model: 3\n---\n",
+        b"\xff\xfe---\nlicense: mit\n",
+    ],
 )
 def test_malformed_parent_card_gives_no_license_and_no_scores(readme):
     parent = parent_card("org/m", SHA_B, readme)
@@ -160,12 +186,29 @@ def test_body_shows_parents_recipe_reproducibility_lineage_and_usage():
 
 
 def test_eval_results_become_a_model_index():
-    scores = (EvalScore("text-generation", "ARC Challenge", "allenai/ai2_arc", "acc_norm", 0.55, "ARC-Challenge",
-                        "test", 25, "lm-eval", "https://github.com/EleutherAI/lm-evaluation-harness"),)
+    scores = (
+        EvalScore(
+            "text-generation",
+            "ARC Challenge",
+            "allenai/ai2_arc",
+            "acc_norm",
+            0.55,
+            "ARC-Challenge",
+            "test",
+            25,
+            "lm-eval",
+            "https://github.com/EleutherAI/lm-evaluation-harness",
+        ),
+    )
     data = ModelCard(str(render_card(_card(eval_results=scores)))).data
     [result] = data.eval_results
     assert (result.task_type, result.dataset_name, result.dataset_type, result.metric_type, result.metric_value) == (
-        "text-generation", "ARC Challenge", "allenai/ai2_arc", "acc_norm", 0.55)
+        "text-generation",
+        "ARC Challenge",
+        "allenai/ai2_arc",
+        "acc_norm",
+        0.55,
+    )
     assert (result.dataset_config, result.dataset_split) == ("ARC-Challenge", "test")
     assert result.dataset_args == {"num_few_shot": 25}
     assert data.model_name == "merged" and result.source_name == "lm-eval"
@@ -187,8 +230,11 @@ def test_card_passes_the_hub_yaml_validation(hub):
 
 
 def test_card_of_a_real_merge(family, write_recipe, tmp_path):
-    recipe = {"merge_method": "linear", "base_model": str(family[0]),
-              "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in reversed(family)]}
+    recipe = {
+        "merge_method": "linear",
+        "base_model": str(family[0]),
+        "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in reversed(family)],
+    }
     result = run_merge(write_recipe(recipe), tmp_path / "out")
     text = (result.out_dir / "mergekit_config.yml").read_text()
     parents = {parent_card(m.ref, m.revision, None) for m in result.plan.models}
@@ -205,19 +251,31 @@ def test_provenance_block_records_recipe_hash_and_pinned_parents(family, write_r
     from mergehub import run_merge
     from mergehub.recipe import recipe_sha256
 
-    recipe = write_recipe({"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family[:2]]})
+    recipe = write_recipe(
+        {"merge_method": "linear", "models": [{"model": str(m), "parameters": {"weight": 1}} for m in family[:2]]}
+    )
     run_merge(recipe, tmp_path / "out", seed=3)
     data = ModelCard((tmp_path / "out" / "README.md").read_text()).data.to_dict()["mergehub"]
     assert data["recipe_sha256"] == recipe_sha256(recipe.read_text())
-    assert data["parents"] == {str(family[0]): None, str(family[1]): None} and data["seed"] == 3 and data["method"] == "linear"
+    assert (
+        data["parents"] == {str(family[0]): None, str(family[1]): None}
+        and data["seed"] == 3
+        and data["method"] == "linear"
+    )
 
 
 def test_the_card_lists_what_the_merge_ignored(family, write_recipe, tmp_path):
     from huggingface_hub import ModelCard
 
     models = [{"model": str(m), "parameters": {"weight": 1}} for m in family[:2]]
-    run_merge(write_recipe({"merge_method": "linear", "models": models, "parameters": {"int8_mask": True}}), tmp_path / "out")
+    run_merge(
+        write_recipe({"merge_method": "linear", "models": models, "parameters": {"int8_mask": True}}), tmp_path / "out"
+    )
     text = (tmp_path / "out" / "README.md").read_text()
     (ignored,) = ModelCard(text).data.to_dict()["mergehub"]["ignored"]
-    assert ignored["location"] == "parameters.int8_mask" and ignored["line"] > 0 and "not a linear parameter" in ignored["message"]
+    assert (
+        ignored["location"] == "parameters.int8_mask"
+        and ignored["line"] > 0
+        and "not a linear parameter" in ignored["message"]
+    )
     assert "Ignored by the merge, as mergekit ignores them:" in text and "- `parameters.int8_mask` (line " in text

@@ -25,8 +25,13 @@ def family(hub):
     """A, B → P (slerp, its card lists its bases); A → C (finetune); P, C → X (ties, from its recipe)."""
     sha_a = hub.add_repo("org/A", {"README.md": _readme("mit")})
     hub.add_repo("org/B", {"README.md": _readme("apache-2.0")})
-    hub.add_repo("org/P", {"README.md": _readme("mit", ["org/A", "org/B"], "merge"),
-                           "mergekit_config.yml": _recipe("slerp", f"org/A@{sha_a}", f"org/A@{sha_a}", "org/B")})
+    hub.add_repo(
+        "org/P",
+        {
+            "README.md": _readme("mit", ["org/A", "org/B"], "merge"),
+            "mergekit_config.yml": _recipe("slerp", f"org/A@{sha_a}", f"org/A@{sha_a}", "org/B"),
+        },
+    )
     hub.add_repo("org/C", {"README.md": _readme("mit", "org/A", "finetune")})
     x_recipe = _recipe("ties", "org/P", "org/P", "org/C@main")
     hub.add_repo("org/X", {"README.md": _readme("apache-2.0"), "mergekit_config.yml": x_recipe})
@@ -52,24 +57,31 @@ def test_three_generations_form_a_dag_with_shared_ancestors_once(family):
         "└── org/C (mit, finetune)\n"
         "    └── org/A (see above)"
     )
-    assert graph.to_mermaid() == "\n".join([
-        "graph TD",
-        '  n0["org/X<br/>apache-2.0"]',
-        '  n1["org/P<br/>mit"]',
-        '  n2["org/C<br/>mit"]',
-        '  n3["org/A<br/>mit"]',
-        '  n4["org/B<br/>apache-2.0"]',
-        "  n1 -->|ties| n0",
-        "  n2 -->|ties| n0",
-        "  n3 -->|slerp| n1",
-        "  n4 -->|slerp| n1",
-        "  n3 -->|finetune| n2",
-    ])
+    assert graph.to_mermaid() == "\n".join(
+        [
+            "graph TD",
+            '  n0["org/X<br/>apache-2.0"]',
+            '  n1["org/P<br/>mit"]',
+            '  n2["org/C<br/>mit"]',
+            '  n3["org/A<br/>mit"]',
+            '  n4["org/B<br/>apache-2.0"]',
+            "  n1 -->|ties| n0",
+            "  n2 -->|ties| n0",
+            "  n3 -->|slerp| n1",
+            "  n4 -->|slerp| n1",
+            "  n3 -->|finetune| n2",
+        ]
+    )
     data = json.loads(graph.to_json())
     assert data["root"] == "org/X"
     assert [n["id"] for n in data["nodes"]] == ["org/A", "org/B", "org/C", "org/P", "org/X"]
     assert [(e["child"], e["parent"]) for e in data["edges"]] == [
-        ("org/C", "org/A"), ("org/P", "org/A"), ("org/P", "org/B"), ("org/X", "org/C"), ("org/X", "org/P")]
+        ("org/C", "org/A"),
+        ("org/P", "org/A"),
+        ("org/P", "org/B"),
+        ("org/X", "org/C"),
+        ("org/X", "org/P"),
+    ]
     assert data["nodes"][0] == {"id": "org/A", "depth": 2, "license": "mit", "unavailable": None, "truncated": False}
 
 
@@ -102,9 +114,7 @@ def test_missing_or_malformed_cards_do_not_break_the_walk(hub):
     hub.add_repo("org/X", {"README.md": b"---\n- a list\n---\n", "mergekit_config.yml": recipe})
     graph = walk_lineage("org/X")
     assert graph.to_tree() == (
-        "org/X (license unknown, merge (weird))\n"
-        "├── org/nocard (license unknown)\n"
-        "└── org/badcard (license unknown)"
+        "org/X (license unknown, merge (weird))\n├── org/nocard (license unknown)\n└── org/badcard (license unknown)"
     )
 
 

@@ -18,7 +18,9 @@ def _recipe(family) -> dict:
 def test_push_uploads_during_merge_and_commits_once(hub, family, write_recipe, tmp_path):
     received_at_progress = []
     result, pushed = push_merge(
-        write_recipe(_recipe(family)), "merged", out_shard_bytes=150_000,
+        write_recipe(_recipe(family)),
+        "merged",
+        out_shard_bytes=150_000,
         on_progress=lambda p: received_at_progress.append(hub.bytes_received),
     )
     assert pushed.repo_id == "alice/merged" and pushed.created
@@ -37,7 +39,9 @@ def test_push_uploads_during_merge_and_commits_once(hub, family, write_recipe, t
 
 
 def test_push_keeps_a_local_copy_when_asked(hub, family, write_recipe, tmp_path):
-    result, _ = push_merge(write_recipe(_recipe(family[:2])), "alice/kept", out_dir=tmp_path / "out", out_shard_bytes=150_000)
+    result, _ = push_merge(
+        write_recipe(_recipe(family[:2])), "alice/kept", out_dir=tmp_path / "out", out_shard_bytes=150_000
+    )
     assert all((tmp_path / "out" / s.filename).exists() for s in result.shards)
 
 
@@ -65,7 +69,9 @@ def test_failure_in_an_existing_repo_leaves_it_untouched(hub, family, write_reci
 
 
 @pytest.mark.parametrize("failure", [OSError("connection reset by peer"), "network"])
-def test_an_upload_failing_outside_http_is_a_publish_error_and_leaves_nothing(hub, family, write_recipe, monkeypatch, failure):
+def test_an_upload_failing_outside_http_is_a_publish_error_and_leaves_nothing(
+    hub, family, write_recipe, monkeypatch, failure
+):
     from mergehub.sources.hub import HTTPError
 
     error = HTTPError("connection refused") if failure == "network" else failure
@@ -103,9 +109,20 @@ def test_no_token_is_a_clear_error(hub, family, write_recipe, monkeypatch, tmp_p
 def test_card_is_pushed_with_lineage_and_checksums(hub, family, write_recipe):
     from huggingface_hub import ModelCard
 
-    hub.add_repo("org/base", {p.name: p for p in family[0].iterdir()} | {"README.md": b"---\nlicense: apache-2.0\n---\n"})
-    hub.add_repo("org/ft", {p.name: p for p in family[1].iterdir()} | {"README.md": b"---\nlicense: apache-2.0\nbase_model: org/base\n---\n"})
-    recipe = {"merge_method": "slerp", "base_model": "org/base", "models": [{"model": "org/base"}, {"model": "org/ft"}], "parameters": {"t": 0.5}}
+    hub.add_repo(
+        "org/base", {p.name: p for p in family[0].iterdir()} | {"README.md": b"---\nlicense: apache-2.0\n---\n"}
+    )
+    hub.add_repo(
+        "org/ft",
+        {p.name: p for p in family[1].iterdir()}
+        | {"README.md": b"---\nlicense: apache-2.0\nbase_model: org/base\n---\n"},
+    )
+    recipe = {
+        "merge_method": "slerp",
+        "base_model": "org/base",
+        "models": [{"model": "org/base"}, {"model": "org/ft"}],
+        "parameters": {"t": 0.5},
+    }
     result, pushed = push_merge(write_recipe(recipe), "alice/slerped")
     card = ModelCard.load("alice/slerped")
     assert card.data.base_model == ["org/base", "org/ft"] and card.data.base_model_relation == "merge"
@@ -131,7 +148,10 @@ def test_card_push_opens_a_pr_on_someone_elses_repo(hub, family, write_recipe, t
 
     hub.add_repo("org/base", {p.name: p for p in family[0].iterdir()})
     hub.add_repo("org/ft", {p.name: p for p in family[1].iterdir()})
-    recipe = {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1}} for m in ("org/base", "org/ft")]}
+    recipe = {
+        "merge_method": "linear",
+        "models": [{"model": m, "parameters": {"weight": 1}} for m in ("org/base", "org/ft")],
+    }
     merged = run_merge(write_recipe(recipe), tmp_path / "out")
     files = {p.name: p for p in merged.out_dir.iterdir() if p.name != "README.md"}
     hub.add_repo("bob/mergekit-made", files)
@@ -163,7 +183,10 @@ def test_a_repush_with_fewer_shards_deletes_the_old_ones_in_the_same_commit(hub,
 
 
 def test_a_forced_push_into_a_foreign_repo_keeps_its_weights_and_says_so(hub, family, write_recipe, caplog):
-    hub.add_repo("alice/theirs", {"README.md": b"# not a merge\n", "model.safetensors": (family[0] / "model.safetensors").read_bytes()})
+    hub.add_repo(
+        "alice/theirs",
+        {"README.md": b"# not a merge\n", "model.safetensors": (family[0] / "model.safetensors").read_bytes()},
+    )
     push_merge(write_recipe(_recipe(family[:2])), "alice/theirs", force=True, out_shard_bytes=100_000)
     assert "model.safetensors" in HfApi().list_repo_files("alice/theirs")
     assert "keeps weight files this merge does not have" in caplog.text and "model.safetensors" in caplog.text

@@ -31,8 +31,16 @@ def _entry(dtype: str, shape: list[int], begin: int, end: int) -> dict:
 
 
 CRAFTED = {
-    "overlapping tensors": ({"a": _entry("F32", [4], 0, 16), "b": _entry("F32", [4], 0, 16)}, 16, "overlaps the tensor before it"),
-    "size differs from shape": ({"a": _entry("F32", [4], 0, 8)}, 8, r"F32\[4\] \(16 bytes\), but its data_offsets span 8"),
+    "overlapping tensors": (
+        {"a": _entry("F32", [4], 0, 16), "b": _entry("F32", [4], 0, 16)},
+        16,
+        "overlaps the tensor before it",
+    ),
+    "size differs from shape": (
+        {"a": _entry("F32", [4], 0, 8)},
+        8,
+        r"F32\[4\] \(16 bytes\), but its data_offsets span 8",
+    ),
     "offsets past the end": ({"a": _entry("F32", [4], 0, 16)}, 8, r"the file has \d+: it is truncated"),
     "a gap between tensors": ({"a": _entry("F32", [1], 0, 4), "b": _entry("F32", [1], 8, 12)}, 12, "leaves a gap"),
     "bytes after the data": ({"a": _entry("F32", [1], 0, 4)}, 12, "the rest is not described"),
@@ -73,7 +81,10 @@ def _header_and_size(path: Path) -> tuple[bytes, str, int]:
 
 @pytest.mark.parametrize(
     ("header", "length", "pattern"),
-    [(b"{not json", None, r"corrupt safetensors header: Expecting property name"), (b"{}", 10**6, "declares a 1000000-byte header, but the file has")],
+    [
+        (b"{not json", None, r"corrupt safetensors header: Expecting property name"),
+        (b"{}", 10**6, "declares a 1000000-byte header, but the file has"),
+    ],
 )
 def test_header_errors_keep_their_cause_and_message(tmp_path, header, length, pattern):
     write_raw(tmp_path / "model.safetensors", header, b"", length=length)
@@ -91,21 +102,37 @@ def test_dry_run_refuses_an_overlapping_file_with_a_message_not_a_traceback(tmp_
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + length])
     names = sorted(n for n in header if n != "__metadata__")
-    header[names[1]]["data_offsets"] = header[names[0]]["data_offsets"]  # same shape: the second tensor aliases the first
+    header[names[1]]["data_offsets"] = header[names[0]][
+        "data_offsets"
+    ]  # same shape: the second tensor aliases the first
     header[names[1]]["shape"], header[names[1]]["dtype"] = header[names[0]]["shape"], header[names[0]]["dtype"]
     text = json.dumps(header).encode()
     target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"merge_method: linear\nmodels:\n  - model: {family[0]}\n    parameters: {{weight: 1}}\n  - model: " f"{broken}\n    parameters: {{weight: 1}}\n")
-    run = subprocess.run([sys.executable, "-m", "mergehub", "merge", "--dry-run", str(recipe)], capture_output=True, text=True)
+    recipe.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {family[0]}\n    parameters: {{weight: 1}}\n  - model: "
+        f"{broken}\n    parameters: {{weight: 1}}\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "mergehub", "merge", "--dry-run", str(recipe)], capture_output=True, text=True
+    )
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert "error:" in run.stderr and "model.safetensors: tensor" in run.stderr
 
 
 @pytest.mark.parametrize(
     "name",
-    ["../../../../../evil/model/resolve/main/model.safetensors", "/etc/passwd", "a\\b.safetensors", "a//b.safetensors",
-     "./model.safetensors", "model.safetensors/..", "", "x\n.safetensors", 7],
+    [
+        "../../../../../evil/model/resolve/main/model.safetensors",
+        "/etc/passwd",
+        "a\\b.safetensors",
+        "a//b.safetensors",
+        "./model.safetensors",
+        "model.safetensors/..",
+        "",
+        "x\n.safetensors",
+        7,
+    ],
 )
 def test_names_from_a_server_must_be_plain_paths_inside_the_repo(name):
     from mergehub.sources.base import check_repo_file
@@ -120,14 +147,18 @@ def test_names_from_a_server_must_be_plain_paths_inside_the_repo(name):
 def test_plain_names_pass():
     from mergehub.sources.base import check_repo_file
 
-    assert check_repo_file("sub/dir/model-00001-of-00002.safetensors", "x") == "sub/dir/model-00001-of-00002.safetensors"
+    assert (
+        check_repo_file("sub/dir/model-00001-of-00002.safetensors", "x") == "sub/dir/model-00001-of-00002.safetensors"
+    )
     assert weight_files([], {"weight_map": {"a": "b.safetensors", "c": "b.safetensors"}}, "x") == ["b.safetensors"]
 
 
 def test_a_local_index_cannot_point_outside_the_model(tmp_path, family):
     model = tmp_path / "m"
     shutil.copytree(family[0], model)
-    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": f"../{family[1].name}/model.safetensors"}}))
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": f"../{family[1].name}/model.safetensors"}})
+    )
     with pytest.raises(SourceError, match="not a plain path"):
         LocalSource(model).tensors()
 

@@ -38,10 +38,14 @@ def _ta(models: list[str], base: str) -> dict:
 
 
 def test_hub_merge_equals_local_merge_bit_for_bit(hub_family, family, sharded_bf16, write_recipe, tmp_path):
-    local = run_merge(write_recipe(_ta([str(family[1]), str(sharded_bf16)], str(family[0])), "local.yml"), tmp_path / "local")
+    local = run_merge(
+        write_recipe(_ta([str(family[1]), str(sharded_bf16)], str(family[0])), "local.yml"), tmp_path / "local"
+    )
     remote = run_merge(write_recipe(_ta(["org/ft-1", "org/ft-2"], "org/base"), "hub.yml"), tmp_path / "hub")
     assert [s.sha256 for s in remote.shards] == [s.sha256 for s in local.shards]
-    assert [m.revision for m in remote.plan.models] == [hub_family.revision_sha(r) for r in ("org/base", "org/ft-1", "org/ft-2")]
+    assert [m.revision for m in remote.plan.models] == [
+        hub_family.revision_sha(r) for r in ("org/base", "org/ft-1", "org/ft-2")
+    ]
 
 
 def test_dry_run_reads_only_headers_and_configs(hub_family, write_recipe, monkeypatch):
@@ -80,7 +84,9 @@ def test_pinned_revision_is_used_for_every_read(hub_family, family, write_recipe
     hub_family.commit_files("org/ft-1", {"config.json": b"{}"}, message="break config")
     assert source.revision == first and source.config()["num_hidden_layers"] == 4
     pinned = HubSource(ModelRef("org/ft-1", first))
-    assert pinned.revision == first and torch.equal(pinned.read("model.norm.weight"), load_tensors(family[1])["model.norm.weight"])
+    assert pinned.revision == first and torch.equal(
+        pinned.read("model.norm.weight"), load_tensors(family[1])["model.norm.weight"]
+    )
 
 
 @pytest.mark.parametrize("kind", ["500", "drop", "429"])
@@ -167,7 +173,9 @@ def test_a_shard_smaller_than_the_header_probe_on_a_server_that_gives_no_sizes(h
     source = HubSource(ModelRef("org/small"))
     assert all(size is None for size in source.file_sizes.values())
     assert set(source.tensors()) == set(load_tensors(small))
-    probes = [r for r in hub.requests if r.path.endswith(".safetensors") and r.range == f"bytes=0-{HEADER_PROBE_BYTES - 1}"]
+    probes = [
+        r for r in hub.requests if r.path.endswith(".safetensors") and r.range == f"bytes=0-{HEADER_PROBE_BYTES - 1}"
+    ]
     assert len(probes) == len(shards) and {r.status for r in probes} == {206}
     recipe = {"merge_method": "passthrough", "slices": [{"sources": [{"model": "org/small", "layer_range": [0, 4]}]}]}
     result = run_merge(write_recipe(recipe), tmp_path / "out")

@@ -22,7 +22,11 @@ def _upload(hub, repo_id: str, directory: Path) -> str:
 
 
 def _linear(models: list[str]) -> dict:
-    return {"merge_method": "linear", "models": [{"model": m, "parameters": {"weight": 1}} for m in models], "dtype": "float32"}
+    return {
+        "merge_method": "linear",
+        "models": [{"model": m, "parameters": {"weight": 1}} for m in models],
+        "dtype": "float32",
+    }
 
 
 @pytest.fixture
@@ -59,16 +63,22 @@ def within(seconds: float, fn):
 # -- names from the server ------------------------------------------------------------------------------
 
 
-def test_index_names_outside_the_repo_are_refused_and_nothing_is_written_outside_the_cache(hub, family, write_recipe, tmp_path):
+def test_index_names_outside_the_repo_are_refused_and_nothing_is_written_outside_the_cache(
+    hub, family, write_recipe, tmp_path
+):
     _upload(hub, "evil/model", family[1])
     files = {p.name: p for p in family[0].iterdir() if p.is_file()}
-    weights = json.dumps({"weight_map": {"model.norm.weight": "../../../../../evil/model/resolve/main/model.safetensors"}})
+    weights = json.dumps(
+        {"weight_map": {"model.norm.weight": "../../../../../evil/model/resolve/main/model.safetensors"}}
+    )
     hub.add_repo("victim/model", {**files, "model.safetensors.index.json": weights.encode()})
     hub.reset_stats()
     cache = tmp_path / "work" / "cache"
     recipe = write_recipe({"merge_method": "passthrough", "models": [{"model": "victim/model"}]})
     before = set(tmp_path.rglob("*"))
-    with pytest.raises(SourceError, match=r"victim/model lists the file '\.\./\.\./.*', which is not a plain path inside the repo") as info:
+    with pytest.raises(
+        SourceError, match=r"victim/model lists the file '\.\./\.\./.*', which is not a plain path inside the repo"
+    ) as info:
         run_merge(recipe, tmp_path / "work" / "out", cache_dir=cache)
     assert "hostile" in info.value.hint
     assert not any("evil" in r.path for r in hub.requests)
@@ -77,7 +87,13 @@ def test_index_names_outside_the_repo_are_refused_and_nothing_is_written_outside
 
 
 def test_a_backslash_name_in_the_listing_and_a_commit_that_is_not_a_sha_are_refused(hub, family, monkeypatch):
-    hub.add_repo("odd/model", {"config.json": (family[0] / "config.json").read_bytes(), "..\\model.safetensors": (family[0] / "model.safetensors").read_bytes()})
+    hub.add_repo(
+        "odd/model",
+        {
+            "config.json": (family[0] / "config.json").read_bytes(),
+            "..\\model.safetensors": (family[0] / "model.safetensors").read_bytes(),
+        },
+    )
     with pytest.raises(SourceError, match="backslash"):
         HubSource(ModelRef("odd/model")).tensors()
     from huggingface_hub import HfApi
@@ -135,7 +151,9 @@ def test_a_long_retry_after_is_an_error_at_once_not_a_day_of_sleep(on_hub):
     source = HubSource(ModelRef("org/ft"))
     source.tensors()
     on_hub.fail_next("org/ft/resolve", "429", retry_after=86400)
-    with pytest.raises(SourceError, match=r"answered 429 and asks to wait 86400 s \(Retry-After\), more than mergehub waits \(300 s\)") as info:
+    with pytest.raises(
+        SourceError, match=r"answered 429 and asks to wait 86400 s \(Retry-After\), more than mergehub waits \(300 s\)"
+    ) as info:
         _, seconds = within(20, lambda: source.read("model.norm.weight"))
     assert "MERGEHUB_MAX_RETRY_AFTER" in info.value.hint
 
@@ -159,7 +177,11 @@ def test_flipped_bytes_in_a_shard_read_whole_stop_the_merge_before_any_output(on
     plan = plan_merge(write_recipe(_linear(["org/base", "org/ft"])))
     assert [(f.file, f.verified) for f in plan.input_files] == [("model.safetensors", True)] * 2
     on_hub.fail_next(f"org/ft/resolve/{on_hub.revision_sha('org/ft')}/model.safetensors", "flip", times=10)
-    with pytest.raises(SourceError, match=r"org/ft: model\.safetensors was changed in transit: its bytes hash to [0-9a-f]{64}, but the " r"repo lists sha256"):
+    with pytest.raises(
+        SourceError,
+        match=r"org/ft: model\.safetensors was changed in transit: its bytes hash to [0-9a-f]{64}, but the "
+        r"repo lists sha256",
+    ):
         run_merge(write_recipe(_linear(["org/base", "org/ft"])), tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
 
@@ -168,23 +190,33 @@ def test_a_clean_stream_is_verified_and_the_card_says_so(on_hub, write_recipe, t
     result = run_merge(write_recipe(_linear(["org/base", "org/ft"])), tmp_path / "out")
     card = (tmp_path / "out" / "README.md").read_text()
     assert "Hub weight files verified against their sha256 as they streamed: 2 of 2." in card
-    assert "verified_inputs:\n  - org/base/model.safetensors\n  - org/ft/model.safetensors\n  unverified_inputs: {}" in card
+    assert (
+        "verified_inputs:\n  - org/base/model.safetensors\n  - org/ft/model.safetensors\n  unverified_inputs: {}"
+        in card
+    )
     assert all(f.verified for f in result.plan.input_files)
 
 
 def test_a_partly_read_shard_is_reported_as_not_verified(on_hub, write_recipe, tmp_path):
     recipe = {"merge_method": "passthrough", "slices": [{"sources": [{"model": "org/ft", "layer_range": [0, 2]}]}]}
     result = run_merge(write_recipe(recipe), tmp_path / "out")
-    assert [(f.file, f.verified, f.reason) for f in result.plan.input_files] == [("model.safetensors", False, "read in part")]
+    assert [(f.file, f.verified, f.reason) for f in result.plan.input_files] == [
+        ("model.safetensors", False, "read in part")
+    ]
     assert "not checked: [0] model.safetensors (read in part)" in result.plan.describe()
     assert Plan.from_json(result.plan.to_json()) == result.plan
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "verified against their sha256 as they streamed: 0 of 1." in card and "- not verified: `org/ft/model.safetensors` (read in part)" in card
+    assert (
+        "verified against their sha256 as they streamed: 0 of 1." in card
+        and "- not verified: `org/ft/model.safetensors` (read in part)" in card
+    )
 
 
 def test_flipped_bytes_in_a_small_file_are_caught(on_hub):
     on_hub.fail_next("org/ft/resolve", "flip")
-    with pytest.raises(SourceError, match="config.json arrived with content .*, but the repo lists .*: it was changed in transit"):
+    with pytest.raises(
+        SourceError, match="config.json arrived with content .*, but the repo lists .*: it was changed in transit"
+    ):
         HubSource(ModelRef("org/ft")).config()
 
 

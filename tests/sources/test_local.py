@@ -15,7 +15,9 @@ from mergehub.sources.local import LocalSource
 
 
 def test_header_parser_gives_absolute_offsets():
-    header = json.dumps({"__metadata__": {"format": "pt"}, "w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}}).encode()
+    header = json.dumps(
+        {"__metadata__": {"format": "pt"}, "w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}}
+    ).encode()
     infos = parse_safetensors_header(header, "f.safetensors")
     assert infos["w"].start == 8 + len(header) and infos["w"].nbytes == 12 and infos["w"].torch_dtype == torch.bfloat16
 

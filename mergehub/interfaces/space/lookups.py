@@ -27,7 +27,9 @@ def dry_run(recipe_text: str, token: str | bool, max_lines: int = 120, *, strict
     lines = plan.describe().splitlines()
     if len(lines) > max_lines:
         lines = lines[:max_lines] + [f"... {len(lines) - max_lines} more lines"]
-    ignored = f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it" if plan.warnings else ""
+    ignored = (
+        f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it" if plan.warnings else ""
+    )
     return scrub("\n".join(lines + [f"Plan OK: no problems found{ignored}."]), [token])
 
 

@@ -81,7 +81,9 @@ def build_app() -> Any:
                 repo_box = gr.Textbox(label="Output repo: a name (created in your account) or namespace/name", scale=3)
                 private_box = gr.Checkbox(label="Private", value=False, scale=1)
                 strict_box = gr.Checkbox(
-                    label="Strict", value=False, scale=1,
+                    label="Strict",
+                    value=False,
+                    scale=1,
                     info="Refuse a recipe with warnings (keys or parameters mergekit would ignore).",
                 )
             gr.CheckboxGroup(
@@ -208,7 +210,16 @@ def build_app() -> Any:
             oauth_token: gr.OAuthToken | None,
             progress=gr.Progress(),  # noqa: B008 - gradio's way to ask for a progress tracker
         ):
-            yield from merge(recipe_text, repo_name, private, session_value, oauth_token, progress, runner=runner, strict=bool(strict))
+            yield from merge(
+                recipe_text,
+                repo_name,
+                private,
+                session_value,
+                oauth_token,
+                progress,
+                runner=runner,
+                strict=bool(strict),
+            )
 
         def on_cancel(session_value: Session) -> str:
             running = session_value.cancel()

@@ -171,7 +171,11 @@ def user_message(error: BaseException, secrets: Sequence[str | bool | None] = ()
     else leaks."""
     if isinstance(error, MergehubError):
         where = error.where()
-        text = error.message + (f"\nAt {where} of the recipe." if where else "") + (f"\nHint: {error.hint}" if error.hint else "")
+        text = (
+            error.message
+            + (f"\nAt {where} of the recipe." if where else "")
+            + (f"\nHint: {error.hint}" if error.hint else "")
+        )
     else:
         text = f"The server failed unexpectedly ({type(error).__name__}). Try again; if it keeps failing, report it."
     return scrub(text, secrets)
