@@ -8,84 +8,42 @@ anonymous (`token=False`), so the Space never lends its own credentials to a vis
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from mergehub.errors import MergehubError, ModelReferenceError, PublishError, RecipeError
+from mergehub.errors import MergehubError, PublishError
 from mergehub.interfaces.secrets import scrub_tokens
-from mergehub.recipe import Recipe, is_hub_id, parse_recipe
+from mergehub.interfaces.untrusted import Limits, check_hub_reference, check_untrusted_recipe
+from mergehub.interfaces.untrusted import refuse_local_shadows as refuse_folder_shadows
+from mergehub.recipe import Recipe, is_hub_id
 
-MAX_RECIPE_BYTES = 20_000
+__all__ = [
+    "SPACE_LIMITS",
+    "MAX_RECIPE_BYTES",
+    "MAX_MODELS",
+    "MAX_SLICES",
+    "MAX_MERGE_BYTES",
+    "check_hub_reference",
+    "check_recipe_text",
+    "refuse_local_shadows",
+    "check_repo_name",
+    "read_token",
+    "scrub",
+    "user_message",
+]
+
+SPACE_LIMITS = Limits("on this Space")
+"""The caps on a visitor's recipe (the same numbers as the Action's pull-request checks)."""
+MAX_RECIPE_BYTES = SPACE_LIMITS.max_recipe_bytes
 """The largest recipe the Space accepts, in UTF-8 bytes."""
-MAX_MODELS = 8
+MAX_MODELS = SPACE_LIMITS.max_models
 """The most distinct models one recipe may reference."""
-MAX_SLICES = 64
+MAX_SLICES = SPACE_LIMITS.max_slices
 """The most `slices:` entries one recipe may have."""
 MAX_MERGE_BYTES = 400 * 10**9
 """The most bytes one merge may read and write together (eight 20B models in bfloat16 and their merge fit)."""
 
-# -- references and recipes -----------------------------------------------------------------------
-
-_REVISION = re.compile(r"^[\w.\-/]{1,128}$", re.ASCII)
-
-
-def check_hub_reference(text: str) -> str:
-    """Return `text` stripped if it is a Hub model reference, `org/name` or `org/name@revision`.
-
-    Pure: no file system, no network. Local paths, `..`, absolute paths, `~`, URLs and `file:`
-    references are refused, so a recipe can only ever read public Hub repos (or those the
-    visitor's own token can read).
-
-    Raises:
-        ModelReferenceError: anything else.
-    """
-    value = text.strip() if isinstance(text, str) else ""
-    hint = "Use a Hub model ID like `org/name`, or `org/name@revision` for a branch, tag or commit."
-    if not value:
-        raise ModelReferenceError("A model reference is empty.", hint=hint)
-    shown = value if len(value) <= 80 else value[:77] + "..."
-    reasons = []
-    if value.startswith(("/", "~", ".", "\\")):
-        reasons.append("it looks like a path on the server")
-    if ".." in value:
-        reasons.append("it contains `..`")
-    if ":" in value or "\\" in value:
-        reasons.append("it looks like a URL or a file path")
-    if any(c.isspace() for c in value) or not value.isprintable():
-        reasons.append("it contains spaces or control characters")
-    if not reasons:
-        path, at, revision = value.partition("@")
-        if not is_hub_id(path, namespaced=True):
-            reasons.append("it is not of the form `org/name`")
-        elif at and (not _REVISION.match(revision) or revision.startswith(("/", ".")) or revision.endswith("/")):
-            reasons.append("its revision is malformed")
-    if reasons:
-        raise ModelReferenceError(f"Model {shown!r} is not allowed here: {'; '.join(reasons)}.", hint=hint)
-    return value
-
-
-def _tokenizer_references(recipe: Recipe) -> list[str]:
-    """Model references hidden in the tokenizer settings (`tokenizer_source`, `tokenizer:`)."""
-    found: list[str] = []
-    sources = [recipe.tokenizer_source, recipe.tokenizer.source if recipe.tokenizer else None]
-    for source in sources:
-        if source and source not in ("base", "union"):
-            found.append(source.removeprefix("model:"))
-
-    def walk(node: Any, key: str | None = None) -> None:
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, str(k))
-        elif isinstance(node, list):
-            for v in node:
-                walk(v, key)
-        elif isinstance(node, str) and key == "model":
-            found.append(node)
-
-    if recipe.tokenizer and recipe.tokenizer.tokens:
-        walk(recipe.tokenizer.tokens)
-    return found
+# -- references and recipes (the rules are in `interfaces.untrusted`, shared with the Action) -----
 
 
 def check_recipe_text(text: str) -> Recipe:
@@ -96,37 +54,12 @@ def check_recipe_text(text: str) -> Recipe:
         recipe.
         ModelReferenceError: a model reference is not a Hub ID.
     """
-    size = len(text.encode("utf-8"))
-    if size > MAX_RECIPE_BYTES:
-        raise RecipeError(
-            f"The recipe is {size:,} bytes; this Space accepts at most {MAX_RECIPE_BYTES:,}.",
-            hint="Shorten it, or run `mergehub merge` on your own machine for larger recipes.",
-        )
-    recipe = parse_recipe(text)  # refuses YAML aliases
-    refs = recipe.referenced_models()
-    if len(refs) > MAX_MODELS:
-        raise RecipeError(
-            f"The recipe names {len(refs)} models; this Space merges at most {MAX_MODELS}.",
-            hint="Merge in stages: merge some models first, then merge the result with the others.",
-        )
-    slices = sum(len(block[2] or []) for block in recipe.input_blocks())
-    if slices > MAX_SLICES:
-        raise RecipeError(
-            f"The recipe has {slices} slices; this Space allows at most {MAX_SLICES}.",
-            hint="Use fewer, longer layer ranges.",
-        )
-    for ref in refs:
-        check_hub_reference(str(ref))
-    for ref in _tokenizer_references(recipe):
-        check_hub_reference(ref)
-    return recipe
+    return check_untrusted_recipe(text, SPACE_LIMITS)
 
 
 def refuse_local_shadows(recipe: Recipe) -> None:
     """Refuse references that also name a folder on the server: mergehub would read the folder."""
-    for ref in recipe.referenced_models():
-        if Path(ref.path).exists():
-            raise ModelReferenceError(f"Model {str(ref)!r} is not allowed here.", hint="Use another Hub model ID.")
+    refuse_folder_shadows(recipe.referenced_models())
 
 
 def check_repo_name(text: str) -> str:
