@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import re
 import types
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ __all__ = [
     "precedence",
     "Scope",
     "recipe_sha256",
+    "recipe_fingerprint",
     "HUB_ID",
     "is_hub_id",
     "repo_name",
@@ -534,6 +536,32 @@ def load_recipe(path: str | Path) -> Recipe:
 def recipe_sha256(text: str) -> str:
     """A stable hash of a recipe's YAML text, used to recognise reruns."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def recipe_fingerprint(text: str) -> str:
+    """The sha256 of what a recipe says, not how it is written: its YAML data with keys sorted, so that comments,
+    key order, quoting and spacing do not count (list order does).
+
+    Raises:
+        RecipeError: the text is not YAML (or is too large, or uses aliases).
+    """
+    try:
+        data = safe_yaml.load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.") from e
+    canonical = json.dumps(
+        _with_text_keys(data), sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _with_text_keys(node: Any) -> Any:
+    """YAML data with every mapping key as text (`1:` and `"1":` alike), so that keys of mixed types sort."""
+    if isinstance(node, dict):
+        return {str(key): _with_text_keys(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_with_text_keys(value) for value in node]
+    return node
 
 
 def _as_is(value: Any) -> Any:

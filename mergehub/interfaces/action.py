@@ -2,26 +2,33 @@
 
 What each event does (`$GITHUB_EVENT_NAME`, payload at `$GITHUB_EVENT_PATH`):
 
-- `push`: the recipes added, modified or renamed between the payload's `before` and `after`
-  (`git diff --name-status -M`) are merged with `push_merge`. Deletions are logged and ignored.
-  A new branch (all-zero `before`), or a `before` missing from the clone, means every recipe;
-  a force push compares against the merge-base of `before` and `after`.
-- `pull_request`: the changed recipes are parsed and dry-run (`plan_merge`), without a token when
-  there is none (fork pull requests); each problem becomes an `::error file=...,line=...::` annotation.
+- `push`: every recipe is checked, and merged with `push_merge` unless its repo is up to date, so a
+  cancelled run or a force push that reverts a recipe cannot leave one stale. The recipes added,
+  modified or renamed between the payload's `before` and `after` (`git diff -z --name-status -M`;
+  the merge-base after a force push) come first and are marked in the summary; deletions are logged.
+- `pull_request`: the changed recipes are checked with the Space's rules for untrusted recipes
+  (`interfaces.untrusted`: Hub models only unless `allow-local-models`, size, model and slice caps),
+  then dry-run (`plan_merge`) without a token when there is none (fork pull requests); each problem
+  becomes an `::error file=...,line=...::` annotation. `pull_request_target` runs with the repository's
+  secrets and is refused unless `allow-pull-request-target` is set.
 - `schedule`: with `rerun-if-parents-changed`, every recipe is checked and those whose parents moved
   (or that were never merged) are merged; without it, nothing happens.
 - `workflow_dispatch` (and any other event): every recipe is checked, and merged unless up to date.
 
-A recipe is skipped when its repo's card already records the same recipe hash and the same parent
-commits (so reruns cost a few small downloads); `force` merges anyway (and, like the CLI's `--force`,
-pushes into an existing repo that mergehub did not make). The target repo is the recipe's file stem
+A recipe is skipped when its repo already holds the same recipe (compared parsed: comments, key order and
+quoting do not count), merged from the same commits of every model it names (tokenizer sources included) by
+the same mergehub major.minor version; so reruns cost a few small downloads. `rerun` merges anyway;
+`overwrite-foreign` lets a merge push into an existing repo that mergehub did not make (the CLI's
+`--force`). The target repo is the recipe's file stem
 in `namespace` (default: the token's user), unless a comment line `# mergehub: repo=org/name` (or
 `repo=name`) says otherwise; two recipes that would push to one repo both fail. mergekit's own
 `name:` key is left alone: mergekit uses it to name the stages of multi-stage recipes.
 
 The run ends with a Markdown table in `$GITHUB_STEP_SUMMARY`, the outputs `pushed-repos` and
 `results` (JSON) in `$GITHUB_OUTPUT`, and exit code 1 when any recipe failed. The token is never
-printed: every line written is scrubbed of it.
+printed: every line written is scrubbed of it. The runner's workflow commands are off for the whole run
+(`::stop-commands::`, with a random token) and resumed only for the Action's own annotations, so text
+quoted from a recipe, a Space's log or a library cannot be taken for a command.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -43,14 +51,15 @@ from typing import Any, Literal
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
-from mergehub import api, safe_yaml
+from mergehub import __version__, api, safe_yaml
 from mergehub.errors import MergehubError, ModelReferenceError, Problem, PublishError, RecipeError, RecipeWarning
 from mergehub.interfaces.cli import BUG_EXIT_CODE
 from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
+from mergehub.interfaces.untrusted import check_pull_request_recipe, recipe_references
 from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
-from mergehub.publish.push import hub_errors
-from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_sha256, repo_name
+from mergehub.publish.push import hub_errors, made_by_mergehub
+from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_fingerprint, recipe_sha256, repo_name
 from mergehub.sources.hub import HTTPError
 from mergehub.units import format_size
 
@@ -59,6 +68,8 @@ __all__ = [
     "Inputs",
     "Outcome",
     "Published",
+    "Selection",
+    "UP_TO_DATE",
     "all_recipes",
     "annotation",
     "changed_recipes",
@@ -70,7 +81,9 @@ __all__ = [
     "merge_reason",
     "parse_published",
     "error_lines",
+    "group",
     "read_inputs",
+    "select_recipes",
     "target_repo",
 ]
 
@@ -95,10 +108,13 @@ class Inputs:
     private: bool = False
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     eval_tasks: tuple[str, ...] = ()
-    force: bool = False
+    rerun: bool = False
+    overwrite_foreign: bool = False
     rerun_if_parents_changed: bool = False
     dispatch_to_space: str | None = None
     strict: bool = False
+    allow_local_models: bool = False
+    allow_pull_request_target: bool = False
     workspace: Path = Path(".")
     event_name: str = "workflow_dispatch"
     event_path: Path | None = None
@@ -135,18 +151,27 @@ def read_inputs(env: Mapping[str, str]) -> Inputs:
     """The inputs from `INPUT_*` variables and the context from `GITHUB_*` variables.
 
     Raises:
-        MergehubError: a boolean input is neither true nor false.
+        MergehubError: a boolean input is neither true nor false, or the retired `force` is set.
     """
+    if _bool(env, "force"):
+        raise MergehubError(
+            "Input `force` was split in two.",
+            hint="Use `rerun: true` to merge up-to-date recipes again, and `overwrite-foreign: true` to push into "
+            "existing repos that mergehub did not make.",
+        )
     return Inputs(
         token=_input(env, "hf-token") or None,
         namespace=_input(env, "namespace").strip("/") or None,
         private=_bool(env, "private"),
         recipes=_list(_input(env, "recipes")) or DEFAULT_RECIPES,
         eval_tasks=_list(_input(env, "eval-tasks")),
-        force=_bool(env, "force"),
+        rerun=_bool(env, "rerun"),
+        overwrite_foreign=_bool(env, "overwrite-foreign"),
         rerun_if_parents_changed=_bool(env, "rerun-if-parents-changed"),
         dispatch_to_space=_input(env, "dispatch-to-space") or None,
         strict=_bool(env, "strict"),
+        allow_local_models=_bool(env, "allow-local-models"),
+        allow_pull_request_target=_bool(env, "allow-pull-request-target"),
         workspace=Path(env.get("GITHUB_WORKSPACE") or "."),
         event_name=env.get("GITHUB_EVENT_NAME") or "workflow_dispatch",
         event_path=_path(env, "GITHUB_EVENT_PATH"),
@@ -210,13 +235,23 @@ def _has_commit(workspace: Path, sha: str) -> bool:
 
 
 def _parse_name_status(text: str) -> Iterable[tuple[str, str, str | None]]:
-    """(status letter, path, old path of a rename or copy) for each line of `git diff --name-status`."""
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if len(fields) == 3:
-            yield fields[0][:1], fields[2], fields[1]
-        elif len(fields) == 2:
-            yield fields[0][:1], fields[1], None
+    """(status letter, path, old path of a rename or copy) for each entry of `git diff -z --name-status`.
+
+    With `-z` each field ends with a NUL and paths come as they are (no quoting of non-ASCII, tabs or
+    newlines): a status, then one path, or two (old, new) for a rename or copy.
+    """
+    fields = text.split("\0")
+    i = 0
+    while i < len(fields) and fields[i]:
+        status = fields[i][:1]
+        if status in ("R", "C") and i + 2 < len(fields):
+            yield status, fields[i + 2], fields[i + 1]
+            i += 3
+        elif i + 1 < len(fields):
+            yield status, fields[i + 1], None
+            i += 2
+        else:
+            break
 
 
 def changed_recipes(
@@ -245,7 +280,7 @@ def changed_recipes(
             f"{before[:10]} is not an ancestor of {after[:10]} (a force push, or a base that moved on): "
             f"comparing with their merge-base {base[:10]}."
         )
-    diff = _git(workspace, "diff", "--name-status", "-M", base, after)
+    diff = _git(workspace, "diff", "-z", "--name-status", "-M", base, after)
     if diff.returncode != 0:
         log(f"`git diff` failed ({diff.stderr.strip()}): every recipe counts as changed.")
         return all_recipes(workspace, patterns)
@@ -276,30 +311,59 @@ def _event(inputs: Inputs) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def select_recipes(inputs: Inputs, event: Mapping[str, Any], log: Callable[[str], None]) -> tuple[str, list[str]]:
-    """What to do for the event ("merge", "validate" or "none") and on which recipes."""
+@dataclass(frozen=True)
+class Selection:
+    """What to do for the event ("merge", "validate" or "none"), on which recipes in order, and which of them
+    the push or pull request changed."""
+
+    mode: Literal["merge", "validate", "none"]
+    recipes: list[str]
+    changed: frozenset[str] = frozenset()
+
+
+def select_recipes(inputs: Inputs, event: Mapping[str, Any], log: Callable[[str], None]) -> Selection:
+    """What to do for the event, and on which recipes.
+
+    A push considers every recipe, those it changed first: the up-to-date check skips the others, so a
+    recipe whose run was cancelled, or that a force push reverted, is merged by the next push.
+
+    Raises:
+        MergehubError: a `pull_request_target` event without `allow-pull-request-target`.
+    """
     name = inputs.event_name
     if name == "push":
         if event.get("deleted"):
             log("The branch was deleted: nothing to merge.")
-            return "none", []
+            return Selection("none", [])
         after = event.get("after") or "HEAD"
-        return "merge", changed_recipes(inputs.workspace, event.get("before"), after, inputs.recipes, log)
+        changed = changed_recipes(inputs.workspace, event.get("before"), after, inputs.recipes, log)
+        rest = [p for p in all_recipes(inputs.workspace, inputs.recipes) if p not in changed]
+        if rest:
+            log(f"{len(changed)} recipe(s) changed by the push come first; the other {len(rest)} are checked too.")
+        return Selection("merge", changed + rest, frozenset(changed))
+    if name == "pull_request_target" and not inputs.allow_pull_request_target:
+        raise MergehubError(
+            "This workflow runs on `pull_request_target`: it checks out code from the pull request while "
+            "holding the repository's secrets and a write token, so mergehub refuses to run.",
+            hint="Use `on: pull_request` (fork pull requests are checked without secrets); if every pull request "
+            "comes from people you trust, set `allow-pull-request-target: true`.",
+        )
     if name in ("pull_request", "pull_request_target"):
         pr = event.get("pull_request") or {}
         base, head = (pr.get("base") or {}).get("sha"), (pr.get("head") or {}).get("sha")
         if base and head and _has_commit(inputs.workspace, head):
-            return "validate", changed_recipes(inputs.workspace, base, head, inputs.recipes, log)
+            changed = changed_recipes(inputs.workspace, base, head, inputs.recipes, log)
+            return Selection("validate", changed, frozenset(changed))
         log("The pull request's commits are not in the clone (use `fetch-depth: 0`): checking every recipe.")
-        return "validate", all_recipes(inputs.workspace, inputs.recipes)
+        return Selection("validate", all_recipes(inputs.workspace, inputs.recipes))
     if name == "schedule":
         if not inputs.rerun_if_parents_changed:
             log("Scheduled run without `rerun-if-parents-changed: true`: nothing to do.")
-            return "none", []
-        return "merge", all_recipes(inputs.workspace, inputs.recipes)
+            return Selection("none", [])
+        return Selection("merge", all_recipes(inputs.workspace, inputs.recipes))
     if name != "workflow_dispatch":
         log(f"Event {name!r}: treated like workflow_dispatch (every recipe; up-to-date ones are skipped).")
-    return "merge", all_recipes(inputs.workspace, inputs.recipes)
+    return Selection("merge", all_recipes(inputs.workspace, inputs.recipes))
 
 
 # -- where each recipe goes, and whether it is up to date --------------------------------------------
@@ -324,28 +388,42 @@ def target_repo(path: str, text: str, namespace: Callable[[], str]) -> str:
 
 @dataclass(frozen=True)
 class Published:
-    """What a pushed merge records: its recipe's hash and each Hub parent's commit."""
+    """What a pushed merge records: its recipe's hash (of the text, and of the parsed recipe when the repo
+    holds it), each Hub parent's commit, the mergehub version that made it, and whether mergehub made it."""
 
     recipe_sha256: str | None
     parents: dict[str, str] = field(default_factory=dict)
+    recipe_fingerprint: str | None = None
+    version: str | None = None
+    ours: bool = True
 
 
-def parse_published(card: str | None, recipe_text: str | None) -> Published | None:
+def _fingerprint(text: str | None) -> str | None:
+    try:
+        return recipe_fingerprint(text) if text is not None else None
+    except MergehubError:
+        return None
+
+
+def parse_published(card: str | None, recipe_text: str | None, *, ours: bool = True) -> Published | None:
     """A pushed merge's record, from its README.md and mergekit_config.yml; None when there is neither.
 
-    The card's `mergehub:` metadata block (`recipe_sha256`, `parents: {id: sha}`) is used when present;
-    else the hash of mergekit_config.yml and the commit links of the card's Parents table.
+    The card's `mergehub:` metadata block (`recipe_sha256`, `parents: {id: sha}`, `version`) is used when
+    present; else the hash of mergekit_config.yml and the commit links of the card's Parents table.
     """
     if card is None and recipe_text is None:
         return None
     record = mergehub_record(read_card_data(card))
+    fingerprint = _fingerprint(recipe_text)
     if isinstance(record.get("recipe_sha256"), str):
         parents = record.get("parents") if isinstance(record.get("parents"), dict) else {}
-        return Published(record["recipe_sha256"], {str(k): str(v) for k, v in parents.items() if v})
+        version = record.get("version") if isinstance(record.get("version"), str) else None
+        found = {str(k): str(v) for k, v in parents.items() if v}
+        return Published(record["recipe_sha256"], found, fingerprint, version, ours)
     parents: dict[str, str] = {}
     for match in _COMMIT_LINK.finditer(card or ""):
         parents.setdefault(match["ref"], match["sha"])
-    return Published(recipe_sha256(recipe_text) if recipe_text is not None else None, parents)
+    return Published(recipe_sha256(recipe_text) if recipe_text is not None else None, parents, fingerprint, None, ours)
 
 
 def fetch_published(repo_id: str, token: str | None) -> Published | None:
@@ -357,9 +435,10 @@ def fetch_published(repo_id: str, token: str | None) -> Published | None:
     hub = HfApi(token=token)
     with hub_errors(f"Reading {repo_id}"):
         try:
-            sha = hub.model_info(repo_id).sha
+            info = hub.model_info(repo_id)
         except RepositoryNotFoundError:
             return None
+        sha = info.sha
 
         def read(filename: str) -> str | None:
             try:
@@ -367,11 +446,14 @@ def fetch_published(repo_id: str, token: str | None) -> Published | None:
             except (EntryNotFoundError, RevisionNotFoundError):
                 return None
 
-        return parse_published(read("README.md"), read(RECIPE_FILE))
+        ours = made_by_mergehub(info)
+        published = parse_published(read("README.md"), read(RECIPE_FILE), ours=ours)
+        return published if published is not None or ours else Published(None, ours=False)
 
 
 def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
-    """Each Hub parent's current commit (at the recipe's revision, else main); local parents are left out.
+    """The current commit (at the recipe's revision, else main) of each Hub model the recipe names, tokenizer
+    sources included; local parents are left out.
 
     Raises:
         ModelReferenceError: a parent, or its revision, is not on the Hub (or the token cannot read it).
@@ -379,7 +461,7 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
     """
     hub = HfApi(token=token)
     parents: dict[str, str] = {}
-    for ref in recipe.referenced_models():
+    for ref in recipe_references(recipe):
         if ref.is_local or not ref.looks_like_hub_id or ref.path in parents:
             continue
         try:
@@ -398,12 +480,32 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
     return parents
 
 
-def merge_reason(published: Published | None, recipe_hash: str, parents: Mapping[str, str]) -> str | None:
-    """Why the recipe must be merged again, or None when the pushed merge is up to date."""
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+UP_TO_DATE = "up to date: same recipe, same parent commits, same mergehub version"
+
+
+def merge_reason(
+    published: Published | None, recipe_text: str, parents: Mapping[str, str], version: str = __version__
+) -> str | None:
+    """Why the recipe must be merged again, or None when the pushed merge is up to date.
+
+    The recipe is compared parsed when the repo holds its text (comments, key order and quoting do not
+    count), else by the hash of its text; the parents by commit; mergehub by major.minor version.
+    """
     if published is None:
         return "not merged yet"
-    if published.recipe_sha256 != recipe_hash:
+    if not published.ours:
+        return "the repo was not made by mergehub"
+    if published.recipe_fingerprint is not None:
+        if published.recipe_fingerprint != _fingerprint(recipe_text):
+            return "the recipe changed"
+    elif published.recipe_sha256 != recipe_sha256(recipe_text):
         return "the recipe changed" if published.recipe_sha256 else "the repo has no mergehub record"
+    if published.version and _major_minor(published.version) != _major_minor(version):
+        return f"made by mergehub {published.version}, this is {version}"
     recorded = published.parents
     if recorded == dict(parents):
         return None
@@ -428,9 +530,14 @@ def _escape_property(text: str) -> str:
 def annotation(
     kind: Literal["error", "warning", "notice"], message: str, file: str | None = None, line: int | None = None
 ) -> str:
-    """A GitHub workflow command, e.g. `::error file=recipes/x.yml,line=3::message`."""
+    """A GitHub workflow command, e.g. `::error file=recipes/x.yml,line=3::message`, its text escaped."""
     props = ",".join(f"{k}={_escape_property(str(v))}" for k, v in (("file", file), ("line", line)) if v is not None)
     return f"::{kind}{' ' + props if props else ''}::{_escape_data(message)}"
+
+
+def group(title: str | None) -> str:
+    """The workflow command that opens a collapsed group of the log (`title` escaped), or closes it (None)."""
+    return "::endgroup::" if title is None else f"::group::{_escape_data(title)}"
 
 
 def _located(problem: Problem) -> str:
@@ -529,28 +636,66 @@ class Outcome:
     detail: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     commit_url: str | None = None
+    changed: bool = False
 
 
 class _Console:
-    """Prints to the job log with the token scrubbed out."""
+    """Prints to the job log with the token scrubbed out, and with the runner's workflow commands off.
+
+    `stop()` turns command processing off (`::stop-commands::TOKEN`, with a random token nothing else can
+    know); plain lines (`console(text)`) may then quote anything. `command(line)` prints one of the Action's
+    own commands, built with `annotation` or `group`, between `::TOKEN::` (resume) and a new stop.
+    """
 
     def __init__(self, secrets: Iterable[str | None], stream: Any = None) -> None:
         self.secrets = list(secrets)
         self.stream = stream
+        self.token = secrets_token()
+        self.stopped = False
 
     def scrub(self, text: str) -> str:
         return scrub_tokens(text, self.secrets)
 
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def stop(self) -> None:
+        """Turn workflow commands off until `resume` (or the end of the step)."""
+        if not self.stopped:
+            self._print(f"::stop-commands::{self.token}")
+            self.stopped = True
+
+    def resume(self) -> None:
+        """Turn workflow commands back on."""
+        if self.stopped:
+            self._print(f"::{self.token}::")
+            self.stopped = False
+
     def __call__(self, text: str) -> None:
-        print(self.scrub(text), file=self.stream or sys.stdout, flush=True)
+        """Print text that may quote a recipe, a log or an error: never taken for a command."""
+        self.stop()
+        self._print(self.scrub(text))
+
+    def command(self, line: str) -> None:
+        """Print one of the Action's own workflow commands (its data and properties already escaped)."""
+        was_stopped = self.stopped
+        self.resume()
+        self._print(self.scrub(line))
+        if was_stopped:
+            self.stop()
 
 
-def _eval_options(tasks: Sequence[str], log: Callable[[str], None]) -> dict[str, Any]:
+def secrets_token() -> str:
+    """A fresh token for `::stop-commands::`, unguessable by whoever wrote the text it guards."""
+    return f"mergehub-{secrets.token_hex(16)}"
+
+
+def _eval_options(tasks: Sequence[str], log: _Console) -> dict[str, Any]:
     """`eval_tasks` for push_merge when lm-eval is installed (the `eval` extra); else a warning."""
     if not tasks:
         return {}
     if importlib.util.find_spec("lm_eval") is None:
-        log(
+        log.command(
             annotation(
                 "warning",
                 f"eval-tasks ({', '.join(tasks)}) ignored: lm-eval is not installed (pip install 'mergehub[eval]').",
@@ -616,19 +761,21 @@ class _Runner:
         problems = error_lines(error)
         hint = f"\nHint: {error.hint}" if isinstance(error, MergehubError) and error.hint else ""
         for line, message in problems:
-            self.log(annotation("error", message + hint, file=path, line=line))
+            self.log.command(annotation("error", message + hint, file=path, line=line))
         if not isinstance(error, MergehubError):
             _log_traceback(self.log, error)
         detail = self.log.scrub("; ".join(message for _, message in problems))
         return Outcome(path, repo_id, "failed", time.monotonic() - started, detail)
 
     def validate(self, path: str) -> Outcome:
-        """Parse and dry-run a recipe (configs and headers only); no repo is touched."""
+        """Check a pull request's recipe with the rules for untrusted recipes, then dry-run it (configs and
+        headers only); no repo is touched."""
         started, text = time.monotonic(), ""
         try:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, lambda: self.inputs.namespace or "<your user>")
-            plan = api.plan_merge(api.parse_recipe(text), token=self.inputs.token, strict=self.inputs.strict)
+            recipe = check_pull_request_recipe(text, self.inputs.workspace, allow_local=self.inputs.allow_local_models)
+            plan = api.plan_merge(recipe, token=self.inputs.token, strict=self.inputs.strict)
         except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
             return self.fail(path, e, started, None)
         self.log(f"{path}: {plan.method} merge of {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
@@ -637,24 +784,27 @@ class _Runner:
         return Outcome(path, repo_id, "validated", time.monotonic() - started, detail)
 
     def merge(self, path: str) -> Outcome:
-        """Merge and push a recipe, unless its repo is up to date (and `force` is off)."""
+        """Merge and push a recipe, unless its repo is up to date (and `rerun` is off)."""
         started, text, repo_id = time.monotonic(), "", None
         try:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, self.namespace)
             recipe = api.parse_recipe(text)
-            reason = (
-                "force"
-                if self.inputs.force
-                else merge_reason(
-                    fetch_published(repo_id, self.inputs.token),
-                    recipe_sha256(text),
-                    current_parents(recipe, self.inputs.token),
+            published = fetch_published(repo_id, self.inputs.token)
+            if published is not None and not published.ours and not self.inputs.overwrite_foreign:
+                raise PublishError(
+                    f"{repo_id} already exists and was not made by mergehub: it is left as it is.",
+                    hint="Name another repo with a line `# mergehub: repo=org/name` in the recipe, or set "
+                    "`overwrite-foreign: true` to push this merge into it anyway.",
                 )
-            )
+            reason = merge_reason(published, text, current_parents(recipe, self.inputs.token))
+            if reason is not None and self.inputs.rerun:
+                reason = f"rerun requested; {reason}"
+            elif self.inputs.rerun:
+                reason = "rerun requested"
             if reason is None:
-                self.log(f"{path} → {repo_id}: up to date (same recipe, same parent commits); skipped.")
-                return Outcome(path, repo_id, "skipped", time.monotonic() - started, "up to date")
+                self.log(f"{path} → {repo_id}: {UP_TO_DATE} ({_major_minor(__version__)}); skipped.")
+                return Outcome(path, repo_id, "skipped", time.monotonic() - started, UP_TO_DATE)
             self.log(f"{path} → {repo_id}: merging ({reason}).")
             if self.inputs.dispatch_to_space:
                 if self.inputs.strict:  # the Space merges without strict mode: check here, from configs and headers
@@ -666,7 +816,7 @@ class _Runner:
                 repo_id,
                 token=self.inputs.token,
                 private=self.inputs.private,
-                force=self.inputs.force,
+                force=self.inputs.overwrite_foreign,
                 on_progress=self._progress(),
                 strict=self.inputs.strict,
                 **options,
@@ -676,7 +826,7 @@ class _Runner:
         self.annotate_warnings(path, result.plan.warnings)
         self.log(result.figures())
         for warning in result.stats.warnings():
-            self.log(annotation("warning", warning, file=path))
+            self.log.command(annotation("warning", warning, file=path))
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
         scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if options else {}
         return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, scores, pushed.commit_url)
@@ -684,12 +834,12 @@ class _Runner:
     def annotate_warnings(self, path: str, warnings: Sequence[RecipeWarning]) -> None:
         """One warning annotation per ignored key or parameter, at its line of the recipe."""
         for warning in warnings:
-            self.log(annotation("warning", _located(warning), file=path, line=warning.line or 1))
+            self.log.command(annotation("warning", _located(warning), file=path, line=warning.line or 1))
 
     def _on_space(self, path: str, text: str, repo_id: str, reason: str, started: float) -> Outcome:
         space = self.inputs.dispatch_to_space or ""
         if self.inputs.eval_tasks:
-            self.log(annotation("warning", "eval-tasks are ignored with dispatch-to-space.", file=path))
+            self.log.command(annotation("warning", "eval-tasks are ignored with dispatch-to-space.", file=path))
         last = dispatch_to_space(
             space,
             text,
@@ -732,11 +882,17 @@ def summary_markdown(outcomes: Sequence[Outcome], event_name: str) -> str:
     lines += ["| Recipe | Repo | Status | Time | Scores | Details |", "|---|---|---|---|---|---|"]
     for o in outcomes:
         scores = "; ".join(f"{k}: {v:.4g}" for k, v in o.scores.items()) or "—"
-        detail = o.detail.replace("|", "\\|").replace("\n", " ")
+        detail = _cell(("changed in this push; " if o.changed and o.status != "validated" else "") + o.detail)
         lines.append(
-            f"| `{o.recipe}` | {_repo_link(o.repo_id)} | {icons[o.status]} | {o.seconds:.1f} s | {scores} | {detail} |"
+            f"| `{_cell(o.recipe).replace('`', '')}` | {_repo_link(o.repo_id)} | {icons[o.status]} | "
+            f"{o.seconds:.1f} s | {scores} | {detail} |"
         )
     return "\n".join([*lines, ""])
+
+
+def _cell(text: str) -> str:
+    """Text for one cell of a Markdown table: no pipes or line breaks, no HTML."""
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ").replace("<", "&lt;")
 
 
 def _write_outputs(path: Path, values: Mapping[str, str]) -> None:
@@ -760,10 +916,11 @@ def main(env: Mapping[str, str] | None = None, *, space_client: Callable[[str, s
     """
     env = os.environ if env is None else env
     log = _Console([_input(env, "hf-token"), env.get("HF_TOKEN")])
+    log.stop()  # from here on, only `log.command` writes workflow commands
     try:
         return _run(env, log, space_client)
     except Exception as e:  # noqa: BLE001 - anything not handled below is a bug: say so, with the traceback
-        log(
+        log.command(
             annotation(
                 "error",
                 f"{type(e).__name__}: {e}. This is a bug in mergehub: please report it with the traceback below.",
@@ -771,22 +928,25 @@ def main(env: Mapping[str, str] | None = None, *, space_client: Callable[[str, s
         )
         _log_traceback(log, e)
         return BUG_EXIT_CODE
+    finally:
+        log.resume()
 
 
 def _log_traceback(log: _Console, error: BaseException) -> None:
     """The traceback of an unexpected error, scrubbed, in a collapsed group of the job log."""
-    log("::group::Traceback (for the bug report)")
+    log.command(group("Traceback (for the bug report)"))
     log("".join(traceback.format_exception(error)).rstrip())
-    log("::endgroup::")
+    log.command(group(None))
 
 
 def _run(env: Mapping[str, str], log: _Console, space_client: Callable[[str, str], Any] | None) -> int:
     try:
         inputs = read_inputs(env)
-        mode, recipes = select_recipes(inputs, _event(inputs), log)
+        selection = select_recipes(inputs, _event(inputs), log)
     except MergehubError as e:
-        log(annotation("error", str(e)))
+        log.command(annotation("error", str(e)))
         return 2
+    mode, recipes = selection.mode, selection.recipes
     if mode != "none":
         verb = "check" if mode == "validate" else "merge"
         log(f"{inputs.event_name}: {len(recipes)} recipe(s) to {verb}: {', '.join(recipes) or 'none'}.")
@@ -796,12 +956,14 @@ def _run(env: Mapping[str, str], log: _Console, space_client: Callable[[str, str
     try:
         with stop_on_signals():  # a cancelled workflow gets SIGINT, then SIGTERM: clean up either way
             for path in recipes:
-                log(f"::group::{path}")
-                outcomes.append(runner.validate(path) if mode == "validate" else runner.merge(path))
-                log("::endgroup::")
+                log.command(group(path))
+                outcome = runner.validate(path) if mode == "validate" else runner.merge(path)
+                outcome.changed = path in selection.changed
+                outcomes.append(outcome)
+                log.command(group(None))
     except KeyboardInterrupt as e:
-        log("::endgroup::")
-        log(
+        log.command(group(None))
+        log.command(
             annotation(
                 "error",
                 f"The run was stopped ({'SIGTERM' if isinstance(e, Terminated) else 'SIGINT'}) during "

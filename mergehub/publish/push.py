@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelInfo
 from huggingface_hub.errors import LocalTokenNotFoundError, RepositoryNotFoundError
 
 from mergehub.errors import MergehubError, PublishError
@@ -28,6 +28,7 @@ __all__ = [
     "PushResult",
     "full_repo_id",
     "prepare_repo",
+    "made_by_mergehub",
     "commit_merge",
     "delete_created_repo",
     "push_card",
@@ -147,15 +148,20 @@ def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tup
         with hub_errors(f"Creating {repo_id}", hint="Check the namespace: your token must be allowed to write there."):
             api.create_repo(repo_id, private=private, repo_type="model")
         return repo_id, True, True
-    tags = (info.card_data.tags if info.card_data else None) or []
-    files = {s.rfilename for s in info.siblings or []} - {".gitattributes"}
-    ours = not files or MERGEHUB_TAG in tags
+    ours = made_by_mergehub(info)
     if not ours and not force:
         raise PublishError(
             f"{repo_id} already exists and was not made by mergehub.",
             hint="Choose another name, or pass --force to add this merge to it anyway.",
         )
     return repo_id, False, ours
+
+
+def made_by_mergehub(info: ModelInfo) -> bool:
+    """Whether a repo is mergehub's to replace: empty (only `.gitattributes`), or its card carries the mergehub tag."""
+    tags = (info.card_data.tags if info.card_data else None) or []
+    files = {s.rfilename for s in info.siblings or []} - {".gitattributes"}
+    return not files or MERGEHUB_TAG in tags
 
 
 def _is_weight_file(path: str) -> bool:

@@ -13,6 +13,7 @@ from huggingface_hub import HfApi
 
 from mergehub.errors import MergehubError
 from mergehub.interfaces.action import (
+    UP_TO_DATE,
     Published,
     annotation,
     changed_recipes,
@@ -22,7 +23,7 @@ from mergehub.interfaces.action import (
     read_inputs,
     target_repo,
 )
-from mergehub.recipe import recipe_sha256
+from mergehub.recipe import recipe_fingerprint, recipe_sha256
 
 ZERO = "0" * 40
 RECIPE = """\
@@ -169,12 +170,11 @@ def test_published_record_from_front_matter_or_from_the_card_body():
         "| `./local` (local) | — | unknown | — |\n"
     )
     published = parse_published(body, recipe)
-    assert published == Published(recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b})
-    assert merge_reason(published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b}) is None
-    assert merge_reason(published, recipe_sha256("other"), {"org/a": sha_a, "org/b": sha_b}) == "the recipe changed"
-    assert "org/b bbbbbbb → ccccccc" in merge_reason(
-        published, recipe_sha256(recipe), {"org/a": sha_a, "org/b": "c" * 40}
-    )
+    assert published == Published(recipe_sha256(recipe), {"org/a": sha_a, "org/b": sha_b}, recipe_fingerprint(recipe))
+    both = {"org/a": sha_a, "org/b": sha_b}
+    assert merge_reason(published, recipe, both) is None
+    assert merge_reason(published, "merge_method: slerp\n", both) == "the recipe changed"
+    assert "org/b bbbbbbb → ccccccc" in merge_reason(published, recipe, {"org/a": sha_a, "org/b": "c" * 40})
     assert merge_reason(None, "x", {}) == "not merged yet"
     assert parse_published(None, None) is None
 
@@ -189,13 +189,16 @@ def test_inputs_both_spellings_and_annotation_escaping(tmp_path, capsys):
         }
     )
     assert inputs.token == "secret" and inputs.private and inputs.recipes == ("a/*.yml", "b/**/*.yaml")
-    assert inputs.eval_tasks == ("arc", "hellaswag") and not inputs.force
+    assert inputs.eval_tasks == ("arc", "hellaswag") and not inputs.rerun and not inputs.overwrite_foreign
     assert (
         annotation("error", "50% bad\nHint: fix", file="r,1.yml", line=3)
         == "::error file=r%2C1.yml,line=3::50%25 bad%0AHint: fix"
     )
-    assert main({"INPUT_FORCE": "maybe", "GITHUB_WORKSPACE": str(tmp_path)}) == 2
-    assert "::error::Input `force` is 'maybe'" in capsys.readouterr().out
+    assert main({"INPUT_RERUN": "maybe", "GITHUB_WORKSPACE": str(tmp_path)}) == 2
+    assert "::error::Input `rerun` is 'maybe'" in capsys.readouterr().out
+    assert main({"INPUT_FORCE": "true", "GITHUB_WORKSPACE": str(tmp_path)}) == 2
+    out = capsys.readouterr().out
+    assert "::error::Input `force` was split in two." in out and "overwrite-foreign: true" in out
 
 
 def test_action_yml_passes_every_input_and_the_shim_runs_main(repo, monkeypatch, capsys):
@@ -205,7 +208,7 @@ def test_action_yml_passes_every_input_and_the_shim_runs_main(repo, monkeypatch,
 
     metadata = yaml.safe_load((Path(__file__).parents[2] / "action.yml").read_text())
     step = next(s for s in metadata["runs"]["steps"] if s.get("id") == "mergehub")
-    assert step["run"] == "python -m mergehub.action"
+    assert step["run"] == '"$MERGEHUB_PYTHON" -m mergehub.action'
     for name in metadata["inputs"]:
         if name != "python-version":
             assert step["env"][f"INPUT_{name.upper().replace('-', '_')}"] == f"${{{{ inputs.{name} }}}}"
@@ -250,7 +253,7 @@ def test_push_merges_changed_recipes_skips_reruns_and_force_remerges(hub, parent
     code, log, summary, outputs = run(repo, "push", {"before": first, "after": second}, capsys, hf_token="tok-alice")
     assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/first"] and "the recipe changed" in log
     assert len(HfApi().list_repo_commits("alice/first")) == commits_before + 1
-    code, _, _, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice", force="true")
+    code, _, _, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice", rerun="true")
     assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/first", "org/renamed"]
     results = json.loads(outputs["results"])
     assert {r["status"] for r in results} == {"merged"} and all(r["commit_url"] for r in results)
@@ -512,3 +515,138 @@ def test_eval_tasks_are_scored_into_the_pushed_card(hub, parents, repo, capsys, 
     from huggingface_hub import ModelCard
 
     assert "## Evaluation" in ModelCard.load("alice/scored").text
+
+
+# -- hardening: workflow commands, every recipe on push, foreign repos, pull-request rules, file names ---------
+
+
+def effective_commands(log: str) -> list[str]:
+    """The lines the runner would take for workflow commands: those outside `::stop-commands::T` ... `::T::`."""
+    found, token = [], None
+    for line in log.splitlines():
+        text = line.strip()
+        if token is not None:
+            token = None if text == f"::{token}::" else token
+        elif text.startswith("::stop-commands::"):
+            token = text.removeprefix("::stop-commands::")
+        elif text.startswith("::"):
+            found.append(text)
+    return found
+
+
+def test_workflow_commands_quoted_from_a_recipe_are_never_executed(repo, capsys):
+    evil = "merge_method: linear\nmodels:\n  - model: org/a\n::warning file=x.yml::pwned\n::add-mask::pwned\n"
+    bad_ref = "merge_method: linear\nmodels:\n  - model: '::error::pwned-too'\n  - model: org/b\n"
+    base = commit(repo, {"README.md": "x"})
+    head = commit(repo, {"recipes/evil.yml": evil, "recipes/bad-ref.yml": bad_ref})
+    event = {"pull_request": {"base": {"sha": base}, "head": {"sha": head}}}
+    code, log, summary, _ = run(repo, "pull_request", event, capsys)
+    assert code == 1
+    assert "::warning file=x.yml::pwned" in log and "::add-mask::pwned" in log  # quoted, on lines of their own
+    commands = effective_commands(log)
+    assert not [c for c in commands if "pwned" in c.split("::")[1]]  # no command named or located by the recipe
+    assert {c.split("::")[1].split(" ")[0] for c in commands} <= {"error", "warning", "group", "endgroup"}
+    errors = [c for c in commands if c.startswith("::error")]
+    assert len(errors) == 2 and all(c.startswith("::error file=recipes/") for c in errors)
+    assert all("%0A" in c or "pwned" not in c for c in errors)  # the quoted lines stay inside the message
+    assert log.rstrip().splitlines()[-1].startswith("::mergehub-")  # commands are back on for later steps
+    assert "<" not in summary.replace("<your user>", "")
+
+
+def test_push_checks_every_recipe_so_a_cancelled_run_or_a_revert_leaves_nothing_stale(hub, parents, repo, capsys):
+    a, b = parents
+    one, two = RECIPE.format(a=a, b=b), RECIPE.format(a=b, b=a)
+    first = commit(repo, {"recipes/one.yml": one, "recipes/two.yml": two})
+    code, log, _, outputs = run(repo, "push", {"before": ZERO, "after": first}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/one", "alice/two"], log
+    # Push B (edits one.yml) is cancelled while pending; push C edits two.yml only: both are merged, C's first.
+    second = commit(repo, {"recipes/one.yml": one.replace("0.6", "0.7")})
+    third = commit(repo, {"recipes/two.yml": two.replace("0.6", "0.8")})
+    code, log, summary, outputs = run(repo, "push", {"before": second, "after": third}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/two", "alice/one"], log
+    assert "| `recipes/two.yml` |" in summary and "changed in this push; the recipe changed" in summary
+    assert "`recipes/one.yml` | [alice/one](" in summary and summary.count("changed in this push") == 1
+    # A force push back to the first commit: one.yml and two.yml differ from what the Hub holds, so both go back.
+    _git(repo, "checkout", "-q", first)
+    code, log, summary, outputs = run(repo, "push", {"before": third, "after": first}, capsys, hf_token="tok-alice")
+    assert code == 0 and sorted(json.loads(outputs["pushed-repos"])) == ["alice/one", "alice/two"], log
+    # Comments, key order and quoting are not changes: both are up to date, and the summary says why.
+    reordered = "# weights tuned by hand\n" + one.replace("merge_method: linear\n", "") + 'merge_method: "linear"\n'
+    fourth = commit(repo, {"recipes/one.yml": reordered})
+    code, log, summary, outputs = run(repo, "push", {"before": first, "after": fourth}, capsys, hf_token="tok-alice")
+    assert code == 0 and outputs["pushed-repos"] == "[]", log
+    assert summary.count(UP_TO_DATE) == 2
+
+
+def test_rerun_remerges_but_only_overwrite_foreign_pushes_into_a_repo_mergehub_did_not_make(
+    hub, parents, family, repo, capsys
+):
+    a, b = parents
+    hub.add_repo("alice/theirs", family[2])  # an unrelated model of alice's, named like the recipe
+    head = commit(repo, {"recipes/theirs.yml": RECIPE.format(a=a, b=b)})
+    for flags in ({}, {"rerun": "true"}):
+        code, log, summary, outputs = run(
+            repo, "workflow_dispatch", {"after": head}, capsys, hf_token="tok-alice", **flags
+        )
+        assert code == 1 and outputs["pushed-repos"] == "[]"
+        assert "alice/theirs already exists and was not made by mergehub" in log and "overwrite-foreign: true" in log
+    code, log, _, outputs = run(
+        repo, "workflow_dispatch", {"after": head}, capsys, hf_token="tok-alice", overwrite_foreign="true"
+    )
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/theirs"], log
+    assert "the repo was not made by mergehub" in log
+
+
+def test_pull_requests_get_the_space_rules_and_pull_request_target_is_refused(hub, parents, repo, capsys):
+    a, b = parents
+    many = "merge_method: linear\nmodels:\n" + "".join(f"  - model: org/m{i}\n" for i in range(9))
+    (repo / "models" / "local").mkdir(parents=True)
+    base = commit(repo, {"README.md": "x"})
+    head = commit(
+        repo,
+        {
+            "recipes/local.yml": RECIPE.format(a=a, b="models/local"),
+            "recipes/shadow.yml": RECIPE.format(a=a, b="models/local"),
+            "recipes/many.yml": many,
+            "recipes/ok.yml": RECIPE.format(a=a, b=b),
+        },
+    )
+    event = {"pull_request": {"base": {"sha": base}, "head": {"sha": head}}}
+    code, log, summary, _ = run(repo, "pull_request", event, capsys)
+    assert (
+        code == 1 and summary.count("❌ failed") == 3 and "`recipes/ok.yml` | <your user>/ok | ✔️ validated" in summary
+    )
+    assert re.search(
+        r"::error file=recipes/local.yml,line=7::Model 'models/local' is not allowed here.*allow-local-models", log
+    )
+    assert "names 9 models; at most 8 are allowed in pull requests" in log
+
+    code, log, summary, _ = run(repo, "pull_request_target", event, capsys)
+    assert code == 2 and "::error::This workflow runs on `pull_request_target`" in log and "No recipe" not in summary
+    code, log, summary, _ = run(repo, "pull_request_target", event, capsys, allow_pull_request_target="true")
+    assert code == 1 and summary.count("✔️ validated") == 1
+
+
+def test_recipe_names_with_accents_spaces_and_renames_are_found(repo):
+    patterns = ("recipes/**/*.yml",)
+    first = commit(repo, {"recipes/plain.yml": "a", "recipes/old name.yml": "b"})
+    second = commit(
+        repo,
+        {"recipes/café.yml": "c", "recipes/日本/merge.yml": "d"},
+        moves={"recipes/old name.yml": "recipes/new näme.yml"},
+    )
+    log: list[str] = []
+    assert changed_recipes(repo, first, second, patterns, log.append) == [
+        "recipes/café.yml",
+        "recipes/new näme.yml",
+        "recipes/日本/merge.yml",
+    ]
+    assert any("recipes/old name.yml was renamed to recipes/new näme.yml" in line for line in log)
+
+
+def test_up_to_date_needs_the_same_mergehub_minor_version():
+    recipe, parents = "merge_method: linear\n", {"org/a": "a" * 40}
+    published = Published(recipe_sha256(recipe), parents, recipe_fingerprint(recipe), "0.1.0")
+    assert merge_reason(published, "# a comment\nmerge_method: 'linear'\n", parents, version="0.1.7") is None
+    assert merge_reason(published, recipe, parents, version="0.2.0") == "made by mergehub 0.1.0, this is 0.2.0"
+    assert merge_reason(Published(None, ours=False), recipe, parents) == "the repo was not made by mergehub"
