@@ -197,3 +197,15 @@ def test_modules_recipes_name_every_model_and_parameter_block():
 
 def test_recipes_are_equal_when_they_say_the_same():
     assert parse_recipe(MODULES) == parse_recipe("# a comment\n" + MODULES)
+
+
+def test_recipe_fingerprint_ignores_comments_key_order_and_quoting_but_not_values_or_list_order():
+    from mergehub.recipe import recipe_fingerprint
+
+    text = "merge_method: linear\nmodels:\n  - model: org/a\n  - model: org/b\ndtype: float16\n"
+    same = "# tuned by hand\ndtype: 'float16'\nmerge_method: \"linear\"\nmodels: [{model: org/a}, {model: org/b}]\n"
+    assert recipe_fingerprint(text) == recipe_fingerprint(same)
+    assert recipe_fingerprint(text) != recipe_fingerprint(text.replace("float16", "bfloat16"))
+    assert recipe_fingerprint(text) != recipe_fingerprint(text.replace("org/a", "org/c").replace("org/b", "org/a"))
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        recipe_fingerprint("a: [")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mergehub import api
 from mergehub.errors import MergehubError, RecipeWarning
-from mergehub.interfaces import experiments
+from mergehub.interfaces import experiments, workflow
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.methods import all_methods
 from mergehub.writer import writing
@@ -125,6 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     family.add_argument("--depth", type=int, default=5, help="generations to walk up (default: 5)")
 
     experiments.add_commands(commands)
+    workflow.add_commands(commands)
     commands.add_parser("methods", help="list the merge methods")
     return parser
 
@@ -322,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "card": _card,
                 "lineage": _lineage,
                 **experiments.COMMANDS,
+                **workflow.COMMANDS,
             }
             return commands[args.command](args) if args.command in commands else _methods()
     except MergehubError as e:
