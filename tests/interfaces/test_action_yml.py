@@ -21,6 +21,7 @@ from tests.interfaces.test_action import RECIPE, ZERO, commit, repo  # noqa: F40
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "recipe-factory" / ".github" / "workflows" / "merge.yml"
+CI = ROOT / ".github" / "workflows" / "ci.yml"
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 
 
@@ -165,7 +166,7 @@ def _schema_check(schema: str, *paths: Path) -> subprocess.CompletedProcess[str]
 def test_action_yml_and_the_example_workflow_follow_githubs_schemas(tmp_path):
     checked = _schema_check("vendor.github-actions", ROOT / "action.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    checked = _schema_check("vendor.github-workflows", EXAMPLE)
+    checked = _schema_check("vendor.github-workflows", EXAMPLE, CI)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     broken = tmp_path / "broken.yml"
     broken.write_text(EXAMPLE.read_text().replace("runs-on:", "runs_on:"))
@@ -173,7 +174,7 @@ def test_action_yml_and_the_example_workflow_follow_githubs_schemas(tmp_path):
 
 
 def test_third_party_actions_are_pinned_by_commit():
-    for path in (ROOT / "action.yml", EXAMPLE):
+    for path in (ROOT / "action.yml", EXAMPLE, CI):
         uses = re.findall(r"^\s*(?:-\s*)?uses:\s*(\S+)(.*)$", path.read_text(), re.MULTILINE)
         third_party = [(ref, comment) for ref, comment in uses if ref.startswith("actions/")]
         assert third_party, path
