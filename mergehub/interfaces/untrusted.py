@@ -107,9 +107,8 @@ def refuse_local_shadows(refs: Sequence[ModelRef], root: Path = Path(".")) -> No
     """
     for ref in refs:
         if (root / ref.path).exists():
-            raise ModelReferenceError(
-                f"Model {str(ref)!r} is not allowed here: a directory of that name exists.",
-                hint="Use another Hub model ID, or rename the directory.",
+            raise ModelReferenceError(  # says no more: which paths exist on a server is not the visitor's business
+                f"Model {str(ref)!r} is not allowed here.", hint="Use another Hub model ID."
             )
 
 

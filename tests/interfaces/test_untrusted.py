@@ -29,7 +29,7 @@ def test_pull_request_rules_refuse_local_paths_unless_allowed(tmp_path: Path):
     assert check_pull_request_recipe(local, tmp_path, allow_local=True).referenced_models()[1].path == "models/mine"
     with pytest.raises(ModelReferenceError, match="outside the checkout"):
         check_pull_request_recipe(TWO.format(a="org/b", b=".."), tmp_path / "models", allow_local=True)
-    with pytest.raises(ModelReferenceError, match="a directory of that name exists") as info:
+    with pytest.raises(ModelReferenceError, match="'org/a' is not allowed here") as info:
         check_pull_request_recipe(TWO.format(a="org/a", b="org/b"), tmp_path)
     assert info.value.line == 3
 
