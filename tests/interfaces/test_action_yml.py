@@ -70,9 +70,9 @@ def run_action(inputs: dict[str, str], workspace: Path, event: str, payload: dic
     temp = work / "runner-temp"
     temp.mkdir(exist_ok=True)
     (work / "event.json").write_text(json.dumps(payload))
-    summary, env_file = work / "summary.md", work / "env"
-    summary.write_text("")
-    env_file.write_text("")
+    summary, env_file, path_file = work / "summary.md", work / "env", work / "path"
+    for name in (summary, env_file, path_file):
+        name.write_text("")
     context: dict[str, Any] = {
         "inputs": {**defaults, **inputs},
         "github": {"action_path": str(ROOT), "workspace": str(workspace), "event_name": event},
@@ -104,6 +104,7 @@ def run_action(inputs: dict[str, str], workspace: Path, event: str, payload: dic
                 "GITHUB_OUTPUT": str(output_file),
                 "GITHUB_STEP_SUMMARY": str(summary),
                 "GITHUB_ENV": str(env_file),
+                "GITHUB_PATH": str(path_file),
                 "GITHUB_WORKSPACE": str(workspace),
                 "GITHUB_EVENT_NAME": event,
                 "GITHUB_EVENT_PATH": str(work / "event.json"),
@@ -129,7 +130,7 @@ def run_action(inputs: dict[str, str], workspace: Path, event: str, payload: dic
         "failed": None,
         "outputs": action_outputs,
         "summary": summary.read_text(),
-        "env": env_file.read_text(),
+        "env": env_file.read_text() + path_file.read_text(),
         "log": "\n".join(log),
     }
 
