@@ -28,6 +28,7 @@ from mergehub.api import (
     run_merge,
 )
 from mergehub.errors import (
+    AdapterError,
     Cancelled,
     GGUFError,
     MergehubError,
@@ -48,6 +49,7 @@ from mergehub.sources import Sources
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterError",
     "Cancelled",
     "GGUFError",
     "MergeResult",

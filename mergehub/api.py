@@ -40,6 +40,7 @@ from mergehub.publish.push import (
 )
 from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import INDEX_NAME, Sources, TensorSource, open_source
+from mergehub.sources.adapter import AdapterSource
 from mergehub.sources import open_sources as _open_sources
 from mergehub.units import format_size
 from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, StateDictWriter, TensorSink, writing
@@ -250,6 +251,23 @@ def _planned(
     return recipe
 
 
+def _readmes(sources: Mapping[ModelRef, TensorSource]) -> dict[str, bytes | None]:
+    """Each parent's README.md by plan key, and each LoRA adapter's by its reference (`plan_card` reads both)."""
+    readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
+    for ref, source in sources.items():
+        if ref.adapter is not None and isinstance(source, AdapterSource):
+            readmes[str(ref.adapter)] = source.adapter.read_file("README.md")
+    return readmes
+
+
+def _hub_parents(plan: Plan) -> list[str]:
+    """The Hub repos a merge comes from: each model, and each LoRA adapter merged into one."""
+    repos = [m.path for m in plan.models if m.revision] + [
+        m.adapter.path for m in plan.models if m.adapter and m.adapter.revision
+    ]
+    return list(dict.fromkeys(repos))
+
+
 def run_merge(
     recipe: RecipeLike | Plan,
     out_dir: str | os.PathLike,
@@ -308,7 +326,7 @@ def run_merge(
             require_gguf()
             from mergehub.gguf.output import open_gguf
 
-            hub_parents = [m.pinned.path for m in plan.models if m.revision]
+            hub_parents = _hub_parents(plan)
             gguf_output = open_gguf(
                 plan,
                 name=merged_id.split("/")[-1],
@@ -341,7 +359,7 @@ def run_merge(
             with writing(staging / filename):
                 (staging / filename).write_bytes(data)
         lineage_graph = merge_lineage(merged_id, plan, token)
-        readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
+        readmes = _readmes(sources)
         card = plan_card(
             plan,
             tuple(writer.results),
@@ -545,7 +563,7 @@ def build_card(target: str, *, token: str | bool | None = None, seed: int = 0) -
     parsed = parse_recipe(recipe_text)
     with _open_sources(parsed, token=token) as sources:
         plan = _plan_merge(parsed, sources, seed=seed)
-        readmes = {str(ref): source.read_file("README.md") for ref, source in sources.items()}
+        readmes = _readmes(sources)
     command = f"mergehub merge {RECIPE_FILE} {name.split('/')[-1]} --seed {seed}"
     return plan_card(
         plan, shards, repo_id=name, command=command, readmes=readmes, lineage=merge_lineage(name, plan, token)

@@ -9,6 +9,7 @@ The tree::
     ├── SourceError (OSError)             a model's files cannot be read
     │   └── MissingTensorError (KeyError) a tensor the plan needs is absent
     ├── PlanError (ValueError)            models and recipe do not fit together
+    │   └── AdapterError                  a LoRA adapter is of an unsupported kind, or does not fit its model
     ├── MergeMethodError (ValueError)     a kernel was given inputs it cannot merge
     ├── OutputError (OSError)             the output directory cannot be written
     ├── Cancelled (RuntimeError)          the merge was stopped on request
@@ -48,6 +49,7 @@ __all__ = [
     "SourceError",
     "MissingTensorError",
     "PlanError",
+    "AdapterError",
     "MergeMethodError",
     "OutputError",
     "PublishError",
@@ -217,6 +219,11 @@ class MissingTensorError(SourceError, KeyError):
 
 class PlanError(MergehubError, ValueError):
     """The models and the recipe do not fit together (shapes, layers, architectures)."""
+
+
+class AdapterError(PlanError):
+    """A LoRA adapter cannot be applied: an adapter type or option mergehub does not apply, or weights that do not fit
+    the model (modules it lacks, shapes that differ)."""
 
 
 class MergeMethodError(MergehubError, ValueError):

@@ -55,6 +55,7 @@ _SECTION = "## Evaluation"
 _SEED_OFFSET = 1234
 _GENERIC_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 _MODEL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+_ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 
 
 @dataclass(frozen=True)
@@ -158,28 +159,38 @@ def _import_lm_eval() -> Any:
     return lm_eval
 
 
-def _local_model(model: str | os.PathLike, token: str | None) -> tuple[Path, str | None]:
-    """A directory holding the model, and the commit it was downloaded at (None for a local directory)."""
+def _local_model(model: str | os.PathLike, token: str | None) -> tuple[Path, str | None, Path | None]:
+    """A directory holding the model, the commit it was downloaded at (None for a local directory), and the
+    directory of its LoRA adapter for a `model+adapter` reference (lm-eval applies it with peft)."""
     directory = Path(model).expanduser()
     if directory.is_dir():
-        return directory, None
+        return directory, None, None
     ref = ModelRef.parse(str(model))
+    local, revision = _download(ref.model, token, _MODEL_FILES)
+    adapter = _download(ref.adapter, token, _ADAPTER_FILES)[0] if ref.adapter else None
+    return local, revision, adapter
+
+
+def _download(ref: ModelRef, token: str | None, patterns: list[str]) -> tuple[Path, str | None]:
+    """A local directory as is, or a Hub repo's files matching `patterns`, downloaded at its revision."""
+    if ref.is_local:
+        return Path(ref.path), None
     if not ref.looks_like_hub_id:
         raise EvaluationError(
-            f"{model} is neither a directory nor a Hub model id.",
-            hint="Give a model directory or `org/name[@revision]`.",
+            f"{ref} is neither a directory nor a Hub model id.",
+            hint="Give a model directory or `org/name[@revision]` (and `+adapter` for a LoRA adapter).",
         )
     from huggingface_hub import snapshot_download
 
     try:
-        local = Path(snapshot_download(ref.path, revision=ref.revision, token=token, allow_patterns=_MODEL_FILES))
+        local = Path(snapshot_download(ref.path, revision=ref.revision, token=token, allow_patterns=patterns))
     except (
         OSError,
         ValueError,
         HTTPError,
     ) as e:  # huggingface_hub's HTTP, network, not-found, offline and validation errors
         raise EvaluationError(
-            f"Could not download {model} from the Hub: {e}",
+            f"Could not download {ref} from the Hub: {e}",
             hint="Check the repo id, the revision, your token (HF_TOKEN) and the network.",
         ) from e
     return local, local.name
@@ -365,7 +376,8 @@ def evaluate(
     """Score a model (a directory or `org/name[@revision]`) on lm-eval tasks.
 
     Args:
-        model: A local model directory, or a Hub repo (downloaded once, pinned to the commit it resolves to).
+        model: A local model directory, or a Hub repo (downloaded once, pinned to the commit it resolves to); a
+            `model+adapter` reference is the model with its LoRA adapter applied by peft.
         tasks: lm-eval task, group or tag names; mergehub's shipped tasks (`mergehub_facts`,
             `mergehub_arithmetic`, or the tag `mergehub` for both); or paths to task YAML files.
         limit: Score only the first `limit` documents of each task (a fraction of them when < 1).
@@ -384,14 +396,20 @@ def evaluate(
     """
     lm_eval = _import_lm_eval()
     manager, specs = _resolve_tasks(lm_eval, list(tasks))
-    directory, revision = _local_model(model, token)
+    directory, revision, adapter = _local_model(model, token)
     torch_device = str(resolve_device(device))
     weights = eval_dtype(torch_device, dtype)
     from lm_eval.api.registry import get_model
 
     started = time.perf_counter()
     try:
-        lm = get_model("hf")(pretrained=str(directory), device=torch_device, dtype=weights, batch_size=batch_size)
+        lm = get_model("hf")(
+            pretrained=str(directory),
+            device=torch_device,
+            dtype=weights,
+            batch_size=batch_size,
+            peft=str(adapter) if adapter else None,
+        )
     except (OSError, ValueError, KeyError) as e:
         raise EvaluationError(
             f"lm-eval could not load {model}: {e}",

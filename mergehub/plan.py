@@ -60,6 +60,7 @@ from mergehub.recipe import (
     first_setting,
     precedence,
 )
+from mergehub.sources.adapter import ADAPTER_FILE_PREFIX, AdapterSource
 from mergehub.sources.base import DTYPES, TensorInfo, TensorSource
 from mergehub.units import format_size
 from mergehub.vocab import (
@@ -75,6 +76,7 @@ from mergehub.vocab import (
 __all__ = [
     "InputTensor",
     "TensorJob",
+    "AdapterEntry",
     "ModelEntry",
     "InputFile",
     "TensorSlot",
@@ -125,21 +127,45 @@ class TensorJob:
 
 
 @dataclass(frozen=True)
+class AdapterEntry:
+    """A LoRA adapter applied to an input model as it streams: its reference as written, its directory or Hub repo
+    ID, and the commit it is pinned to (None for a directory)."""
+
+    ref: str
+    path: str
+    revision: str | None
+    gated: bool = False
+
+    @property
+    def pinned(self) -> str:
+        """`repo@commit` for a Hub adapter, the path for a directory."""
+        return f"{self.path}@{self.revision}" if self.revision else self.path
+
+
+@dataclass(frozen=True)
 class ModelEntry:
-    """An input model: its key (the reference as the recipe writes it), the commit it is pinned to, and what is read
-    from it."""
+    """An input model: its key (the reference as the recipe writes it, `org/name@rev+org/lora`), the commit it is
+    pinned to, what is read from it, and the LoRA adapter applied to it."""
 
     ref: str
     revision: str | None
     """The commit every read is pinned to (None for a local directory)."""
     read_bytes: int
     gated: bool = False
+    adapter: AdapterEntry | None = None
+
+    @property
+    def path(self) -> str:
+        """The model's directory or Hub repo ID, without its revision or adapter."""
+        model = self.ref.removesuffix(f"+{self.adapter.ref}") if self.adapter else self.ref
+        return (model.rpartition("@")[0] or model) if self.revision is not None else model
 
     @property
     def pinned(self) -> ModelRef:
-        """The reference at its pinned commit, to open the model exactly as planned."""
+        """The reference at its pinned commits (the model's and its adapter's), to open it exactly as planned."""
         ref = ModelRef.parse(self.ref)
-        return ModelRef(ref.path, self.revision) if self.revision else ref
+        adapter = self.adapter and ModelRef(self.adapter.path, self.adapter.revision)
+        return ModelRef(ref.path, self.revision or ref.revision, adapter or ref.adapter)
 
 
 @dataclass(frozen=True)
@@ -300,10 +326,11 @@ class Plan:
         number = {m.ref: i for i, m in enumerate(self.models)}
         lines = [f"Plan: {self.method} merge of {len(self.models)} models into {len(self.jobs)} tensors"]
         lines.append("Input models (bytes to read):")
-        lines += [
-            f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {format_size(m.read_bytes)}"
-            for i, m in enumerate(self.models)
-        ]
+        for i, m in enumerate(self.models):
+            lines.append(f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {format_size(m.read_bytes)}")
+            if m.adapter is not None:
+                at = f" @ {m.adapter.revision}" if m.adapter.revision else ""
+                lines.append(f"      LoRA adapter {m.adapter.path}{at}, merged in as it streams")
         lines.append(f"Output: {len(self.shards)} shard(s), {format_size(self.write_bytes)}; layers: {self.num_layers}")
         files = self.output_files()
         lines.append(
@@ -969,10 +996,7 @@ def plan_merge(
     jobs = tuple(planner.jobs)
     return Plan(
         method=method.name,
-        models=tuple(
-            ModelEntry(str(ref), sources[ref].revision, planner.read_bytes.get(ref, 0), bool(sources[ref].gated))
-            for ref in refs
-        ),
+        models=tuple(_model_entry(ref, sources[ref], planner.read_bytes.get(ref, 0)) for ref in refs),
         jobs=jobs,
         shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
         config=config,
@@ -1006,10 +1030,18 @@ def _chat_template(
         raise
 
 
+def _model_entry(ref: ModelRef, source: TensorSource, read_bytes: int) -> ModelEntry:
+    adapter = None
+    if ref.adapter is not None and isinstance(source, AdapterSource):
+        adapter = AdapterEntry(str(ref.adapter), ref.adapter.path, source.adapter.revision, bool(source.adapter.gated))
+    return ModelEntry(str(ref), source.revision, read_bytes, bool(source.gated), adapter)
+
+
 def _input_files(
     jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]
 ) -> tuple[InputFile, ...]:
-    """Each Hub model's weight files the jobs read from: verified when read whole and the Hub lists a sha256."""
+    """Each Hub model's (and Hub adapter's) weight files the jobs read from: verified when read whole and the Hub
+    lists a sha256."""
     read: dict[str, set[str]] = {}
     for job in jobs:
         for item in job.inputs:
@@ -1017,16 +1049,15 @@ def _input_files(
     files = []
     for ref in refs:
         source, key = sources[ref], str(ref)
-        if source.revision is None or key not in read:
+        if key not in read:
             continue
-        by_file: dict[str, list[str]] = {}
-        for info in source.tensors().values():
-            by_file.setdefault(info.file, []).append(info.name)
-        for file, names in sorted(by_file.items()):
-            used = sum(name in read[key] for name in names)
-            if not used:
-                continue
-            whole = used == len(names)
+        for file, (used, total) in sorted(source.files_read(read[key]).items()):
+            adapter_file = file.startswith(ADAPTER_FILE_PREFIX)
+            if (
+                source.adapter.revision if adapter_file and isinstance(source, AdapterSource) else source.revision
+            ) is None:
+                continue  # a local file: nothing travels
+            whole = used == total
             reason = (
                 ""
                 if whole and file in source.checksums

@@ -90,24 +90,38 @@ def _exists(path: str, *, directory: bool = False) -> bool:
         return False
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ModelRef:
-    """A model: a local directory or a Hub repo ID, with an optional revision (`org/name@rev`)."""
+    """A model: a local directory or a Hub repo ID, with an optional revision (`org/name@rev`), and optionally a
+    LoRA adapter applied to it (`org/name+org/lora`), the adapter itself a directory or a Hub ID with its revision."""
 
     path: str
     revision: str | None = None
+    adapter: ModelRef | None = None
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        """Parse `path`, `org/name` or `org/name@revision`."""
+        """Parse `path`, `org/name`, `org/name@revision`, or `model+adapter` where each side is one of those.
+
+        As in mergekit, a `+` separates the model from its LoRA adapter, and one `+` at most is allowed; an
+        existing local path is taken whole even if it contains `+` or `@`.
+        """
         text = text.strip()
         if not text:
             raise RecipeError("A model reference is empty.", hint="Give a local directory or a Hub ID like `org/name`.")
         if "+" in text and not _exists(text):
-            raise RecipeError(
-                f"Model reference {excerpt(text)} applies a LoRA (`model+lora`), which mergehub does not support yet.",
-                hint="Merge the LoRA into its base first (peft's `merge_and_unload`), then reference that model.",
-            )
+            parts = [part.strip() for part in text.split("+")]
+            if len(parts) != 2 or not all(parts):
+                raise RecipeError(
+                    f"Model reference {excerpt(text)} is malformed: a LoRA reference is `model+adapter`, with one `+`.",
+                    hint="Write `org/model+org/lora` (each side may be a local directory, or carry `@revision`).",
+                )
+            model, adapter = (cls._parse_one(part) for part in parts)
+            return cls(model.path, model.revision, adapter)
+        return cls._parse_one(text)
+
+    @classmethod
+    def _parse_one(cls, text: str) -> ModelRef:
         if "@" in text and not _exists(text):
             path, _, revision = text.rpartition("@")
             if not path or not revision:
@@ -116,8 +130,13 @@ class ModelRef:
         return cls(text)
 
     @property
+    def model(self) -> ModelRef:
+        """The model without its adapter."""
+        return self if self.adapter is None else ModelRef(self.path, self.revision)
+
+    @property
     def is_local(self) -> bool:
-        """Whether the reference names an existing local directory."""
+        """Whether the model (without its adapter) names an existing local directory."""
         return self.revision is None and _exists(self.path, directory=True)
 
     @property
@@ -126,7 +145,8 @@ class ModelRef:
         return is_hub_id(self.path)
 
     def __str__(self) -> str:
-        return self.path if self.revision is None else f"{self.path}@{self.revision}"
+        model = self.path if self.revision is None else f"{self.path}@{self.revision}"
+        return model if self.adapter is None else f"{model}+{self.adapter}"
 
 
 E = TypeVar("E", bound=MergehubError)

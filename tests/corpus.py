@@ -3,7 +3,8 @@
 Each file in tests/data/recipes/ is one recipe as published, its first line a comment with the source URL
 (and optionally `# shape: vlm` for a vision-language recipe). A recipe is re-pointed: every model it names
 becomes a tiny generated model with as many layers as its layer ranges need (the base model, or else the
-first one named, is the "pretrained" model; the others are fine-tunes of it), and `dtype`/`out_dtype` become
+first one named, is the "pretrained" model; the others are fine-tunes of it; a `model+adapter` reference
+becomes that tiny model plus a LoRA adapter made for it by peft), and `dtype`/`out_dtype` become
 float32 so that results compare to 1e-5. mergekit runs in-process through the function `mergekit-yaml`
 calls; the tiny models are generated once per layer count and reused across recipes.
 
@@ -121,7 +122,18 @@ def uses_lora(data: Any) -> bool:
 def repoint(data: dict, models: TinyModels, shape: str) -> dict:
     """The recipe with every model reference replaced by a tiny model, and dtypes set to float32."""
     refs, layers = _references(data)
-    mapping = {ref: str(models.get(shape, layers, i)) for i, ref in enumerate(refs)}
+    plain = list(
+        dict.fromkeys(ref.split("+")[0].strip() for ref in refs)
+    )  # a `model+adapter` is that model with an adapter
+    adapters = list(dict.fromkeys(ref.partition("+")[2].strip() for ref in refs if "+" in ref))
+    mapping = {}
+    for ref in refs:
+        model, _, adapter = ref.partition("+")
+        index = plain.index(model.strip())
+        path = str(models.get(shape, layers, index))
+        mapping[ref] = (
+            f"{path}+{models.adapter(shape, layers, index, adapters.index(adapter.strip()))}" if adapter else path
+        )
     out = _replace(copy.deepcopy(data), mapping)
     for key in ("dtype", "out_dtype"):
         if key in out:
@@ -149,6 +161,23 @@ class TinyModels:
             (directory / "config.json").write_text(json.dumps(self._config(shape, layers), indent=1))
             for name, data in self.tokenizer.items():
                 (directory / name).write_bytes(data)
+        return directory
+
+    def adapter(self, shape: str, layers: int, index: int, adapter: int = 0) -> Path:
+        """LoRA adapter number `adapter` (made by peft) for model `index` of a layer count."""
+        from tests.helpers import make_lora
+
+        directory = self.root / f"{shape}-{layers}" / f"m{index}-lora{adapter}"
+        if not directory.is_dir():
+            targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+            make_lora(
+                self.get(shape, layers, index),
+                directory,
+                seed=100 + 10 * index + adapter,
+                r=4,
+                lora_alpha=8,
+                target_modules=targets,
+            )
         return directory
 
     @staticmethod
@@ -273,7 +302,7 @@ class Outcome:
 
 
 def run_mergekit(recipe: Path, out: Path) -> Outcome:
-    """mergekit 0.1.5 in-process, as `mergekit-yaml recipe out` runs it."""
+    """mergekit 0.1.5 in-process, as `mergekit-yaml recipe out --lora-merge-cache DIR` runs it."""
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -281,12 +310,10 @@ def run_mergekit(recipe: Path, out: Path) -> Outcome:
     text = recipe.read_text(encoding="utf-8")
     try:
         config = MergeConfiguration.model_validate(yaml.safe_load(text))
-        run_merge(
-            config,
-            str(out),
-            options=MergeOptions(random_seed=0, quiet=True, write_model_card=False),
-            config_source=text,
+        options = MergeOptions(
+            random_seed=0, quiet=True, write_model_card=False, lora_merge_cache=str(out.parent / "lora-cache")
         )
+        run_merge(config, str(out), options=options, config_source=text)
     except Exception as e:  # noqa: BLE001 - any refusal, of any type, is recorded
         return Outcome(None, f"{type(e).__name__}: {e}".splitlines()[0])
     return Outcome(load_tensors(out))
@@ -355,9 +382,6 @@ def run_entry(entry: Entry, models: TinyModels, work: Path) -> Result:
     except yaml.YAMLError:
         data = None
     result = Result(entry, method=str(data.get("merge_method", "")) if isinstance(data, dict) else "")
-    if isinstance(data, dict) and uses_lora(data):
-        result.skipped = "LoRA reference (model+adapter): not supported yet, see the LoRA issue"
-        return result
     work.mkdir(parents=True, exist_ok=True)
     recipe = work / "recipe.yml"
     if isinstance(data, dict):

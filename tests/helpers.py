@@ -50,3 +50,46 @@ def make_tokenizer(
     with tempfile.TemporaryDirectory() as tmp:
         fast.save_pretrained(tmp)
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+
+
+def make_lora(
+    base: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    model_class: str = "AutoModelForCausalLM",
+    **config,
+) -> Path:
+    """A PEFT LoRA adapter for the model at `base`, saved by peft itself into `out`, with random (non-zero) A and B.
+
+    `config` goes to `peft.LoraConfig` (r, lora_alpha, target_modules, use_rslora, rank_pattern, ...); tensors in
+    `modules_to_save` are perturbed too, so that replacing them shows.
+    """
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_class).from_pretrained(base, dtype=dtype or "auto")
+    peft_model = get_peft_model(model, LoraConfig(init_lora_weights=False, **config))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "modules_to_save" in name or "lora_B" in name and parameter.ndim == 1:
+                parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter.dtype) * 0.1)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def peft_merged(
+    base: Path, adapter: Path, *, dtype: torch.dtype | str = "auto", model_class: str = "AutoModelForCausalLM"
+) -> dict[str, torch.Tensor]:
+    """The state dict peft's `merge_and_unload` gives for `base` + `adapter` (the reference for merged tensors)."""
+    import transformers
+    from peft import PeftModel
+
+    model = getattr(transformers, model_class).from_pretrained(base, dtype=dtype)
+    return {
+        k: v.detach().clone()
+        for k, v in PeftModel.from_pretrained(model, adapter).merge_and_unload().state_dict().items()
+    }

@@ -149,6 +149,39 @@ def test_evaluate_a_hub_model_pinned_to_its_commit(report: EvalReport, tiny_mode
         evaluate("alice/missing", ["mergehub_facts"], limit=LIMIT, device="cpu", token="tok-alice")
 
 
+def test_evaluate_a_model_with_its_lora_adapter(tiny_model: Path, hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    pytest.importorskip("lm_eval")
+    import lm_eval.api.registry
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import make_lora
+
+    seen: list[dict] = []
+    real = lm_eval.api.registry.get_model
+    monkeypatch.setattr(
+        lm_eval.api.registry, "get_model", lambda name: lambda **kw: (seen.append(kw), real(name)(**kw))[1]
+    )
+    adapter = make_lora(
+        tiny_model, tmp_path / "lora", seed=3, r=4, lora_alpha=64, target_modules=["q_proj", "down_proj"]
+    )
+    merged = tmp_path / "merged"
+    PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model), adapter
+    ).merge_and_unload().save_pretrained(merged)
+    for name, data in make_tokenizer(WORDS).items():
+        (merged / name).write_bytes(data)
+    hub.add_repo("alice/tiny", tiny_model)
+    hub.add_repo("alice/lora", adapter)
+    result = evaluate(
+        "alice/tiny+alice/lora", ["mergehub_facts"], limit=LIMIT, device="cpu", batch_size=4, token="tok-alice"
+    )
+    expected = evaluate(merged, ["mergehub_facts"], limit=LIMIT, device="cpu", batch_size=4)
+    assert [r.metric for r in result.results] == [r.metric for r in expected.results]
+    assert [r.value for r in result.results] == pytest.approx([r.value for r in expected.results])
+    assert seen[0]["peft"] and Path(seen[0]["peft"], "adapter_model.safetensors").is_file() and seen[1]["peft"] is None
+
+
 def test_unknown_task_lists_where_it_looked(tiny_model: Path):
     lm_eval = pytest.importorskip("lm_eval")
     with pytest.raises(UnknownTaskError) as caught:

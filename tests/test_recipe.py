@@ -75,7 +75,8 @@ def test_scalars_and_discrete_lists():
         ),
         ("merge_method: passthrough\nslices: [{sources: [{model: a, layer_range: [3, 1]}]}]\n", "0 <= start < end"),
         ("merge_method: linear\nmodels: [{model: a}]\ndtype: float8\n", "dtype"),
-        ("merge_method: linear\nmodels: [{model: 'a+lora'}]\n", "LoRA"),
+        ("merge_method: linear\nmodels: [{model: 'a+lora+more'}]\n", "with one `\\+`"),
+        ("merge_method: linear\nmodels: [{model: 'a+'}]\n", "LoRA reference"),
         ("merge_method: linear\nmodules: {}\n", "exactly one of"),
         ("merge_method: linear\nmodules: {text_decoder: {parameters: {weight: 1}}}\n", "each module exactly one of"),
         (
@@ -100,6 +101,23 @@ def test_model_ref_parsing(tmp_path):
     local = tmp_path / "we@ird"
     local.mkdir()
     assert ModelRef.parse(str(local)) == ModelRef(str(local)) and ModelRef(str(local)).is_local
+
+
+def test_lora_references_split_as_mergekit_does(tmp_path):
+    ref = ModelRef.parse("org/model@v1+org/lora@abc")
+    assert ref == ModelRef("org/model", "v1", ModelRef("org/lora", "abc"))
+    assert ref.model == ModelRef("org/model", "v1") and str(ref) == "org/model@v1+org/lora@abc"
+    assert ModelRef.parse(" org/model + org/lora ") == ModelRef("org/model", None, ModelRef("org/lora"))
+    adapter = tmp_path / "my-lora"
+    adapter.mkdir()
+    local = ModelRef.parse(f"org/model+{adapter}")
+    assert local.adapter == ModelRef(str(adapter)) and local.adapter.is_local
+    plus = tmp_path / "c++model"  # an existing path is taken whole
+    plus.mkdir()
+    assert ModelRef.parse(str(plus)) == ModelRef(str(plus))
+    recipe = parse_recipe("merge_method: linear\nmodels: [{model: 'org/a+org/lora', parameters: {weight: 1}}]\n")
+    assert recipe.models[0].model.adapter == ModelRef("org/lora")
+    assert recipe.model_dump(mode="json")["models"][0]["model"] == "org/a+org/lora"
 
 
 LENIENT = """\

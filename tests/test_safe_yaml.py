@@ -124,7 +124,7 @@ def test_a_parents_recipe_and_card_with_aliases_are_read_as_unknown_not_expanded
     from mergehub.publish.card_data import read_card_data
     from mergehub.publish.lineage import _parse_recipe
 
-    assert _parse_recipe(alias_bomb()) == (None, [])
+    assert _parse_recipe(alias_bomb()) == (None, [], set())
     card = "---\nlicense: mit\ntags: &t [a, b]\nmore: *t\n---\n# Card\n"
     assert read_card_data(card) is None
     assert read_card_data("---\nlicense: mit\n---\n# Card\n").license == "mit"

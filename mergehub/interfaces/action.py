@@ -453,7 +453,7 @@ def fetch_published(repo_id: str, token: str | None) -> Published | None:
 
 def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
     """The current commit (at the recipe's revision, else main) of each Hub model the recipe names, tokenizer
-    sources included; local parents are left out.
+    sources and LoRA adapters (`model+adapter`) included; local parents are left out.
 
     Raises:
         ModelReferenceError: a parent, or its revision, is not on the Hub (or the token cannot read it).
@@ -461,7 +461,7 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
     """
     hub = HfApi(token=token)
     parents: dict[str, str] = {}
-    for ref in recipe_references(recipe):
+    for ref in [part for full in recipe_references(recipe) for part in (full.model, full.adapter) if part]:
         if ref.is_local or not ref.looks_like_hub_id or ref.path in parents:
             continue
         try:

@@ -14,11 +14,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from mergehub import safe_yaml
 from mergehub.errors import OutputError, RecipeWarning, SourceError
 from mergehub.methods import get_method
-from mergehub.plan import Plan
+from mergehub.plan import InputFile, Plan
 from mergehub.publish.card_data import MERGEHUB_KEY, card_license, card_scores, read_card_data
 from mergehub.publish.lineage import LineageGraph
 from mergehub.recipe import RECIPE_FILE, ModelRef, recipe_sha256
 from mergehub.sources import open_source
+from mergehub.sources.adapter import ADAPTER_FILE_PREFIX
 from mergehub.writer import ShardResult
 
 __all__ = [
@@ -65,6 +66,8 @@ class ParentCard:
     non_commercial: bool = False
     scores: dict[str, float] = field(default_factory=dict, hash=False)
     is_hub: bool = False
+    adapter_of: str | None = None
+    """For a LoRA adapter merged into a parent (`model+adapter`): that parent's ref."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,14 @@ def _scores(data: ModelCardData) -> dict[str, float]:
     return {f"{r.dataset_name} ({r.metric_name or r.metric_type})": float(r.metric_value) for r in card_scores(data)}
 
 
-def parent_card(label: str, revision: str | None, readme: bytes | None, *, gated: bool = False) -> ParentCard:
+def parent_card(
+    label: str,
+    revision: str | None,
+    readme: bytes | None,
+    *,
+    gated: bool = False,
+    adapter_of: str | None = None,
+) -> ParentCard:
     """A parent's card data from its README.md; a missing or malformed card gives no license and no scores.
 
     `revision` is the commit of a Hub parent and None for a local directory (as `TensorSource.revision`).
@@ -136,6 +146,7 @@ def parent_card(label: str, revision: str | None, readme: bytes | None, *, gated
         non_commercial=bool(data) and (_non_commercial(data.license) or _non_commercial(data.license_name)),
         scores=_scores(data) if data else {},
         is_hub=is_hub,
+        adapter_of=adapter_of,
     )
 
 
@@ -177,7 +188,8 @@ def merge_card(
     non_finite: Sequence[str] = (),
 ) -> MergeCard:
     """The card data of a finished merge; parents follow the plan's models (base first, then recipe order)."""
-    order = {m.pinned.path: i for i, m in enumerate(plan.models)}
+    paths = [path for m in plan.models for path in (m.path, m.adapter.path if m.adapter else None) if path]
+    order = {path: i for i, path in reversed(list(enumerate(paths)))}
     return MergeCard(
         repo_id=repo_id,
         method=plan.method,
@@ -192,7 +204,7 @@ def merge_card(
         lineage_mermaid=lineage_mermaid,
         eval_results=tuple(eval_results),
         non_finite=tuple(non_finite),
-        checked=tuple((f"{plan.model(f.model).pinned.path}/{f.file}", f.verified, f.reason) for f in plan.input_files),
+        checked=tuple((_input_label(plan, f), f.verified, f.reason) for f in plan.input_files),
         warnings=plan.warnings,
     )
 
@@ -208,8 +220,21 @@ def plan_card(
     non_finite: Sequence[str] = (),
 ) -> ModelCard:
     """The merged model's card, from its plan: parents with pinned revisions and licenses (from their `readmes`,
-    by plan key), recipe, seed, checksums, lineage, and the tensors found holding NaN or Inf values."""
-    parents = [parent_card(m.ref, m.revision, readmes.get(m.ref), gated=m.gated) for m in plan.models]
+    by plan key, and a LoRA adapter's by its reference), recipe, seed, checksums, lineage, and the tensors found
+    holding NaN or Inf values."""
+    parents = []
+    for m in plan.models:
+        parents.append(parent_card(str(m.pinned.model), m.revision, readmes.get(m.ref), gated=m.gated))
+        if m.adapter is not None:
+            parents.append(
+                parent_card(
+                    m.adapter.pinned,
+                    m.adapter.revision,
+                    readmes.get(m.adapter.ref),
+                    gated=m.adapter.gated,
+                    adapter_of=parents[-1].ref,
+                )
+            )
     card = merge_card(
         repo_id,
         plan,
@@ -273,6 +298,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _input_label(plan: Plan, file: InputFile) -> str:
+    """`repo/file` of an input weight file: the model's, or its adapter's for an adapter file."""
+    model = plan.model(file.model)
+    if file.file.startswith(ADAPTER_FILE_PREFIX) and model.adapter is not None:
+        return f"{model.adapter.path}/{file.file.removeprefix(ADAPTER_FILE_PREFIX)}"
+    return f"{model.path}/{file.file}"
+
+
 def eval_result(score: EvalScore) -> EvalResult:
     """One score as huggingface_hub's `EvalResult` (a model-index entry)."""
     return EvalResult(
@@ -305,6 +338,8 @@ def _model_link(parent: ParentCard) -> str:
 
 def _parent_row(parent: ParentCard, base: str | None) -> str:
     model = _model_link(parent) + (" (base)" if parent.ref == base else "")
+    if parent.adapter_of:
+        model += f" (LoRA adapter, merged into {parent.adapter_of})"
     if parent.revision and parent.is_hub:
         revision = f"[`{parent.revision[:10]}`]({HUB_URL}/{parent.ref}/commit/{parent.revision})"
     else:
@@ -374,7 +409,8 @@ def _integrity_lines(card: MergeCard) -> list[str]:
 
 
 def provenance(card: MergeCard) -> dict:
-    """The card's machine-readable record (front matter key `mergehub`): recipe hash, pinned parents, seed,
+    """The card's machine-readable record (front matter key `mergehub`): recipe hash, pinned parents (and, under
+    `adapters`, which of them are LoRA adapters merged into which parent), seed,
     and what the merge ignored (each warning's location, line and message).
 
     Reruns compare it to decide whether a merge is already up to date.
@@ -386,6 +422,8 @@ def provenance(card: MergeCard) -> dict:
         "method": card.method,
         "version": dict(card.versions).get("mergehub"),
     }
+    if adapters := {p.ref: p.adapter_of for p in card.parents if p.adapter_of}:
+        record["adapters"] = adapters
     if card.checked:
         record["verified_inputs"] = [name for name, ok, _ in card.checked if ok]
         record["unverified_inputs"] = {name: reason for name, ok, reason in card.checked if not ok}

@@ -146,54 +146,71 @@ def _unavailable_reason(error: Exception) -> str:
     return f"unreadable ({type(error).__name__})"
 
 
-def _ref_path(value: Any) -> str | None:
-    """The repo of a mergekit model reference: `org/name@rev`, `org/name+lora` or `{model: {path: ...}}`."""
+def _ref_paths(value: Any) -> list[str]:
+    """The repos of a mergekit model reference: `org/name@rev`, `org/name+lora` (both) or `{model: {path: ...}}`."""
     if isinstance(value, dict):
-        return _ref_path(value.get("model", value.get("path")))
+        return _ref_paths(value.get("model", value.get("path")))
     if not isinstance(value, str):
-        return None
-    return value.split("+")[0].split("@")[0].strip() or None
+        return []
+    return [path for part in value.split("+") if (path := part.split("@")[0].strip())]
 
 
-def _recipe_models(data: dict) -> list[str]:
-    """Every model a recipe names, tolerant of recipes mergehub cannot run."""
+def _recipe_models(data: dict) -> tuple[list[str], set[str]]:
+    """Every model a recipe names, tolerant of recipes mergehub cannot run, and which of them are LoRA adapters."""
     refs = [data.get("base_model")]
     refs += [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
     for out_slice in data.get("slices") or []:
         if isinstance(out_slice, dict):
             refs.append(out_slice.get("base_model"))
             refs += [s.get("model") for s in out_slice.get("sources") or [] if isinstance(s, dict)]
-    return [path for path in map(_ref_path, refs) if path]
+    paths = [_ref_paths(ref) for ref in refs]
+    return [p for group in paths for p in group], {group[1] for group in paths if len(group) == 2}
 
 
-def _parse_recipe(text: str | None) -> tuple[str | None, list[str]]:
-    """A recipe's merge method and parent repos; nothing when it is absent or not a YAML mapping."""
+def _parse_recipe(text: str | None) -> tuple[str | None, list[str], set[str]]:
+    """A recipe's merge method, parent repos (LoRA adapters after their models) and which parents are adapters;
+    nothing when it is absent or not a YAML mapping."""
     try:
         data = safe_yaml.load(text, what="A parent's recipe") if text else None
     except (RecipeError, yaml.YAMLError):
-        return None, []
+        return None, [], set()
     if not isinstance(data, dict):
-        return None, []
+        return None, [], set()
     method = data.get("merge_method") if isinstance(data.get("merge_method"), str) else None
     try:
-        return method, [ref.path for ref in parse_recipe(text).referenced_models()]
+        refs = parse_recipe(text).referenced_models()
     except RecipeError:
-        return method, _recipe_models(data)
+        return (method, *_recipe_models(data))
+    parents = [path for ref in refs for path in (ref.path, ref.adapter.path if ref.adapter else None) if path]
+    return method, parents, {ref.adapter.path for ref in refs if ref.adapter}
+
+
+def _card_adapters(data: Any) -> set[str]:
+    """The parents that a mergehub card records as LoRA adapters (`mergehub: adapters:`)."""
+    record = data.get("mergehub") if data else None
+    adapters = record.get("adapters") if isinstance(record, dict) else None
+    return {a for a in adapters if isinstance(a, str)} if isinstance(adapters, dict) else set()
 
 
 def _inspect(
     card: str | None, recipe: Callable[[], str | None]
-) -> tuple[str | None, str | None, str | None, list[str]]:
-    """A model's license, relation to its parents, merge method and parents."""
+) -> tuple[str | None, str | None, str | None, list[str], set[str]]:
+    """A model's license, relation to its parents, merge method, parents, and which parents are LoRA adapters."""
     data = read_card_data(card)
     bases = data.base_model if data else None
     parents = [b for b in ([bases] if isinstance(bases, str) else bases or []) if isinstance(b, str)]
     relation = data.get("base_model_relation") if data else None
     relation = relation if isinstance(relation, str) else None
-    method, recipe_parents = _parse_recipe(recipe()) if relation in (None, "merge") else (None, [])
+    method, recipe_parents, adapters = _parse_recipe(recipe()) if relation in (None, "merge") else (None, [], set())
     if not parents:
         parents = recipe_parents
-    return card_license(data) if data else None, relation or ("merge" if method else None), method, parents
+    return (
+        card_license(data) if data else None,
+        relation or ("merge" if method else None),
+        method,
+        parents,
+        adapters | _card_adapters(data),
+    )
 
 
 def walk_lineage(
@@ -226,9 +243,9 @@ def walk_lineage(
             continue
         try:
             if given_root and model == repo_id:
-                license_id, relation, method, parents = _inspect(root_card, lambda: root_recipe)
+                license_id, relation, method, parents, adapters = _inspect(root_card, lambda: root_recipe)
             else:
-                license_id, relation, method, parents = _inspect(
+                license_id, relation, method, parents, adapters = _inspect(
                     read_card(model), lambda model=model: read_recipe(model)
                 )
         except (OSError, HTTPError) as e:  # huggingface_hub's HTTP errors are OSErrors; network errors are not
@@ -239,25 +256,34 @@ def walk_lineage(
         if depth >= max_depth:
             continue
         for parent in parents:
-            edges.append(LineageEdge(model, parent, relation, method))
+            edges.append(
+                LineageEdge(model, parent, "adapter", None)
+                if parent in adapters
+                else LineageEdge(model, parent, relation, method)
+            )
             if parent not in seen:
                 seen.add(parent)
                 queue.append((parent, depth + 1))
     return LineageGraph(repo_id, tuple(nodes), tuple(edges))
 
 
-def merge_lineage(repo_id: str, plan: Plan, token: str | bool | None) -> LineageGraph:
-    """A merge's family tree for its card: its parents' Hub cards and recipes, walked up; local parents are leaves."""
-    local = {m.ref for m in plan.models if m.revision is None}
+def hub_readers(local: set[str], token: str | bool | None) -> dict[str, Reader]:
+    """`walk_lineage`'s card and recipe readers, reading Hub models and leaving the `local` ones as leaves."""
 
     def hub_only(read: Reader) -> Reader:
         return lambda model: None if model in local else read(model)
 
+    return {
+        "read_card": hub_only(hub_reader("README.md", token)),
+        "read_recipe": hub_only(hub_reader(RECIPE_FILE, token)),
+    }
+
+
+def merge_lineage(repo_id: str, plan: Plan, token: str | bool | None) -> LineageGraph:
+    """A merge's family tree for its card: its parents' Hub cards and recipes (LoRA adapters' too), walked up; local
+    parents are leaves."""
+    local = {m.path for m in plan.models if m.revision is None}
+    local |= {m.adapter.path for m in plan.models if m.adapter and m.adapter.revision is None}
     return walk_lineage(
-        repo_id,
-        max_depth=LINEAGE_DEPTH,
-        root_recipe=plan.recipe_text,
-        token=token,
-        read_card=hub_only(hub_reader("README.md", token)),
-        read_recipe=hub_only(hub_reader(RECIPE_FILE, token)),
+        repo_id, max_depth=LINEAGE_DEPTH, root_recipe=plan.recipe_text, token=token, **hub_readers(local, token)
     )

@@ -35,22 +35,45 @@ def open_source(
     """Open a model reference as a tensor source: an existing local directory, else a Hub repo.
 
     Hub repos resolve to a commit through huggingface_hub (honouring HF_ENDPOINT, HF_TOKEN, HF_HOME).
-    `label` names the model in messages (default: the reference).
+    `label` names the model in messages (default: the reference). A `model+adapter` reference opens both
+    and applies the LoRA adapter as tensors are read (`AdapterSource`).
 
     Raises:
         ModelReferenceError: the reference is neither a directory nor a Hub ID.
         SourceError: the Hub repo cannot be read.
     """
+    if ref.adapter is not None:
+        from mergehub.sources.adapter import AdapterSource
+
+        model = open_source(ref.model, token=token, cache_dir=cache_dir)
+        try:
+            adapter = _open_repo(ref.adapter, token=token, cache_dir=cache_dir, adapter=True)
+        except BaseException:
+            model.close()
+            raise
+        return AdapterSource(model, adapter, label=label or str(ref))
+    return _open_repo(ref, token=token, cache_dir=cache_dir, label=label)
+
+
+def _open_repo(
+    ref: ModelRef,
+    *,
+    token: str | bool | None,
+    cache_dir: str | Path | None,
+    label: str | None = None,
+    adapter: bool = False,
+) -> TensorSource:
+    what = "Adapter" if adapter else "Model"
     if ref.is_local:
-        return LocalSource(ref.path, label=label or str(ref))
+        return LocalSource(ref.path, label=label or str(ref), adapter=adapter)
     if not ref.looks_like_hub_id or ref.path.startswith((".", "/", "~")):
         raise ModelReferenceError(
-            f"Model {str(ref)!r} is not a local directory and not a Hub repo ID.",
+            f"{what} {str(ref)!r} is not a local directory and not a Hub repo ID.",
             hint="Give an existing directory, or a Hub ID like `org/name` or `org/name@revision`.",
         )
     from mergehub.sources.hub import HubSource
 
-    return HubSource(ref, token=token, cache_dir=cache_dir, label=label)
+    return HubSource(ref, token=token, cache_dir=cache_dir, label=label, adapter=adapter)
 
 
 class Sources(Mapping[ModelRef, TensorSource]):

@@ -13,6 +13,8 @@ import torch
 from mergehub.errors import SourceError, excerpt
 
 __all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
     "DTYPES",
     "INDEX_NAME",
     "MAX_HEADER_BYTES",
@@ -24,8 +26,14 @@ __all__ = [
     "parse_config",
     "parse_json",
     "weight_files",
+    "adapter_weight_files",
+    "files_read",
     "parse_safetensors_header",
 ]
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+"""The files of a PEFT adapter, as `save_pretrained` writes them."""
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -160,6 +168,35 @@ def weight_files(names: list[str], index: object, label: str) -> list[str]:
         else "Point the recipe at a model with *.safetensors weights."
     )
     raise SourceError(f"{label} has no safetensors weights.", hint=hint)
+
+
+def adapter_weight_files(names: list[str], label: str) -> list[str]:
+    """The safetensors file holding a PEFT adapter's weights (`adapter_model.safetensors`), from the repo's file names.
+
+    Raises:
+        SourceError: it is absent; a pickled `adapter_model.bin` is refused (it cannot be range-read, and unpickling runs code).
+    """
+    if ADAPTER_WEIGHTS in names:
+        return [ADAPTER_WEIGHTS]
+    if "adapter_model.bin" in names:
+        raise SourceError(
+            f"{label}: the adapter's weights are a pickle (adapter_model.bin), which mergehub does not read.",
+            hint="Convert them to safetensors (`PeftModel.from_pretrained(model, adapter).save_pretrained(dir)` writes "
+            "adapter_model.safetensors), or on the Hub use a revision that has it.",
+        )
+    hint = "A LoRA reference is `model+adapter`, the adapter a PEFT adapter (adapter_config.json, adapter_model.safetensors)."
+    raise SourceError(f"{label} has no {ADAPTER_WEIGHTS}.", hint=hint)
+
+
+def files_read(tensors: Mapping[str, TensorInfo], names: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """For each file that reading `names` touches: how many of its tensors are read, and how many it holds."""
+    wanted = set(names)
+    counts: dict[str, list[int]] = {}
+    for info in tensors.values():
+        count = counts.setdefault(info.file, [0, 0])
+        count[0] += info.name in wanted
+        count[1] += 1
+    return {file: (read, total) for file, (read, total) in counts.items() if read}
 
 
 def header_length(prefix: bytes, file: str, file_size: int | None = None) -> int:
@@ -303,6 +340,10 @@ class TensorSource(Protocol):
 
     checksums: Mapping[str, str]
     """The sha256 of each weight file that can be verified as it streams (empty for a local directory)."""
+
+    def files_read(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """The weight files (keys as in `checksums`) that reading these tensors touches: (tensors read, tensors held)."""
+        ...
 
     def verify(self, files: Iterable[str]) -> None:
         """Hash these files (keys of `checksums`, each read whole by the merge) as they stream; a mismatch raises

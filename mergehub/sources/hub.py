@@ -46,7 +46,9 @@ from mergehub.recipe import ModelRef
 from mergehub.sources.base import (
     INDEX_NAME,
     TensorInfo,
+    adapter_weight_files,
     check_repo_file,
+    files_read,
     header_length,
     parse_config,
     parse_json,
@@ -132,7 +134,10 @@ def _verification_enabled() -> bool:
 
 
 class HubSource:
-    """A model repo on the Hub (or a Hub-compatible server), read by byte ranges at a pinned commit."""
+    """A model repo on the Hub (or a Hub-compatible server), read by byte ranges at a pinned commit.
+
+    With `adapter`, the repo is a PEFT adapter: its weights are `adapter_model.safetensors`.
+    """
 
     def __init__(
         self,
@@ -142,8 +147,10 @@ class HubSource:
         endpoint: str | None = None,
         cache_dir: str | Path | None = None,
         label: str | None = None,
+        adapter: bool = False,
     ) -> None:
         self.label = label or str(ref)
+        self.adapter = adapter
         self.repo_id = ref.path
         self.token = token
         self.endpoint = _endpoint(endpoint)
@@ -216,6 +223,8 @@ class HubSource:
             ) from e
 
     def _weight_files(self) -> list[str]:
+        if self.adapter:
+            return adapter_weight_files(list(self.file_sizes), self.label)
         raw = self.read_file(INDEX_NAME)
         return weight_files(
             list(self.file_sizes), parse_json(raw, INDEX_NAME, self.label) if raw is not None else None, self.label
@@ -277,6 +286,10 @@ class HubSource:
                 hint="Try again; if it persists, a proxy or the network corrupts downloads.",
             )
         return data
+
+    def files_read(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """The shards that reading these tensors touches: (tensors read, tensors held) for each."""
+        return files_read(self.tensors(), names)
 
     def verify(self, files: Iterable[str]) -> None:
         """Hash these weight files as their bytes arrive, and compare each with the listing's sha256 once complete.

@@ -13,6 +13,8 @@ from mergehub.errors import MissingTensorError, SourceError
 from mergehub.sources.base import (
     INDEX_NAME,
     TensorInfo,
+    adapter_weight_files,
+    files_read,
     header_length,
     parse_config,
     parse_json,
@@ -24,11 +26,12 @@ __all__ = ["LocalSource"]
 
 
 class LocalSource:
-    """A model directory holding `config.json` and safetensors weights."""
+    """A model directory holding `config.json` and safetensors weights (with `adapter`: a PEFT adapter's directory)."""
 
-    def __init__(self, directory: str | Path, label: str | None = None) -> None:
+    def __init__(self, directory: str | Path, label: str | None = None, *, adapter: bool = False) -> None:
         self.directory = Path(directory)
         self.label = label or str(directory)
+        self.adapter = adapter
         self.revision: str | None = None
         self.gated = False
         self._tensors: dict[str, TensorInfo] | None = None
@@ -39,6 +42,8 @@ class LocalSource:
     def _files(self) -> list[str]:
         label = f"{self.label} ({self.directory})"
         names = [p.name for p in self.directory.iterdir() if p.is_file()]
+        if self.adapter:
+            return adapter_weight_files(names, label)
         index = self.read_file(INDEX_NAME)
         return weight_files(names, parse_json(index, INDEX_NAME, label) if index is not None else None, label)
 
@@ -99,6 +104,10 @@ class LocalSource:
     def read_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """Several tensors, each with its own positioned read."""
         return {name: self.read(name) for name in names}
+
+    def files_read(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """The shards that reading these tensors touches: (tensors read, tensors held) for each."""
+        return files_read(self.tensors(), names)
 
     def verify(self, files: Iterable[str]) -> None:
         """Nothing to verify: local files do not travel (`checksums` is empty)."""

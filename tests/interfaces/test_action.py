@@ -280,6 +280,21 @@ def test_schedule_remerges_only_when_an_unpinned_parent_moved(hub, parents, repo
     assert f"parents moved: {b}" in log and "⏭️ skipped" in summary
 
 
+def test_lora_adapter_is_a_parent_whose_new_commit_triggers_a_rerun(hub, parents, family, repo, capsys, tmp_path):
+    from tests.helpers import make_lora
+
+    a, b = parents
+    hub.add_repo("bob/lora", make_lora(family[0], tmp_path / "lora", r=2, lora_alpha=4, target_modules=["q_proj"]))
+    head = commit(repo, {"recipes/styled.yml": RECIPE.format(a=f"{a}+bob/lora", b=b)})
+    code, log, _, outputs = run(repo, "workflow_dispatch", {"after": head}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/styled"], log
+    code, log, _, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true")
+    assert code == 0 and outputs["pushed-repos"] == "[]", log
+    hub.commit_files("bob/lora", {"README.md": b"---\nlicense: mit\n---\nA new revision of the adapter."})
+    code, log, _, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/styled"] and "parents moved: bob/lora" in log
+
+
 def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(
     hub, parents, repo, capsys, monkeypatch, tmp_path
 ):

@@ -114,8 +114,17 @@ def test_missing_or_malformed_cards_do_not_break_the_walk(hub):
     hub.add_repo("org/X", {"README.md": b"---\n- a list\n---\n", "mergekit_config.yml": recipe})
     graph = walk_lineage("org/X")
     assert graph.to_tree() == (
-        "org/X (license unknown, merge (weird))\n├── org/nocard (license unknown)\n└── org/badcard (license unknown)"
+        "org/X (license unknown, merge (weird))\n"
+        "├── org/nocard (license unknown)\n"
+        "├── lora/x (unavailable: not found, or private)\n"
+        "└── org/badcard (license unknown)"
     )
+    assert [(e.parent, e.relation, e.method) for e in graph.parents("org/X")] == [
+        ("org/nocard", "merge", "weird"),
+        ("lora/x", "adapter", None),
+        ("org/badcard", "merge", "weird"),
+    ]
+    assert "|adapter|" in graph.to_mermaid()
 
 
 def _readers(cards: dict[str, str]):
