@@ -18,12 +18,17 @@ re-exports the public surface, pinned by `__all__`.
 """
 
 from mergehub.api import (
+    ExtractionResult,
+    ExtractOptions,
     MergeResult,
     PushResult,
+    extract_lora,
     load_recipe,
     open_sources,
     parse_recipe,
+    plan_extraction,
     plan_merge,
+    push_extraction,
     push_merge,
     run_merge,
 )
@@ -51,6 +56,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterError",
     "Cancelled",
+    "ExtractOptions",
+    "ExtractionResult",
     "GGUFError",
     "MergeResult",
     "MergehubError",
@@ -67,10 +74,13 @@ __all__ = [
     "SourceError",
     "Sources",
     "UnknownMethodError",
+    "extract_lora",
     "load_recipe",
     "open_sources",
     "parse_recipe",
+    "plan_extraction",
     "plan_merge",
+    "push_extraction",
     "push_merge",
     "run_merge",
 ]

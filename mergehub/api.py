@@ -8,6 +8,7 @@ headers, configs, small files) → `plan` (`plan_merge`: the whole merge as a `P
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,13 +22,23 @@ import yaml
 from huggingface_hub import ModelCard
 
 from mergehub import safe_yaml
-from mergehub.errors import MergehubError, PlanError, PublishError
+from mergehub.errors import MergehubError, PlanError, PublishError, RecipeError
+from mergehub.extraction import (
+    SPEC_FILENAME,
+    ExtractionSpec,
+    ExtractOptions,
+    adapter_config,
+    is_extraction,
+    module_ranks,
+    parse_extraction,
+)
+from mergehub.extraction import plan_extraction as _plan_extraction
 from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.output import create_staging, move_into_place, resolve_target
-from mergehub.plan import DEFAULT_SHARD_BYTES, Plan
+from mergehub.plan import DEFAULT_SHARD_BYTES, Plan, embedding_rows
 from mergehub.plan import plan_merge as _plan_merge
-from mergehub.publish.card import merged_model_files, plan_card
-from mergehub.publish.lineage import LINEAGE_DEPTH, LineageGraph, merge_lineage, walk_lineage
+from mergehub.publish.card import adapter_card, merged_model_files, parent_card, plan_card, render_adapter_card
+from mergehub.publish.lineage import LINEAGE_DEPTH, LineageGraph, hub_readers, merge_lineage, walk_lineage
 from mergehub.publish.push import (
     PushResult,
     ShardUploader,
@@ -40,10 +51,20 @@ from mergehub.publish.push import (
 )
 from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, load_recipe, parse_recipe
 from mergehub.sources import INDEX_NAME, Sources, TensorSource, open_source
-from mergehub.sources.adapter import AdapterSource
 from mergehub.sources import open_sources as _open_sources
+from mergehub.sources.adapter import AdapterSource
+from mergehub.sources.base import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from mergehub.units import format_size
-from mergehub.writer import FanOutWriter, ShardedWriter, ShardResult, ShardSink, StateDictWriter, TensorSink, writing
+from mergehub.writer import (
+    BoundedWriter,
+    FanOutWriter,
+    ShardedWriter,
+    ShardResult,
+    ShardSink,
+    StateDictWriter,
+    TensorSink,
+    writing,
+)
 
 if TYPE_CHECKING:
     from mergehub.evaluation import EvalReport
@@ -76,6 +97,14 @@ __all__ = [
     "push_gguf_files",
     "hub_repo_id",
     "gguf_types",
+    "ExtractOptions",
+    "ExtractionResult",
+    "ExtractionSpec",
+    "is_extraction",
+    "parse_extraction",
+    "plan_extraction",
+    "extract_lora",
+    "push_extraction",
 ]
 
 RecipeLike = Recipe | str | os.PathLike
@@ -631,3 +660,216 @@ def card_with_scores(
         finally:
             source.close()
     return ModelCard(add_scores_to_card(text, report, comparison))
+
+
+# -- LoRA extraction -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractionResult:
+    """A finished LoRA extraction: where the adapter is, its plan, what it took, and each module's rank and error."""
+
+    out_dir: Path
+    plan: Plan
+    stats: ExecutionStats
+    shard: ShardResult
+    files: tuple[str, ...]
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        """The rank given to each module extracted as LoRA."""
+        return module_ranks(self.plan, self.stats.measures)
+
+    @property
+    def errors(self) -> dict[str, float]:
+        """Each LoRA module's relative reconstruction error ‖delta − B·A‖_F / ‖delta‖_F."""
+        return {
+            job.removesuffix(".weight"): m["relative_error"]
+            for job, m in self.stats.measures.items()
+            if "relative_error" in m
+        }
+
+    def figures(self) -> str:
+        """What the extraction gave and took, in one line: modules, ranks, errors, time, bytes, peak memory."""
+        s, ranks, errors = self.stats, sorted(set(self.ranks.values())), list(self.errors.values())
+        rank = str(ranks[0]) if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]}"
+        saved = self.plan.config["modules_to_save"]
+        return (
+            f"Extracted {len(errors)} modules as LoRA (rank {rank}){f', saved {len(saved)} whole' if saved else ''} in "
+            f"{s.seconds:.1f} s: relative error mean {sum(errors) / len(errors):.4g}, max {max(errors):.4g}; read "
+            f"{format_size(s.bytes_read)}, wrote {format_size(self.shard.size)}, peak RSS {format_size(s.peak_rss_bytes)}"
+        )
+
+    def summary(self) -> str:
+        """The figures and the output directory, then the adapter file's sha256 and any notes from the plan."""
+        lines = [f"{self.figures()} -> {self.out_dir}", f"  sha256 {self.shard.sha256}  {self.shard.filename}"]
+        return "\n".join(
+            lines
+            + [f"Note: {w.message}" for w in self.plan.warnings]
+            + [f"Warning: {w}" for w in self.stats.warnings()]
+        )
+
+
+_ADAPTER_MARKERS = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+
+
+def _extraction_sources(
+    base: str, model: str, token: str | bool | None, cache_dir: str | os.PathLike | None
+) -> tuple[ModelRef, ModelRef, Sources]:
+    """The base and the fine-tune, parsed and opened (a context manager closing both).
+
+    Raises:
+        RecipeError: both name the same model.
+    """
+    base_ref, model_ref = ModelRef.parse(str(base)), ModelRef.parse(str(model))
+    if str(base_ref) == str(model_ref):
+        raise RecipeError(
+            f"The base and the fine-tune are both {base_ref}.",
+            hint="Give the fine-tune as --model, its base as --base.",
+        )
+    return base_ref, model_ref, _open_sources([base_ref, model_ref], token=token, cache_dir=cache_dir)
+
+
+def plan_extraction(base: str, model: str, options: ExtractOptions, *, token: str | bool | None = None) -> Plan:
+    """Plan a LoRA extraction from configs and headers only (the `--dry-run`): every module's fate and largest factors.
+
+    Raises:
+        MergehubError: an option is out of range, a model cannot be read, or the two do not fit together.
+    """
+    base_ref, model_ref, sources = _extraction_sources(base, model, token, None)
+    with sources:
+        return _plan_extraction(base_ref, model_ref, sources[base_ref], sources[model_ref], options)
+
+
+def extract_lora(
+    base: str,
+    model: str,
+    out_dir: str | os.PathLike,
+    options: ExtractOptions,
+    *,
+    overwrite: bool = False,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+    repo_id: str | None = None,
+    spec_text: str | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ExtractionResult:
+    """Extract a PEFT LoRA adapter of `model` (a fine-tune) relative to `base` into `out_dir`, streamed tensor by tensor.
+
+    Both models may be directories or Hub repos (read by byte ranges, pinned to commits). The adapter holds
+    adapter_model.safetensors, adapter_config.json (`base_model_name_or_path` and `revision` pinned to the base),
+    the extraction as a file, and a card naming `repo_id` (default: the directory name) with each module's
+    reconstruction error. `out_dir` appears only once complete; `overwrite` replaces only a previous adapter.
+
+    Raises:
+        MergehubError: an option, a model, the extraction or the output.
+    """
+    target = resolve_target(out_dir, overwrite=overwrite, markers=_ADAPTER_MARKERS)
+    torch_device = resolve_device(device)
+    base_ref, model_ref, sources = _extraction_sources(base, model, token, cache_dir)
+    with sources, ExitStack() as stack:
+        base_source, model_source = sources[base_ref], sources[model_ref]
+        plan = _plan_extraction(
+            base_ref,
+            model_ref,
+            base_source,
+            model_source,
+            options,
+            prefetch_bytes=DEFAULT_PREFETCH_BYTES,
+            spec_text=spec_text,
+        )
+        spec = ExtractionSpec(base_ref, model_ref, options)
+        staging = create_staging(target)
+        stack.callback(shutil.rmtree, staging, ignore_errors=True)
+        writer = BoundedWriter(staging, plan.shards[0])
+        stack.callback(writer.close)
+        stats = execute(plan, sources, writer, device=torch_device, on_progress=on_progress, should_stop=should_stop)
+        shard = writer.finish()
+        files = {
+            ADAPTER_CONFIG: json.dumps(adapter_config(plan, stats.measures), indent=2) + "\n",
+            SPEC_FILENAME: plan.recipe_text,
+        }
+        name = repo_id or target.name
+        rows = (embedding_rows(base_source), embedding_rows(model_source))
+        parents = (
+            parent_card(
+                str(base_ref), base_source.revision, base_source.read_file("README.md"), gated=base_source.gated
+            ),
+            parent_card(
+                str(model_ref), model_source.revision, model_source.read_file("README.md"), gated=model_source.gated
+            ),
+        )
+
+        def card(lineage: str | None) -> ModelCard:
+            data = adapter_card(
+                name,
+                plan,
+                stats.measures,
+                [shard],
+                spec_yaml=plan.recipe_text,
+                command=spec.command(target.name),
+                base=parents[0],
+                source=parents[1],
+                lineage_mermaid=lineage,
+                vocab_sizes=rows if rows[0] != rows[1] and None not in rows else None,
+            )  # type: ignore[arg-type]
+            return render_adapter_card(data)
+
+        local = {ref.path for ref, s in ((base_ref, base_source), (model_ref, model_source)) if s.revision is None}
+        graph = walk_lineage(
+            name, max_depth=LINEAGE_DEPTH, token=token, root_card=str(card(None)), **hub_readers(local, token)
+        )
+        files["README.md"] = str(card(graph.to_mermaid()))
+        for filename, text in files.items():
+            with writing(staging / filename):
+                (staging / filename).write_text(text, encoding="utf-8")
+        move_into_place(staging, target)
+    return ExtractionResult(target, plan, stats, shard, tuple(sorted([shard.filename, *files])))
+
+
+def push_extraction(
+    base: str,
+    model: str,
+    repo_id: str,
+    options: ExtractOptions,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    private: bool = False,
+    force: bool = False,
+    token: str | bool | None = None,
+    **extract_options: Any,
+) -> tuple[ExtractionResult, PushResult]:
+    """Extract a LoRA adapter and push it to `repo_id` (`name` means the token's user namespace) in one commit.
+
+    A failed extraction or upload leaves no commit, and deletes the repo if this call created it.
+
+    Raises:
+        PublishError: no token, a repo mergehub did not make (without `force`), or an upload failure.
+        MergehubError: any problem with the extraction itself.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    full_id, created, ours = prepare_repo(api, repo_id, private=private, force=force)
+    target, scratch = staging_directory(out_dir)
+    try:
+        result = extract_lora(base, model, target, options, token=token, repo_id=full_id, **extract_options)
+        commit = commit_merge(
+            api,
+            full_id,
+            result.out_dir,
+            [],
+            "extract_lora",
+            replace_weights=ours,
+            message="Add LoRA adapter extracted with mergehub",
+        )
+    except BaseException:
+        if created:
+            delete_created_repo(api, full_id)
+        raise
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+    return result, PushResult(full_id, commit.oid, commit.commit_url, created)

@@ -18,14 +18,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from mergehub.errors import Cancelled, MergehubError, MergeMethodError, PlanError, SourceError
-from mergehub.methods import MethodSpec, get_method
+from mergehub.methods import MethodSpec, get_kernel
 from mergehub.plan import Plan, TensorJob
 from mergehub.recipe import ModelRef
+from mergehub.sources.adapter import AdapterSource
 from mergehub.sources.base import DTYPES, TensorSource
 from mergehub.vocab import align_rows
 from mergehub.workers import DaemonPool
@@ -37,6 +39,7 @@ __all__ = [
     "NonFinite",
     "execute",
     "merge_job",
+    "run_job",
     "resolve_device",
     "sources_by_key",
     "tensor_seed",
@@ -83,6 +86,8 @@ class ExecutionStats:
     peak_rss_bytes: int
     non_finite: tuple[NonFinite, ...] = ()
     """Inputs and outputs holding NaN or Inf values, inputs first, each once."""
+    measures: dict[str, dict[str, float]] = field(default_factory=dict)
+    """What kernels reported beside their tensors, by job name (an extraction's rank and reconstruction error)."""
 
     def warnings(self) -> list[str]:
         """One line each for the inputs and the outputs with NaN or Inf values (none when all are finite)."""
@@ -161,9 +166,32 @@ def merge_job(
     return output
 
 
+def run_job(
+    job: TensorJob,
+    inputs: Sequence[torch.Tensor],
+    plan: Plan,
+    *,
+    method: MethodSpec,
+    device: torch.device,
+) -> tuple[list[tuple[str, torch.Tensor]], dict[str, float]]:
+    """A job's output tensors by name (on the CPU, in their dtypes), and the measures its kernel reported.
+
+    A job without `outputs` is one merged tensor (`merge_job`); otherwise its kernel returns each output by role,
+    beside numbers (an extraction's rank and reconstruction error).
+    """
+    if not job.outputs:
+        return [(job.name, merge_job(job, inputs, plan, method=method, device=device))], {}
+    staged = [t.to(device, non_blocking=True) for t in inputs]
+    if plan.input_dtype is not None:
+        staged = [t.to(DTYPES[plan.input_dtype]) for t in staged]
+    result = _run_kernel(method, job, staged, device, plan.seed)
+    tensors = [(out.name, result[out.role].to(DTYPES[out.dtype]).cpu()) for out in job.outputs]
+    return tensors, {key: float(value) for key, value in result.items() if not isinstance(value, torch.Tensor)}
+
+
 def _run_kernel(
     method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor], device: torch.device, seed: int
-) -> torch.Tensor:
+) -> Any:
     """Call the method's kernel on the tensors in the compute dtype, naming the tensor in any error."""
     compute = _compute_dtype(tensors)
     tensors = [t.to(compute) for t in tensors]
@@ -195,11 +223,14 @@ def _read_counted(source: TensorSource, names: list[str]) -> tuple[dict[str, tor
     return tensors, {name: n for name, t in tensors.items() if (n := count_non_finite(t))}
 
 
-def _write_counted(writer: TensorSink, name: str, tensor: torch.Tensor) -> int:
-    """Count an output's NaN/Inf values, then write it, in the writer's thread."""
-    count = count_non_finite(tensor)
-    writer.write(name, tensor)
-    return count
+def _write_counted(writer: TensorSink, outputs: list[tuple[str, torch.Tensor]]) -> list[tuple[str, int]]:
+    """Count each output's NaN/Inf values, then write it, in the writer's thread; the outputs holding some."""
+    found = []
+    for name, tensor in outputs:
+        if count := count_non_finite(tensor):
+            found.append((name, count))
+        writer.write(name, tensor)
+    return found
 
 
 def _strict_error(found: NonFinite) -> MergeMethodError:
@@ -265,6 +296,12 @@ def sources_by_key(plan: Plan, sources: Mapping[ModelRef, TensorSource]) -> dict
                 f"The plan reads {model.ref} at commit {model.revision}, but its source is at {source.revision}.",
                 hint="Open the plan's models with `open_sources(plan)`, which pins each to the planned commit.",
             )
+        adapter = source.adapter.revision if isinstance(source, AdapterSource) else None
+        if model.adapter is not None and model.adapter.revision is not None and adapter != model.adapter.revision:
+            raise PlanError(
+                f"The plan applies {model.adapter.ref} at commit {model.adapter.revision}, but its source is at {adapter}.",
+                hint="Open the plan's models with `open_sources(plan)`, which pins each to the planned commit.",
+            )
     return by_key
 
 
@@ -300,7 +337,8 @@ def execute(
     pending: deque[_Batch] = deque()
     in_flight = bytes_read = done = 0
     total = len(plan.jobs)
-    methods = {name: get_method(name) for name in {job.method for job in plan.jobs}}
+    methods = {name: get_kernel(name) for name in {job.method for job in plan.jobs}}
+    measures: dict[str, dict[str, float]] = {}
     found: dict[tuple[str | None, str], NonFinite] = {}
 
     def record(item: NonFinite) -> None:
@@ -312,8 +350,12 @@ def execute(
         if entry.verified:
             by_key[entry.model].verify([entry.file])
     read_pool, write_pool = DaemonPool(readers, "mergehub-read"), DaemonPool(1, "mergehub-write")
-    last_write: Future[int] | None = None
-    last_name = ""
+    last_write: Future[list[tuple[str, int]]] | None = None
+
+    def record_written(future: Future[list[tuple[str, int]]] | None) -> None:
+        for name, count in future.result() if future is not None else ():
+            record(NonFinite(name, count))
+
     try:
         while upcoming or pending:
             while upcoming and (not pending or in_flight + sum(j.read_bytes for j in upcoming[0]) <= prefetch_bytes):
@@ -333,20 +375,20 @@ def execute(
                 for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
                     if last_use.get((i.model, i.name)) == k:
                         tensors[i.model].pop(i.name, None)
-                output = merge_job(job, inputs, plan, method=methods[job.method], device=device)
+                outputs, reported = run_job(job, inputs, plan, method=methods[job.method], device=device)
                 del inputs
-                if last_write is not None and (count := last_write.result()):
-                    record(NonFinite(last_name, count))
-                last_write, last_name = write_pool.submit(_write_counted, writer, job.name, output), job.name
-                del output
+                if reported:
+                    measures[job.name] = reported
+                record_written(last_write)
+                last_write = write_pool.submit(_write_counted, writer, outputs)
+                del outputs
                 bytes_read += job.read_bytes
                 done += 1
                 if on_progress is not None:
                     on_progress(Progress(done, total, bytes_read, plan.read_bytes, job.name))
             in_flight -= batch.read_bytes
             del tensors, batch
-        if last_write is not None and (count := last_write.result()):
-            record(NonFinite(last_name, count))
+        record_written(last_write)
         _check_verified(plan, by_key)
     except BaseException:
         read_pool.shutdown(wait=False, cancel_futures=True)
@@ -361,7 +403,7 @@ def execute(
     write_pool.shutdown()
     ordered = sorted(found.values(), key=lambda n: n.model is None)
     return ExecutionStats(
-        time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes(), tuple(ordered)
+        time.perf_counter() - started, bytes_read, writer.bytes_written, _peak_rss_bytes(), tuple(ordered), measures
     )
 
 

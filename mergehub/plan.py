@@ -61,7 +61,7 @@ from mergehub.recipe import (
     precedence,
 )
 from mergehub.sources.adapter import ADAPTER_FILE_PREFIX, AdapterSource
-from mergehub.sources.base import DTYPES, TensorInfo, TensorSource
+from mergehub.sources.base import ADAPTER_CONFIG, DTYPES, TensorInfo, TensorSource
 from mergehub.units import format_size
 from mergehub.vocab import (
     OutputTokenizer,
@@ -75,6 +75,7 @@ from mergehub.vocab import (
 
 __all__ = [
     "InputTensor",
+    "JobOutput",
     "TensorJob",
     "AdapterEntry",
     "ModelEntry",
@@ -85,11 +86,20 @@ __all__ = [
     "plan_merge",
     "layout_shards",
     "embedding_rows",
+    "model_entry",
+    "input_files",
+    "job_memory",
     "DEFAULT_SHARD_BYTES",
+    "EXTRACT_METHOD",
+    "EXTRACTION_FILE",
     "PLAN_FORMAT",
 ]
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
+EXTRACT_METHOD = "extract_lora"
+"""The method of a LoRA extraction's plan (see `mergehub.extraction`)."""
+EXTRACTION_FILE = "mergehub_extract.yml"
+"""An extraction's file form, written beside its adapter as a merge's recipe is (its `recipe_text`)."""
 PLAN_FORMAT = 1
 """The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
@@ -111,8 +121,22 @@ class InputTensor:
 
 
 @dataclass(frozen=True)
+class JobOutput:
+    """One of several tensors a job writes (an extraction's lora_A and lora_B): the kernel's output `role`, the
+    tensor's name, dtype, and largest shape (an extraction's rank is decided by the data, up to a bound)."""
+
+    role: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
 class TensorJob:
-    """How one output tensor is made: its inputs, the method, and resolved parameters."""
+    """How one output tensor is made: its inputs, the method, and resolved parameters.
+
+    A job with `outputs` writes those tensors (its kernel returns them by role) instead of one named `name`.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -124,6 +148,7 @@ class TensorJob:
     read_bytes: int
     vocab: bool = False
     """Whether the inputs are re-indexed onto the output vocabulary (rows) before merging."""
+    outputs: tuple[JobOutput, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,7 +310,12 @@ class Plan:
 
     def output_files(self) -> dict[str, bytes]:
         """The files written beside the weights, by name: config, recipe, generation config, tokenizer, chat
-        template."""
+        template (for an extraction: the adapter config as planned, and the extraction file)."""
+        if self.method == EXTRACT_METHOD:  # the config as planned: `extraction.adapter_config` gives each module's rank
+            return {
+                ADAPTER_CONFIG: (json.dumps(self.config, indent=2) + "\n").encode(),
+                EXTRACTION_FILE: self.recipe_text.encode(),
+            }
         files = {
             "config.json": (json.dumps(self.config, indent=2) + "\n").encode(),
             RECIPE_FILE: self.recipe_text.encode(),
@@ -324,14 +354,16 @@ class Plan:
     def describe(self) -> str:
         """A human-readable account of the plan, for `--dry-run`: models, output, warnings, then every tensor."""
         number = {m.ref: i for i, m in enumerate(self.models)}
-        lines = [f"Plan: {self.method} merge of {len(self.models)} models into {len(self.jobs)} tensors"]
+        what = "LoRA extraction from" if self.method == EXTRACT_METHOD else f"{self.method} merge of"
+        lines = [f"Plan: {what} {len(self.models)} models into {len(self.jobs)} tensors"]
         lines.append("Input models (bytes to read):")
         for i, m in enumerate(self.models):
             lines.append(f"  [{i}] {m.ref}{' @ ' + m.revision if m.revision else ''}: {format_size(m.read_bytes)}")
             if m.adapter is not None:
                 at = f" @ {m.adapter.revision}" if m.adapter.revision else ""
                 lines.append(f"      LoRA adapter {m.adapter.path}{at}, merged in as it streams")
-        lines.append(f"Output: {len(self.shards)} shard(s), {format_size(self.write_bytes)}; layers: {self.num_layers}")
+        layers = f"; layers: {self.num_layers}" if self.num_layers else ""
+        lines.append(f"Output: {len(self.shards)} shard(s), {format_size(self.write_bytes)}{layers}")
         files = self.output_files()
         lines.append(
             "Files: " + ", ".join(f"{name} ({format_size(len(data))})" for name, data in sorted(files.items()))
@@ -350,6 +382,7 @@ class Plan:
             lines.append(
                 f"  {job.name} {job.dtype}{list(job.shape)} <- {job.method}({sources}){' ' + params if params else ''}"
             )
+            lines += [f"    -> {o.name} {o.dtype} up to {list(o.shape)}" for o in job.outputs]
         if self.input_files:
             checked = sum(f.verified for f in self.input_files)
             lines.append(
@@ -996,7 +1029,7 @@ def plan_merge(
     jobs = tuple(planner.jobs)
     return Plan(
         method=method.name,
-        models=tuple(_model_entry(ref, sources[ref], planner.read_bytes.get(ref, 0)) for ref in refs),
+        models=tuple(model_entry(ref, sources[ref], planner.read_bytes.get(ref, 0)) for ref in refs),
         jobs=jobs,
         shards=layout_shards([(j.name, j.dtype, j.shape) for j in jobs], out_shard_bytes),
         config=config,
@@ -1004,7 +1037,7 @@ def plan_merge(
         base_model=str(recipe.base_model) if recipe.base_model else None,
         input_dtype=_DTYPE_CODES.get(recipe.dtype or ""),
         num_layers=layers.get(DEFAULT_MODULE, layers.get(TEXT_MODULE)),
-        peak_memory_bytes=max(_job_memory(j) for j in jobs) + prefetch_bytes,
+        peak_memory_bytes=max(job_memory(j) for j in jobs) + prefetch_bytes,
         recipe_text=recipe.text,
         seed=seed,
         max_shard_bytes=out_shard_bytes,
@@ -1013,7 +1046,7 @@ def plan_merge(
         chat_template=_chat_template(recipe, refs, files_of),
         generation_config=sources[config_ref].read_file("generation_config.json"),
         warnings=warnings,
-        input_files=_input_files(jobs, refs, sources),
+        input_files=input_files(jobs, refs, sources),
     )
 
 
@@ -1030,14 +1063,15 @@ def _chat_template(
         raise
 
 
-def _model_entry(ref: ModelRef, source: TensorSource, read_bytes: int) -> ModelEntry:
+def model_entry(ref: ModelRef, source: TensorSource, read_bytes: int) -> ModelEntry:
+    """The plan's record of an input model: its key, pinned commit(s), gating and the bytes read from it."""
     adapter = None
     if ref.adapter is not None and isinstance(source, AdapterSource):
         adapter = AdapterEntry(str(ref.adapter), ref.adapter.path, source.adapter.revision, bool(source.adapter.gated))
     return ModelEntry(str(ref), source.revision, read_bytes, bool(source.gated), adapter)
 
 
-def _input_files(
+def input_files(
     jobs: Sequence[TensorJob], refs: Sequence[ModelRef], sources: Mapping[ModelRef, TensorSource]
 ) -> tuple[InputFile, ...]:
     """Each Hub model's (and Hub adapter's) weight files the jobs read from: verified when read whole and the Hub
@@ -1069,8 +1103,8 @@ def _input_files(
     return tuple(files)
 
 
-def _job_memory(job: TensorJob) -> int:
-    """Bytes held while computing one job: stored inputs, float32 copies, float32 result and output."""
+def job_memory(job: TensorJob) -> int:
+    """Bytes held while computing one job: stored inputs, float32 copies, float32 result and output (an SVD's factors too)."""
     numel = 1
     for dim in job.shape:
         numel *= dim

@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 import torch
 
 from mergehub.errors import OutputError
-from mergehub.plan import ShardLayout
+from mergehub.plan import ShardLayout, TensorSlot
 from mergehub.sources.base import DTYPES, INDEX_NAME
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "FanOutWriter",
     "ShardedWriter",
     "StateDictWriter",
+    "BoundedWriter",
     "shard_header",
     "tensor_bytes",
     "writing",
@@ -63,13 +64,13 @@ def writing(path: Path) -> Iterator[None]:
         raise OutputError(f"Cannot write {path}: {e.strerror or e}.", hint=hint) from e
 
 
-def shard_header(shard: ShardLayout) -> bytes:
-    """A shard's length prefix and JSON header, padded to 8 bytes as safetensors does."""
+def shard_header(shard: ShardLayout, length: int | None = None) -> bytes:
+    """A shard's length prefix and JSON header, padded with spaces to 8 bytes as safetensors does (or to `length`)."""
     entries: dict[str, dict] = {"__metadata__": {"format": "pt"}}
     for slot in shard.slots:
         entries[slot.name] = {"dtype": slot.dtype, "shape": list(slot.shape), "data_offsets": [slot.start, slot.end]}
     text = json.dumps(entries, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % _ALIGNMENT)
+    text += b" " * ((length - len(text)) if length is not None else -len(text) % _ALIGNMENT)
     return len(text).to_bytes(8, "little") + text
 
 
@@ -203,12 +204,8 @@ class ShardedWriter:
 
     def close(self) -> None:
         """Close a shard left open by a failed merge."""
-        if self._file is not None:
-            file, self._file = self._file, None
-            try:
-                file.close()
-            except OSError:
-                pass  # the merge failed already; its staging directory is removed
+        file, self._file = self._file, None
+        _close_after_failure(file)
 
 
 class StateDictWriter:
@@ -246,3 +243,80 @@ class StateDictWriter:
         if missing:
             raise OutputError(f"{len(missing)} tensors were never written, starting with {missing[0]!r}.")
         return self.tensors
+
+
+class BoundedWriter:
+    """Writes one safetensors file whose tensors' shapes are known in advance only up to a bound (`layout`).
+
+    A tensor may be smaller than its slot in any dimension (an extracted LoRA factor whose rank the data decides).
+    The header is reserved at the size the bounds need, the tensors are appended as they arrive, then the header of
+    the actual shapes is written in place, padded with spaces as the safetensors format allows: one pass, nothing
+    buffered beyond the tensor being written.
+    """
+
+    def __init__(self, directory: Path, layout: ShardLayout) -> None:
+        self.path = directory / layout.filename
+        self.layout = layout
+        self._reserved = len(shard_header(layout)) - 8
+        self._written: list[TensorSlot] = []
+        self._offset = 0
+        self.bytes_written = 0
+        self.result: ShardResult | None = None
+        with writing(self.path):
+            self._file: BinaryIO | None = open(self.path, "wb")
+            self._file.write(b"\0" * (8 + self._reserved))
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append the next tensor of the layout.
+
+        Raises:
+            OutputError: the tensor is not the next one, its dtype differs, or it exceeds its slot's shape.
+        """
+        slots = self.layout.slots
+        if self._file is None or len(self._written) >= len(slots):
+            raise OutputError(f"Tensor {name!r} was written after the last tensor of {self.layout.filename}.")
+        slot = slots[len(self._written)]
+        shape = tuple(tensor.shape)
+        fits = len(shape) == len(slot.shape) and all(n <= bound for n, bound in zip(shape, slot.shape))
+        if name != slot.name or tensor.dtype != DTYPES[slot.dtype] or not fits:
+            raise OutputError(
+                f"Writer expected {slot.name!r} {slot.dtype} at most {list(slot.shape)}, got {name!r} {tensor.dtype}{list(shape)}."
+            )
+        data = tensor_bytes(tensor.cpu())
+        with writing(self.path):
+            self._file.write(data)
+        self._written.append(TensorSlot(name, slot.dtype, shape, self._offset, self._offset + len(data)))
+        self._offset += len(data)
+        self.bytes_written += len(data)
+
+    def finish(self) -> ShardResult:
+        """Write the header of the actual shapes once every tensor is written; the file's size and sha256."""
+        if self._file is None or len(self._written) != len(self.layout.slots):
+            missing = [slot.name for slot in self.layout.slots[len(self._written) :]]
+            raise OutputError(f"{len(missing)} tensors were never written, starting with {missing[0]!r}.")
+        header = shard_header(ShardLayout(self.layout.filename, tuple(self._written)), self._reserved)
+        file, self._file = self._file, None
+        with writing(self.path):
+            file.seek(0)
+            file.write(header)
+            file.close()
+            digest = hashlib.sha256()
+            with open(self.path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        self.result = ShardResult(self.layout.filename, self.path.stat().st_size, digest.hexdigest())
+        return self.result
+
+    def close(self) -> None:
+        """Close the file left open by a failed run."""
+        file, self._file = self._file, None
+        _close_after_failure(file)
+
+
+def _close_after_failure(file: BinaryIO | None) -> None:
+    """Close a file a failed run left open; the run failed already and its staging directory is removed."""
+    if file is not None:
+        try:
+            file.close()
+        except OSError:
+            pass

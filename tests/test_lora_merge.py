@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from mergehub import plan_merge, run_merge
-from tests.corpus import run_mergekit, run_mergehub
+from tests.corpus import run_mergehub, run_mergekit
 from tests.helpers import load_tensors, make_lora
 
 pytest.importorskip("mergekit")

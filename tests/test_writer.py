@@ -63,3 +63,34 @@ def test_out_of_order_or_wrong_tensor_is_refused(tmp_path):
     with pytest.raises(OutputError, match="never written"):
         writer.write_index()
     writer.close()
+
+
+def test_bounded_writer_writes_smaller_tensors_and_a_valid_header(tmp_path):
+    from mergehub.writer import BoundedWriter, ShardLayout, TensorSlot
+
+    bounds = (
+        TensorSlot("a", "F32", (8, 16), 0, 512),
+        TensorSlot("b", "BF16", (16, 8), 512, 768),
+        TensorSlot("c", "F32", (3,), 768, 780),
+    )
+    writer = BoundedWriter(tmp_path, ShardLayout("adapter_model.safetensors", bounds))
+    tensors = {"a": torch.randn(3, 16), "b": torch.randn(16, 3).bfloat16(), "c": torch.ones(3)}
+    for name, tensor in tensors.items():
+        writer.write(name, tensor)
+    result = writer.finish()
+    loaded = load_file(tmp_path / "adapter_model.safetensors")
+    assert set(loaded) == set(tensors) and all(torch.equal(loaded[n], t) for n, t in tensors.items())
+    data = (tmp_path / "adapter_model.safetensors").read_bytes()
+    assert result.size == len(data) and result.sha256 == hashlib.sha256(data).hexdigest()
+    assert (8 + int.from_bytes(data[:8], "little")) % 8 == 0
+
+
+def test_bounded_writer_refuses_a_tensor_beyond_its_bound(tmp_path):
+    from mergehub.writer import BoundedWriter, ShardLayout, TensorSlot
+
+    writer = BoundedWriter(tmp_path, ShardLayout("x.safetensors", (TensorSlot("a", "F32", (2, 2), 0, 16),)))
+    with pytest.raises(OutputError, match="at most \\[2, 2\\], got 'a' torch.float32\\[3, 2\\]"):
+        writer.write("a", torch.zeros(3, 2))
+    with pytest.raises(OutputError, match="never written"):
+        writer.finish()
+    writer.close()

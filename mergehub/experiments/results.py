@@ -20,7 +20,10 @@ __all__ = ["Objective", "Table", "write_atomically", "model_label"]
 
 
 def model_label(ref: str) -> str:
-    """A parent as tables and legends show it: `org/name` without its pinned commit, a local directory by its name."""
+    """A parent as tables and legends show it: `org/name` without its pinned commit, a local directory by its name;
+    `model+adapter` as both, each so."""
+    if "+" in ref and not Path(ref).exists():
+        return "+".join(model_label(part) for part in ref.split("+"))
     path = ref.split("@")[0] if "@" in ref and not Path(ref).exists() else ref
     return Path(path).name if path.startswith(("/", ".", "~")) else path
 

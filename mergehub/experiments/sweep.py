@@ -158,8 +158,13 @@ class Sweep:
 
 
 def _pinned(plan: api.Plan) -> dict[str, str]:
-    """Each Hub model of the plan, by the reference the recipe writes, pinned to the commit the plan resolved."""
-    return {model.ref: str(model.pinned) for model in plan.models if model.revision}
+    """Each Hub model (and Hub LoRA adapter) of the plan, by the reference the recipe writes, pinned to the commits
+    the plan resolved."""
+    return {
+        model.ref: str(model.pinned)
+        for model in plan.models
+        if model.revision or (model.adapter and model.adapter.revision)
+    }
 
 
 def _pin_text(text: str, pins: dict[str, str]) -> str:

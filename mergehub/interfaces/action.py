@@ -15,6 +15,10 @@ What each event does (`$GITHUB_EVENT_NAME`, payload at `$GITHUB_EVENT_PATH`):
   (or that were never merged) are merged; without it, nothing happens.
 - `workflow_dispatch` (and any other event): every recipe is checked, and merged unless up to date.
 
+A recipe file may instead ask for a LoRA extraction: a top-level `extract_lora: {base, model, rank, ...}`
+(the options of `mergehub extract-lora`, see `mergehub.extraction`). It is checked, skipped when up to date,
+and pushed like a merge recipe, its adapter's parents being the base and the fine-tune.
+
 A recipe is skipped when its repo already holds the same recipe (compared parsed: comments, key order and
 quoting do not count), merged from the same commits of every model it names (tokenizer sources included) by
 the same mergehub major.minor version; so reruns cost a few small downloads. `rerun` merges anyway;
@@ -48,6 +52,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+import yaml
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -56,7 +61,7 @@ from mergehub.errors import MergehubError, ModelReferenceError, Problem, Publish
 from mergehub.interfaces.cli import BUG_EXIT_CODE
 from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
-from mergehub.interfaces.untrusted import check_pull_request_recipe, recipe_references
+from mergehub.interfaces.untrusted import check_pull_request_extraction, check_pull_request_recipe, recipe_references
 from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
 from mergehub.publish.push import hub_errors, made_by_mergehub
 from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_fingerprint, recipe_sha256, repo_name
@@ -451,9 +456,10 @@ def fetch_published(repo_id: str, token: str | None) -> Published | None:
         return published if published is not None or ours else Published(None, ours=False)
 
 
-def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
+def current_parents(recipe: Recipe | api.ExtractionSpec, token: str | None) -> dict[str, str]:
     """The current commit (at the recipe's revision, else main) of each Hub model the recipe names, tokenizer
-    sources and LoRA adapters (`model+adapter`) included; local parents are left out.
+    sources and LoRA adapters (`model+adapter`) included; local parents are left out. An extraction's parents are
+    its base and its fine-tune.
 
     Raises:
         ModelReferenceError: a parent, or its revision, is not on the Hub (or the token cannot read it).
@@ -461,7 +467,8 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
     """
     hub = HfApi(token=token)
     parents: dict[str, str] = {}
-    for ref in [part for full in recipe_references(recipe) for part in (full.model, full.adapter) if part]:
+    refs = [recipe.base, recipe.model] if isinstance(recipe, api.ExtractionSpec) else recipe_references(recipe)
+    for ref in [part for full in refs for part in (full.model, full.adapter) if part]:
         if ref.is_local or not ref.looks_like_hub_id or ref.path in parents:
             continue
         try:
@@ -475,9 +482,19 @@ def current_parents(recipe: Recipe, token: str | None) -> dict[str, str]:
                         "that can read it.",
                     ) from e
         except MergehubError as e:
-            recipe.locate(e, recipe.location_of(ref))
+            if isinstance(recipe, Recipe):
+                recipe.locate(e, recipe.location_of(ref))
             raise
     return parents
+
+
+def _extraction(text: str) -> api.ExtractionSpec | None:
+    """The extraction a file asks for (a top-level `extract_lora:`), or None for a merge recipe."""
+    try:
+        data = safe_yaml.load(text)
+    except yaml.YAMLError:
+        return None
+    return api.parse_extraction(text) if api.is_extraction(data) else None
 
 
 def _major_minor(version: str) -> str:
@@ -768,17 +785,23 @@ class _Runner:
         return Outcome(path, repo_id, "failed", time.monotonic() - started, detail)
 
     def validate(self, path: str) -> Outcome:
-        """Check a pull request's recipe with the rules for untrusted recipes, then dry-run it (configs and
-        headers only); no repo is touched."""
+        """Check a pull request's recipe or extraction file with the rules for untrusted recipes, then dry-run it
+        (configs and headers only); no repo is touched."""
         started, text = time.monotonic(), ""
         try:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, lambda: self.inputs.namespace or "<your user>")
-            recipe = check_pull_request_recipe(text, self.inputs.workspace, allow_local=self.inputs.allow_local_models)
-            plan = api.plan_merge(recipe, token=self.inputs.token, strict=self.inputs.strict)
+            root, allow_local = self.inputs.workspace, self.inputs.allow_local_models
+            if spec := _extraction(text):
+                spec = check_pull_request_extraction(text, root, allow_local=allow_local)
+                plan = api.plan_extraction(str(spec.base), str(spec.model), spec.options, token=self.inputs.token)
+            else:
+                recipe = check_pull_request_recipe(text, root, allow_local=allow_local)
+                plan = api.plan_merge(recipe, token=self.inputs.token, strict=self.inputs.strict)
         except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
             return self.fail(path, e, started, None)
-        self.log(f"{path}: {plan.method} merge of {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
+        what = "LoRA extraction from" if spec else f"{plan.method} merge of"
+        self.log(f"{path}: {what} {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
         self.annotate_warnings(path, plan.warnings)
         detail = f"{plan.method}, {len(plan.jobs)} tensors"
         return Outcome(path, repo_id, "validated", time.monotonic() - started, detail)
@@ -789,22 +812,14 @@ class _Runner:
         try:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, self.namespace)
-            recipe = api.parse_recipe(text)
-            published = fetch_published(repo_id, self.inputs.token)
-            if published is not None and not published.ours and not self.inputs.overwrite_foreign:
-                raise PublishError(
-                    f"{repo_id} already exists and was not made by mergehub: it is left as it is.",
-                    hint="Name another repo with a line `# mergehub: repo=org/name` in the recipe, or set "
-                    "`overwrite-foreign: true` to push this merge into it anyway.",
-                )
-            reason = merge_reason(published, text, current_parents(recipe, self.inputs.token))
-            if reason is not None and self.inputs.rerun:
-                reason = f"rerun requested; {reason}"
-            elif self.inputs.rerun:
-                reason = "rerun requested"
+            spec = _extraction(text)
+            recipe = spec or api.parse_recipe(text)
+            reason = self.rerun_reason(repo_id, text, recipe)
             if reason is None:
                 self.log(f"{path} → {repo_id}: {UP_TO_DATE} ({_major_minor(__version__)}); skipped.")
                 return Outcome(path, repo_id, "skipped", time.monotonic() - started, UP_TO_DATE)
+            if isinstance(recipe, api.ExtractionSpec):
+                return self.extract(path, text, recipe, repo_id, reason, started)
             self.log(f"{path} → {repo_id}: merging ({reason}).")
             if self.inputs.dispatch_to_space:
                 if self.inputs.strict:  # the Space merges without strict mode: check here, from configs and headers
@@ -830,6 +845,47 @@ class _Runner:
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
         scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if options else {}
         return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, scores, pushed.commit_url)
+
+    def rerun_reason(self, repo_id: str, text: str, recipe: Recipe | api.ExtractionSpec) -> str | None:
+        """Why a recipe or extraction file must run (or run again, with `rerun`), None when its repo is up to date.
+
+        Raises:
+            PublishError: the repo exists and mergehub did not make it (unless `overwrite-foreign`).
+        """
+        published = fetch_published(repo_id, self.inputs.token)
+        if published is not None and not published.ours and not self.inputs.overwrite_foreign:
+            raise PublishError(
+                f"{repo_id} already exists and was not made by mergehub: it is left as it is.",
+                hint="Name another repo with a line `# mergehub: repo=org/name` in the recipe, or set "
+                "`overwrite-foreign: true` to push into it anyway.",
+            )
+        reason = merge_reason(published, text, current_parents(recipe, self.inputs.token))
+        if self.inputs.rerun:
+            return f"rerun requested; {reason}" if reason else "rerun requested"
+        return reason
+
+    def extract(
+        self, path: str, text: str, spec: api.ExtractionSpec, repo_id: str, reason: str, started: float
+    ) -> Outcome:
+        """Extract and push the LoRA adapter an extraction file asks for (`reason`: why it runs)."""
+        if self.inputs.dispatch_to_space or self.inputs.eval_tasks:
+            ignored = "dispatch-to-space (extractions run here)" if self.inputs.dispatch_to_space else "eval-tasks"
+            self.log.command(annotation("warning", f"{ignored} is ignored for an extraction file.", file=path))
+        self.log(f"{path} → {repo_id}: extracting a LoRA adapter ({reason}).")
+        result, pushed = api.push_extraction(
+            str(spec.base),
+            str(spec.model),
+            repo_id,
+            spec.options,
+            token=self.inputs.token,
+            private=self.inputs.private,
+            force=self.inputs.overwrite_foreign,
+            on_progress=self._progress(),
+            spec_text=text,
+        )
+        self.log(result.figures())
+        self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
+        return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, commit_url=pushed.commit_url)
 
     def annotate_warnings(self, path: str, warnings: Sequence[RecipeWarning]) -> None:
         """One warning annotation per ignored key or parameter, at its line of the recipe."""

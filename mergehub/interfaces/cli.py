@@ -78,6 +78,82 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
     merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
 
+    extract = commands.add_parser(
+        "extract-lora", help="extract a LoRA adapter from a fine-tune (mergekit-extract-lora's options)"
+    )
+    extract.add_argument(
+        "out", nargs="?", help="output directory for the adapter (not needed with --dry-run or --push)"
+    )
+    extract.add_argument("--base", help="the base model: a directory or Hub repo (org/name[@revision])")
+    extract.add_argument("--base-model", dest="base", help=argparse.SUPPRESS)  # mergekit-extract-lora's spelling
+    extract.add_argument(
+        "--model", help="the fine-tune: a directory or Hub repo (org/name[@revision], or model+adapter)"
+    )
+    extract.add_argument(
+        "--from", dest="spec", metavar="FILE", help="take base, model and options from an extraction file"
+    )
+    extract.add_argument(
+        "--rank", "--max-rank", dest="rank", type=int, help="the largest rank of a module (mergekit: --max-rank)"
+    )
+    extract.add_argument(
+        "--rank-energy", type=float, help="per module, the smallest rank keeping this fraction of the delta's energy"
+    )
+    extract.add_argument(
+        "--sv-epsilon", type=float, default=0.0, help="drop singular values at or below this (default: 0)"
+    )
+    extract.add_argument(
+        "--distribute-scale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="split the singular values between A and B (default), or put them in A",
+    )
+    extract.add_argument(
+        "--embed-lora",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="extract the embeddings as LoRA too (default: save them whole)",
+    )
+    extract.add_argument(
+        "--save-module", action="append", default=[], metavar="NAME", help="save this module whole (repeatable)"
+    )
+    extract.add_argument(
+        "-i",
+        "--include-regex",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="extract only modules matching (repeatable)",
+    )
+    extract.add_argument(
+        "-e",
+        "--exclude-regex",
+        action="append",
+        default=[],
+        metavar="REGEX",
+        help="leave out modules matching (repeatable)",
+    )
+    extract.add_argument(
+        "--skip-undecomposable",
+        action="store_true",
+        help="leave out modules that are not matrices (default: save whole)",
+    )
+    extract.add_argument(
+        "--svd",
+        choices=("exact", "randomized"),
+        default="exact",
+        help="exact (torch.linalg.svd, as mergekit) or randomized",
+    )
+    extract.add_argument("--dry-run", action="store_true", help="print the plan and check it, without reading weights")
+    extract.add_argument("--push", metavar="REPO", help="push the adapter to this Hub repo (`name` or `user/name`)")
+    extract.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    extract.add_argument(
+        "--force", action="store_true", help="with --push: push into an existing repo mergehub did not make"
+    )
+    extract.add_argument("--overwrite", action="store_true", help="replace a previous adapter in OUT")
+    extract.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    extract.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
+    extract.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     export = commands.add_parser("gguf", help="write a model (directory or Hub repo, streamed) as GGUF files")
     export.add_argument("model", help="a model directory or Hub repo (org/name[@revision])")
     export.add_argument("out", help="output directory for the GGUF files and their card")
@@ -250,6 +326,72 @@ def _gguf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extraction(args: argparse.Namespace) -> tuple[str, str, api.ExtractOptions, str | None]:
+    """Base, fine-tune, options and the file's text: from --from FILE, else from the flags."""
+    if args.spec:
+        from mergehub import safe_yaml
+        from mergehub.extraction import parse_extraction
+
+        text = safe_yaml.read_text(args.spec)
+        spec = parse_extraction(text)
+        return str(spec.base), str(spec.model), spec.options, text
+    missing = [
+        flag for flag, value in (("--base", args.base), ("--model", args.model), ("--rank", args.rank)) if value is None
+    ]
+    if missing:
+        raise MergehubError(
+            f"extract-lora needs {', '.join(missing)}.",
+            hint="Run `mergehub extract-lora --base BASE --model FINETUNE OUT --rank R`.",
+        )
+    options = api.ExtractOptions(
+        rank=args.rank,
+        rank_energy=args.rank_energy,
+        sv_epsilon=args.sv_epsilon,
+        distribute_scale=args.distribute_scale,
+        embed_lora=args.embed_lora,
+        save_modules=tuple(args.save_module),
+        include=tuple(args.include_regex),
+        exclude=tuple(args.exclude_regex),
+        skip_undecomposable=args.skip_undecomposable,
+        svd=args.svd,
+    )
+    return args.base, args.model, options, None
+
+
+def _extract(args: argparse.Namespace) -> int:
+    base, model, options, text = _extraction(args)
+    if args.dry_run:
+        print(api.plan_extraction(base, model, options).describe())
+        print("Plan OK: no problems found.", file=sys.stderr)
+        return 0
+    if not args.out and not args.push:
+        raise MergehubError("No output directory given.", hint="Give OUT, add --push REPO, or --dry-run.")
+    bar = None if args.no_progress else _ProgressBar("extracting")
+    kwargs = dict(device=args.device, cache_dir=args.cache_dir, on_progress=bar, spec_text=text)
+    try:
+        if args.push:
+            result, pushed = api.push_extraction(
+                base,
+                model,
+                args.push,
+                options,
+                out_dir=args.out,
+                private=args.private,
+                force=args.force,
+                overwrite=args.overwrite,
+                **kwargs,
+            )
+        else:
+            result, pushed = api.extract_lora(base, model, args.out, options, overwrite=args.overwrite, **kwargs), None
+    finally:
+        if bar is not None:
+            bar.close()
+    print(result.summary())
+    if pushed is not None:
+        print(f"Pushed to {pushed.repo_id}: {pushed.commit_url}")
+    return 0
+
+
 def _methods() -> int:
     for name, spec in sorted(all_methods().items()):
         params = ", ".join(p.name + ("" if p.required else f"={p.default}") for p in spec.params)
@@ -322,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "eval": _eval,
                 "card": _card,
                 "lineage": _lineage,
+                "extract-lora": _extract,
                 **experiments.COMMANDS,
                 **workflow.COMMANDS,
             }

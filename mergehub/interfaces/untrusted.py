@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from mergehub.errors import ModelReferenceError, RecipeError
+from mergehub.extraction import ExtractionSpec, parse_extraction
 from mergehub.recipe import ModelRef, Recipe, is_hub_id, parse_recipe
 
 __all__ = [
     "Limits",
     "PULL_REQUEST_LIMITS",
     "check_hub_reference",
+    "check_model_reference",
     "check_local_reference",
     "check_counts",
     "check_size",
     "check_untrusted_recipe",
+    "check_pull_request_extraction",
     "check_pull_request_recipe",
     "recipe_references",
     "refuse_local_shadows",
@@ -82,6 +85,20 @@ def check_hub_reference(text: str) -> str:
     return value
 
 
+def check_model_reference(text: str) -> str:
+    """Return `text` stripped if it is a Hub model reference, or a Hub model with a Hub LoRA adapter (`model+adapter`).
+
+    Raises:
+        ModelReferenceError: a part is not a Hub reference (see `check_hub_reference`).
+    """
+    return "+".join(check_hub_reference(part) for part in (text or "").split("+", 1))
+
+
+def _parts(refs: Sequence[ModelRef]) -> list[tuple[ModelRef, ModelRef]]:
+    """Each reference with each model it reads: itself, or for `model+adapter` the model and the adapter."""
+    return [(ref, part) for ref in refs for part in (ref.model, ref.adapter) if part is not None]
+
+
 def check_local_reference(ref: ModelRef, root: Path) -> None:
     """Accept a local model only as a directory inside `root` (the checkout), relative to it; a Hub ID must be one.
 
@@ -105,8 +122,8 @@ def refuse_local_shadows(refs: Sequence[ModelRef], root: Path = Path(".")) -> No
     Raises:
         ModelReferenceError: the first such reference.
     """
-    for ref in refs:
-        if (root / ref.path).exists():
+    for ref, part in _parts(refs):
+        if (root / part.path).exists():
             raise ModelReferenceError(  # says no more: which paths exist on a server is not the visitor's business
                 f"Model {str(ref)!r} is not allowed here.", hint="Use another Hub model ID."
             )
@@ -192,8 +209,8 @@ def check_untrusted_recipe(text: str, limits: Limits) -> Recipe:
     recipe = parse_recipe(text)  # refuses YAML aliases
     refs = recipe_references(recipe)
     check_counts(refs, sum(len(block[2] or []) for block in recipe.input_blocks()), limits)
-    for ref in refs:
-        check_hub_reference(str(ref))
+    for _, part in _parts(refs):  # a LoRA reference `model+adapter`: both on the Hub
+        check_hub_reference(str(part))
     return recipe
 
 
@@ -210,17 +227,38 @@ def check_pull_request_recipe(text: str, root: Path, *, allow_local: bool = Fals
     recipe = parse_recipe(text)  # refuses YAML aliases
     refs = recipe_references(recipe)
     check_counts(refs, sum(len(block[2] or []) for block in recipe.input_blocks()), PULL_REQUEST_LIMITS)
-    for ref in refs:
+    _check_pull_request_references(recipe, refs, root, allow_local)
+    return recipe
+
+
+def check_pull_request_extraction(text: str, root: Path, *, allow_local: bool = False) -> ExtractionSpec:
+    """The same rules for a pull request's extraction file (`extract_lora:`): its size, and its base and fine-tune
+    (each side of a `model+adapter` too) on the Hub, unless `allow_local` accepts directories inside `root`.
+
+    Raises:
+        RecipeError: too large, YAML aliases, or an invalid extraction file.
+        ModelReferenceError: as for recipes, located at its line.
+    """
+    check_size(text, PULL_REQUEST_LIMITS)
+    spec = parse_extraction(text)
+    _check_pull_request_references(spec, [spec.base, spec.model], root, allow_local)
+    return spec
+
+
+def _check_pull_request_references(
+    recipe: Recipe | ExtractionSpec, refs: Sequence[ModelRef], root: Path, allow_local: bool
+) -> None:
+    """Hub references only (each side of `model+adapter`), or with `allow_local` directories inside `root`."""
+    for ref, part in _parts(refs):
         try:
             if allow_local:
-                check_local_reference(ref, root)
+                check_local_reference(part, root)
             else:
-                check_hub_reference(str(ref))
-                refuse_local_shadows([ref], root)
+                check_hub_reference(str(part))
+                refuse_local_shadows([part], root)
         except ModelReferenceError as e:
             e.hint = f"{e.hint} Pull requests may name local models only if the workflow sets `allow-local-models`."
-            recipe.locate(
-                e, recipe.location_of(ref) or ("tokenizer.source" if recipe.tokenizer else "tokenizer_source")
-            )
+            if isinstance(recipe, Recipe):  # an extraction file's two references need no line to be found
+                tokenizer = "tokenizer.source" if recipe.tokenizer else "tokenizer_source"
+                recipe.locate(e, recipe.location_of(ref) or tokenizer)
             raise
-    return recipe

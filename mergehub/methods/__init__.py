@@ -5,7 +5,7 @@
 them all and builds the read-only table once.
 """
 
-from mergehub.methods.registry import all_methods, get_method, method_names
+from mergehub.methods.registry import all_methods, get_kernel, get_method, method_names
 from mergehub.methods.spec import REQUIRED, MethodSpec, ParamSpec
 
-__all__ = ["REQUIRED", "MethodSpec", "ParamSpec", "all_methods", "get_method", "method_names"]
+__all__ = ["REQUIRED", "MethodSpec", "ParamSpec", "all_methods", "get_kernel", "get_method", "method_names"]

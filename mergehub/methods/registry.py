@@ -2,7 +2,8 @@
 
 Each method module declares its kernel and its `MethodSpec` side by side and imports only
 `spec`; this module imports them all, so there is no import cycle and no registration by
-side effect.
+side effect. The kernels of other jobs (LoRA extraction) are kept apart: a recipe cannot name
+them, the executor finds them with `get_kernel`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from types import MappingProxyType
 from mergehub.errors import UnknownMethodError, excerpt
 from mergehub.methods import (
     arcee_fusion,
+    extract,
     karcher,
     linear,
     model_stock,
@@ -26,7 +28,7 @@ from mergehub.methods import (
 )
 from mergehub.methods.spec import MethodSpec
 
-__all__ = ["all_methods", "get_method", "method_names"]
+__all__ = ["all_methods", "get_method", "get_kernel", "method_names"]
 
 _SPECS = (
     linear.SPEC,
@@ -44,6 +46,9 @@ _SPECS = (
 )
 _METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
 _NAMES = tuple(sorted(_METHODS))
+_KERNELS: Mapping[str, MethodSpec] = MappingProxyType(
+    {**_METHODS, **{s.name: s for s in (extract.EXTRACT_SPEC, extract.DIFFERENCE_SPEC)}}
+)
 
 
 def all_methods() -> Mapping[str, MethodSpec]:
@@ -62,7 +67,20 @@ def get_method(name: str) -> MethodSpec:
     Raises:
         UnknownMethodError: no method has that name.
     """
-    spec = _METHODS.get(name)
+    return _lookup(_METHODS, name, "merge_method", "Use one of")
+
+
+def get_kernel(name: str) -> MethodSpec:
+    """The spec of any job's kernel: a merge method, or an extraction kernel (`extract_lora`, `difference`).
+
+    Raises:
+        UnknownMethodError: no kernel has that name.
+    """
+    return _lookup(_KERNELS, name, "kernel", "Known")
+
+
+def _lookup(table: Mapping[str, MethodSpec], name: str, noun: str, listing: str) -> MethodSpec:
+    spec = table.get(name)
     if spec is None:
-        raise UnknownMethodError(f"Unknown merge_method {excerpt(name)}.", hint=f"Use one of: {', '.join(_NAMES)}.")
+        raise UnknownMethodError(f"Unknown {noun} {excerpt(name)}.", hint=f"{listing}: {', '.join(sorted(table))}.")
     return spec

@@ -35,6 +35,9 @@ __all__ = [
     "render_card",
     "provenance",
     "eval_result",
+    "AdapterCard",
+    "adapter_card",
+    "render_adapter_card",
 ]
 
 TAGS = ("merge", "mergekit", "mergehub")
@@ -336,8 +339,8 @@ def _model_link(parent: ParentCard) -> str:
     return f"[{parent.ref}]({HUB_URL}/{parent.ref})" if parent.is_hub else f"`{parent.ref}` (local)"
 
 
-def _parent_row(parent: ParentCard, base: str | None) -> str:
-    model = _model_link(parent) + (" (base)" if parent.ref == base else "")
+def _parent_row(parent: ParentCard, base: str | None, note: str = "") -> str:
+    model = _model_link(parent) + (" (base)" if parent.ref == base else "") + note
     if parent.adapter_of:
         model += f" (LoRA adapter, merged into {parent.adapter_of})"
     if parent.revision and parent.is_hub:
@@ -450,3 +453,160 @@ def render_card(card: MergeCard) -> ModelCard:
         **{MERGEHUB_KEY: provenance(card)},
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(card, license_id, warnings)}")
+
+
+@dataclass(frozen=True)
+class AdapterCard:
+    """Everything the card of an extracted LoRA adapter shows: its base, the fine-tune it comes from, how well each
+    module's factors reproduce the fine-tune's delta, and how to rerun the extraction."""
+
+    repo_id: str
+    base: ParentCard
+    source: ParentCard
+    spec_yaml: str
+    """The extraction as a file (`extract_lora: {base, model, rank, ...}`), hashed for reruns."""
+    modules: tuple[tuple[str, int, float], ...]
+    """(module, rank, relative error ‖delta − B·A‖_F / ‖delta‖_F) of each module extracted as LoRA."""
+    saved: tuple[str, ...]
+    """modules_to_save: modules saved whole."""
+    files: tuple[tuple[str, str], ...]  # (filename, sha256)
+    versions: tuple[tuple[str, str], ...]
+    command: str
+    svd: str
+    vocab_sizes: tuple[int, int] | None = None
+    """(base, fine-tune) input embedding rows, when they differ."""
+    lineage_mermaid: str | None = None
+    warnings: tuple[RecipeWarning, ...] = ()
+
+
+def adapter_card(
+    repo_id: str,
+    plan: Plan,
+    measures: dict[str, dict[str, float]],
+    shards: Iterable[ShardResult],
+    *,
+    spec_yaml: str,
+    command: str,
+    base: ParentCard,
+    source: ParentCard,
+    lineage_mermaid: str | None = None,
+    vocab_sizes: tuple[int, int] | None = None,
+) -> AdapterCard:
+    """The card data of a finished extraction: each LoRA module's rank and reconstruction error, from the run's measures."""
+    modules = tuple(
+        (job.name.removesuffix(".weight"), int(measures[job.name]["rank"]), measures[job.name]["relative_error"])
+        for job in plan.jobs
+        if job.name in measures and "relative_error" in measures[job.name]
+    )
+    svd = next((dict(job.params).get("svd", "exact") for job in plan.jobs if job.outputs), "exact")
+    return AdapterCard(
+        repo_id=repo_id,
+        base=base,
+        source=source,
+        spec_yaml=spec_yaml,
+        modules=modules,
+        saved=tuple(plan.config["modules_to_save"]),
+        files=tuple((s.filename, s.sha256) for s in shards),
+        versions=tuple((p, _version(p)) for p in ("mergehub", "torch", "peft")),
+        command=command,
+        svd=svd,
+        vocab_sizes=vocab_sizes,
+        lineage_mermaid=lineage_mermaid,
+        warnings=plan.warnings,
+    )
+
+
+def _adapter_body(card: AdapterCard, license_id: str, warnings: list[str]) -> str:
+    name = card.repo_id.split("/")[-1]
+    errors = [e for _, _, e in card.modules]
+    ranks = sorted({r for _, r, _ in card.modules})
+    lines = [
+        f"# {name}",
+        "",
+        f"{name} is a LoRA adapter for {_model_link(card.base)}, extracted with mergehub from "
+        f"{_model_link(card.source)}: the fine-tune's change of each module, factored by truncated SVD "
+        f"({'exact' if card.svd == 'exact' else 'randomized'}).",
+        "",
+    ]
+    if card.vocab_sizes:
+        verb = "extended" if card.vocab_sizes[1] > card.vocab_sizes[0] else "reduced"
+        lines += [
+            "> [!WARNING]",
+            f"> The fine-tune's vocabulary is {verb} from {card.vocab_sizes[0]} to {card.vocab_sizes[1]} tokens: "
+            f"call `model.resize_token_embeddings({card.vocab_sizes[1]})` before loading this adapter.",
+            "",
+        ]
+    lines += ["## Parents", "", "| Model | Revision | License | Scores |", "|---|---|---|---|"]
+    lines += [_parent_row(card.base, card.base.ref), _parent_row(card.source, None, " (the fine-tune)")]
+    if warnings:
+        lines += [
+            "",
+            "## License",
+            "",
+            "> [!WARNING]",
+            "> The parents' licenses differ, are unknown or restrict use, "
+            f"so this adapter is marked `{license_id}`. Each parent's terms still apply:",
+        ]
+        lines += [f"> - {w}" for w in warnings]
+    lines += ["", "## Reconstruction", ""]
+    lines.append(
+        f"{len(card.modules)} modules as LoRA, rank {ranks[0] if len(ranks) == 1 else f'{ranks[0]} to {ranks[-1]}'}; "
+        f"relative error ‖delta − B·A‖ / ‖delta‖: mean {sum(errors) / len(errors):.4g}, max {max(errors):.4g}."
+        + (f" Saved whole: {', '.join(f'`{m}`' for m in card.saved)}." if card.saved else "")
+    )
+    lines += ["", "| Module | Rank | Relative error |", "|---|---|---|"]
+    lines += [f"| `{_cell(m)}` | {r} | {e:.4g} |" for m, r, e in card.modules]
+    if card.warnings:
+        lines += ["", "Notes from the extraction:", ""] + [f"- {w.message}" for w in card.warnings]
+    lines += ["", "## Reproducibility", ""]
+    lines.append("Versions: " + ", ".join(f"{package} {v}" for package, v in card.versions) + ".")
+    lines += ["", "| File | sha256 |", "|---|---|"] + [f"| {f} | `{sha}` |" for f, sha in card.files]
+    lines += [
+        "",
+        "Rerun:",
+        "",
+        _fence(card.command, "bash"),
+        "",
+        "Or as a file (the GitHub Action runs these too):",
+        "",
+        _fence(card.spec_yaml, "yaml"),
+    ]
+    if card.lineage_mermaid:
+        lines += ["", "## Lineage", "", _fence(card.lineage_mermaid, "mermaid")]
+    usage = (
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        f'base = AutoModelForCausalLM.from_pretrained("{card.base.ref}"'
+        + (f', revision="{card.base.revision}"' if card.base.revision else "")
+        + ")\n"
+        + f'model = PeftModel.from_pretrained(base, "{card.repo_id}")'
+    )
+    lines += ["", "## Usage", "", _fence(usage, "python"), ""]
+    return "\n".join(lines)
+
+
+def render_adapter_card(card: AdapterCard) -> ModelCard:
+    """The adapter's model card: Hub metadata (`base_model` and `base_model_relation: adapter`, license, the mergehub
+    record of parents, spec hash and errors), then the Markdown body."""
+    license_id, warnings = resolve_license([card.base, card.source])
+    errors = [e for _, _, e in card.modules]
+    record = {
+        "recipe_sha256": recipe_sha256(card.spec_yaml),
+        "parents": {card.base.ref: card.base.revision, card.source.ref: card.source.revision},
+        "adapter_for": card.base.ref,
+        "extracted_from": card.source.ref,
+        "method": "extract_lora",
+        "svd": card.svd,
+        "version": dict(card.versions).get("mergehub"),
+        "relative_error": {"mean": sum(errors) / len(errors), "max": max(errors)},
+    }
+    if card.warnings:
+        record["notes"] = [w.message for w in card.warnings]
+    lineage = {"base_model": card.base.ref, "base_model_relation": "adapter"} if card.base.is_hub else {}
+    data = ModelCardData(
+        **lineage,
+        library_name="peft",
+        license=license_id,
+        tags=["lora", "peft", "extracted-lora", "mergehub"],
+        **{MERGEHUB_KEY: record},
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_adapter_body(card, license_id, warnings)}")

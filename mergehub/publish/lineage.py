@@ -16,11 +16,20 @@ from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, Rep
 from mergehub import safe_yaml
 from mergehub.errors import RecipeError
 from mergehub.plan import Plan
-from mergehub.publish.card_data import card_license, read_card_data
+from mergehub.publish.card_data import card_license, mergehub_record, read_card_data
 from mergehub.recipe import RECIPE_FILE, ModelRef, parse_recipe
 from mergehub.sources.hub import HTTPError
 
-__all__ = ["LINEAGE_DEPTH", "LineageNode", "LineageEdge", "LineageGraph", "walk_lineage", "merge_lineage", "hub_reader"]
+__all__ = [
+    "LINEAGE_DEPTH",
+    "LineageNode",
+    "LineageEdge",
+    "LineageGraph",
+    "walk_lineage",
+    "merge_lineage",
+    "hub_reader",
+    "hub_readers",
+]
 
 LINEAGE_DEPTH = 4
 """Generations a merge's card shows above it."""
@@ -185,17 +194,24 @@ def _parse_recipe(text: str | None) -> tuple[str | None, list[str], set[str]]:
     return method, parents, {ref.adapter.path for ref in refs if ref.adapter}
 
 
-def _card_adapters(data: Any) -> set[str]:
-    """The parents that a mergehub card records as LoRA adapters (`mergehub: adapters:`)."""
-    record = data.get("mergehub") if data else None
-    adapters = record.get("adapters") if isinstance(record, dict) else None
-    return {a for a in adapters if isinstance(a, str)} if isinstance(adapters, dict) else set()
+def _card_relations(data: Any) -> dict[str, str]:
+    """Parents that a mergehub card records apart, with their relation: LoRA adapters merged in (`adapters:`), and
+    for an extracted adapter its base (`adapter_for:`) and the fine-tune it was extracted from (`extracted_from:`)."""
+    record = mergehub_record(data)
+    adapters = record.get("adapters")
+    relations = {a: "adapter" for a in adapters if isinstance(a, str)} if isinstance(adapters, dict) else {}
+    if isinstance(record.get("adapter_for"), str):
+        relations[record["adapter_for"]] = "adapter"
+    if isinstance(record.get("extracted_from"), str):
+        relations[record["extracted_from"]] = "extracted"
+    return relations
 
 
 def _inspect(
     card: str | None, recipe: Callable[[], str | None]
-) -> tuple[str | None, str | None, str | None, list[str], set[str]]:
-    """A model's license, relation to its parents, merge method, parents, and which parents are LoRA adapters."""
+) -> tuple[str | None, str | None, str | None, list[str], dict[str, str]]:
+    """A model's license, relation to its parents, merge method, parents, and the parents of another relation
+    (LoRA adapters merged in, a fine-tune an adapter was extracted from)."""
     data = read_card_data(card)
     bases = data.base_model if data else None
     parents = [b for b in ([bases] if isinstance(bases, str) else bases or []) if isinstance(b, str)]
@@ -204,13 +220,9 @@ def _inspect(
     method, recipe_parents, adapters = _parse_recipe(recipe()) if relation in (None, "merge") else (None, [], set())
     if not parents:
         parents = recipe_parents
-    return (
-        card_license(data) if data else None,
-        relation or ("merge" if method else None),
-        method,
-        parents,
-        adapters | _card_adapters(data),
-    )
+    relations = {a: "adapter" for a in adapters} | _card_relations(data)
+    parents += [p for p in relations if p not in parents]
+    return card_license(data) if data else None, relation or ("merge" if method else None), method, parents, relations
 
 
 def walk_lineage(
@@ -243,9 +255,9 @@ def walk_lineage(
             continue
         try:
             if given_root and model == repo_id:
-                license_id, relation, method, parents, adapters = _inspect(root_card, lambda: root_recipe)
+                license_id, relation, method, parents, relations = _inspect(root_card, lambda: root_recipe)
             else:
-                license_id, relation, method, parents, adapters = _inspect(
+                license_id, relation, method, parents, relations = _inspect(
                     read_card(model), lambda model=model: read_recipe(model)
                 )
         except (OSError, HTTPError) as e:  # huggingface_hub's HTTP errors are OSErrors; network errors are not
@@ -256,10 +268,9 @@ def walk_lineage(
         if depth >= max_depth:
             continue
         for parent in parents:
+            special = relations.get(parent)
             edges.append(
-                LineageEdge(model, parent, "adapter", None)
-                if parent in adapters
-                else LineageEdge(model, parent, relation, method)
+                LineageEdge(model, parent, special, None) if special else LineageEdge(model, parent, relation, method)
             )
             if parent not in seen:
                 seen.add(parent)

@@ -177,6 +177,7 @@ def commit_merge(
     method: str,
     *,
     replace_weights: bool = True,
+    message: str | None = None,
 ) -> Any:
     """One commit adding the pre-uploaded shards and every other file of the merged model.
 
@@ -200,9 +201,8 @@ def commit_merge(
                 repo_id,
                 ", ".join(stale),
             )
-        return api.create_commit(
-            repo_id, shard_operations + others + deletes, commit_message=f"Add {method} merge made with mergehub"
-        )
+        message = message or f"Add {method} merge made with mergehub"
+        return api.create_commit(repo_id, shard_operations + others + deletes, commit_message=message)
 
 
 def delete_created_repo(api: HfApi, repo_id: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from mergehub.errors import AdapterError, SourceError, excerpt
-from mergehub.sources.base import ADAPTER_CONFIG, DTYPES, TensorInfo, TensorSource, dtype_code, parse_json
+from mergehub.sources.base import ADAPTER_CONFIG, DTYPES, TensorInfo, TensorSource, parse_json
 
 __all__ = [
     "ADAPTER_FILE_PREFIX",
@@ -141,14 +141,15 @@ def parse_adapter_config(raw: bytes, label: str) -> LoraSettings:
     variants = [name for key, name in _VARIANTS.items() if data.get(key)]
     if variants:
         raise AdapterError(
-            f"{label} uses {', '.join(variants)}, which merges differently from plain LoRA; mergehub does not apply it.",
+            f"{label} uses {', '.join(variants)}, which merges differently from plain LoRA; mergehub does not "
+            "apply it.",
             hint="Merge it with peft (`merge_and_unload`) and reference the merged model instead.",
         )
     init = data.get("init_lora_weights", True)
     if init not in _PLAIN_INITS:
         raise AdapterError(
-            f"{label} was initialised with init_lora_weights={excerpt(init)}, which rewrites the model's weights when peft "
-            "loads it; mergehub does not apply such adapters.",
+            f"{label} was initialised with init_lora_weights={excerpt(init)}, which rewrites the model's weights "
+            "when peft loads it; mergehub does not apply such adapters.",
             hint="Save it as a plain LoRA (peft's `path_initial_model_for_weight_conversion`), or merge it with peft.",
         )
     targets = data.get("target_modules")
@@ -171,7 +172,7 @@ def parse_adapter_config(raw: bytes, label: str) -> LoraSettings:
 
 @dataclass(frozen=True)
 class LoraDelta:
-    """scaling · B·A (transposed when `transpose`) added to a weight, or scaling · B's bias added to a bias (`a` None)."""
+    """scaling · B·A (transposed when `transpose`) added to a weight, or scaling · B's bias to a bias (`a` None)."""
 
     a: str | None
     b: str
@@ -250,7 +251,8 @@ def match_adapter(
             problems.append(f"{excerpt(key)} replaces {excerpt(name)}, which {model_label} lacks.")
         elif adapter[key].shape != model[name].shape:
             problems.append(
-                f"{excerpt(key)} is {list(adapter[key].shape)}, but {name} of {model_label} is {list(model[name].shape)}."
+                f"{excerpt(key)} is {list(adapter[key].shape)}, but {name} of {model_label} is "
+                f"{list(model[name].shape)}."
             )
         else:
             patches[name] = TensorPatch(replacement=key)
@@ -329,7 +331,7 @@ def load_dtype(config: Mapping[str, Any]) -> str | None:
 def apply_patch(
     weight: torch.Tensor | None, patch: TensorPatch, parts: Mapping[str, torch.Tensor], dtype: torch.dtype
 ) -> torch.Tensor:
-    """One merged tensor as peft's merge makes it: the replacement or the weight in `dtype`, plus the delta in float32."""
+    """One merged tensor as peft's merge makes it: the replacement or the weight in `dtype`, plus the float32 delta."""
     merged = parts[patch.replacement] if patch.replacement else weight
     assert merged is not None
     merged = merged.to(dtype)

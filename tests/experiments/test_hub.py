@@ -66,6 +66,25 @@ def test_hub_inputs_are_pinned_and_streamed_once_per_node(
     assert [r.report.results for r in first] == [r.report.results for r in results]
 
 
+def test_a_lora_reference_stays_in_every_variant_pinned(
+    hub, hub_recipe: Path, scored_family: list[Path], tmp_path: Path
+):
+    from mergehub.experiments.results import model_label
+    from tests.helpers import make_lora
+
+    hub.add_repo(
+        "org/lora", make_lora(scored_family[0], tmp_path / "lora", r=2, lora_alpha=4, target_modules=["q_proj"])
+    )
+    hub_recipe.write_text(hub_recipe.read_text().replace("model: org/base", "model: org/base+org/lora"))
+    sweep = prepare_sweep(
+        hub_recipe, ["models[1].parameters.weight=0.2,0.8"], ["mergehub_facts"], limit=2, eval_parents=True
+    )
+    pinned = f"org/base@{hub.revision_sha('org/base')}+org/lora@{hub.revision_sha('org/lora')}"
+    assert all(yaml.safe_load(text)["models"][0]["model"] == pinned for text in sweep.recipes)
+    assert pinned in [c.model for c in sweep.candidates]
+    assert model_label(pinned) == "org/base+org/lora"
+
+
 def test_push_best_puts_the_sweep_in_the_card(hub, hub_recipe: Path, tmp_path: Path, capsys):
     out = tmp_path / "sweep"
     args = [

@@ -295,6 +295,23 @@ def test_lora_adapter_is_a_parent_whose_new_commit_triggers_a_rerun(hub, parents
     assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/styled"] and "parents moved: bob/lora" in log
 
 
+def test_extraction_files_are_extracted_pushed_and_rerun_like_recipes(hub, parents, repo, capsys):
+    a, b = parents
+    extraction = f"# An adapter of the fine-tune.\nextract_lora:\n  base: {a}\n  model: {b}\n  rank: 4\n"
+    head = commit(repo, {"recipes/tuned-lora.yml": extraction})
+    code, log, summary, outputs = run(repo, "pull_request", {"after": head}, capsys)
+    assert code == 0 and "LoRA extraction from 2 model(s)" in log and "✔️ validated" in summary
+    code, log, _, outputs = run(repo, "workflow_dispatch", {"after": head}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/tuned-lora"], log
+    assert "extracting a LoRA adapter (not merged yet)" in log
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(HfApi().list_repo_files("alice/tuned-lora"))
+    code, log, summary, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice")
+    assert code == 0 and outputs["pushed-repos"] == "[]" and "same extraction, same parent commits" in log
+    bad = commit(repo, {"recipes/tuned-lora.yml": extraction + "  rnak: 3\n"})
+    code, log, summary, _ = run(repo, "pull_request", {"after": bad}, capsys)
+    assert code == 1 and "::error file=recipes/tuned-lora.yml,line=6::extract_lora.rnak: `rnak` is not an option" in log
+
+
 def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(
     hub, parents, repo, capsys, monkeypatch, tmp_path
 ):

@@ -639,3 +639,50 @@ def test_a_failed_plan_says_where_in_the_recipe_from_the_error_fields(seeded):
     assert (
         "At line 4 (models[0].parameters.weight) of the recipe." in shown and "Hint: Write `weight` as a float" in shown
     )
+
+
+def test_lora_references_are_checked_part_by_part():
+    recipe = "merge_method: linear\nmodels:\n  - model: org/a+org/lora@v1\n    parameters: {weight: 1.0}\n"
+    assert space.check_recipe_text(recipe).models[0].model.adapter.path == "org/lora"
+    with pytest.raises(ModelReferenceError, match="looks like a path on the server"):
+        space.check_recipe_text(recipe.replace("org/lora@v1", "/etc/lora"))
+    assert space.check_model_reference(" org/a+org/lora ") == "org/a+org/lora"
+    with pytest.raises(ModelReferenceError, match="not of the form"):
+        space.check_model_reference("org/a+org/b+org/c")
+
+
+def test_compatibility_table_reads_a_model_with_its_adapter(seeded, family, tmp_path):
+    from tests.helpers import make_lora
+
+    seeded.add_repo("org/lora", make_lora(family[0], tmp_path / "lora", r=2, lora_alpha=4, target_modules=["q_proj"]))
+    recipe = (
+        "merge_method: linear\nmodels:\n  - model: org/base+org/lora\n    parameters: {weight: 0.5}\n"
+        "  - model: org/ft1\n    parameters: {weight: 0.5}\n"
+    )
+    table = space.check_models(recipe, "tok-alice")
+    assert "| `org/base+org/lora` | LlamaForCausalLM |" in table and "✅" in table
+
+
+def test_extract_lora_tab_checks_dry_runs_and_pushes_an_adapter(seeded, app):
+    with pytest.raises(ModelReferenceError):
+        space.extraction_spec("org/base", "../secret", 8, None, False)
+    with pytest.raises(RecipeError, match="whole number from 1 to 1024"):
+        space.extraction_spec("org/base", "org/ft1", 0, None, False)
+    assert space.extraction_spec("org/base", "org/ft1", 8, 0.9, True).options.rank_energy == 0.9
+    plan = space.extraction_dry_run("org/base", "org/ft1", 4, None, False, "tok-alice")
+    assert "Plan: LoRA extraction from 2 models" in plan and plan.endswith("Plan OK: no problems found.")
+    assert "Plan failed" in space.extraction_dry_run("org/base", "org/missing", 4, None, False, "tok-alice")
+    outputs = list(space.extract("org/base", "org/ft1", 4, None, False, "ft1-lora", False, Session(), ALICE))
+    status, log, card = outputs[-1]
+    assert status.startswith("✅ Pushed to [alice/ft1-lora]"), status
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= set(HfApi().list_repo_files("alice/ft1-lora"))
+    assert (
+        "Plan: 28 modules as LoRA of rank up to 4" in log
+        and "Reconstruction" in card
+        and "base_model_relation: adapter" in card
+    )
+    assert all("tok-alice" not in part for output in outputs for part in output)
+    ((status, _, _),) = space.extract("org/base", "org/ft1", 4, None, False, "x", False, Session(), None)
+    assert "Sign in with Hugging Face to extract" in status
+    handler = _handler(app, "on_extract")
+    assert handler.concurrency_limit == 1 and handler.types_generator and handler.api_name == "extract_lora"

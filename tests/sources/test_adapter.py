@@ -1,4 +1,5 @@
-"""A `model+adapter` source equals peft's `merge_and_unload`, tensor by tensor; unfit or unsupported adapters fail at plan time."""
+"""A `model+adapter` source equals peft's `merge_and_unload`, tensor by tensor; unfit or unsupported adapters fail
+at plan time."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mergehub import AdapterError, SourceError, plan_merge
+from mergehub.demo import make_tiny_llama
 from mergehub.recipe import ModelRef
 from mergehub.sources import open_source
 from mergehub.sources.adapter import LoraSettings, parse_adapter_config, pattern_value
-from mergehub.demo import make_tiny_llama
 from tests.helpers import make_lora, peft_merged
 
 pytest.importorskip("peft")

@@ -4,7 +4,8 @@ One job per module; imports point down this list, and only `page` and `view` nee
 
 - `page`: the `gr.Blocks` layout and its event wiring (`build_app`);
 - `view`: the form's gradio components and the maps between them and a `Form`;
-- `job`: the merge job (`merge`): progress, Cancel, the ZeroGPU wrapper;
+- `extract`: the Extract LoRA tab's jobs (`extract`, `extraction_dry_run`);
+- `job`: the merge job (`merge`) and what jobs share (`run_job`): progress, Cancel, the ZeroGPU wrapper;
 - `lookups`: the dry run, the Hub model search and lineage;
 - `compat`: the compatibility table, from configs and safetensors headers;
 - `presets`: the preset recipes and the default output repo name;
@@ -15,6 +16,7 @@ Counts, sizes and durations are formatted by `mergehub.units`, as everywhere els
 """
 
 from mergehub.interfaces.space.compat import ModelSummary, check_models, compatibility_markdown, summarize_model
+from mergehub.interfaces.space.extract import extract, extraction_dry_run, extraction_spec
 from mergehub.interfaces.space.form import Form, SharedValue, form_to_yaml, form_with_method, parse_value, yaml_to_form
 from mergehub.interfaces.space.job import Session, estimate_gpu_seconds, merge
 from mergehub.interfaces.space.lookups import dry_run, lineage_markdown, search_models
@@ -25,6 +27,7 @@ from mergehub.interfaces.space.safety import (
     MAX_RECIPE_BYTES,
     MAX_SLICES,
     check_hub_reference,
+    check_model_reference,
     check_recipe_text,
     check_repo_name,
     scrub,
@@ -42,6 +45,7 @@ __all__ = [
     "SharedValue",
     "build_app",
     "check_hub_reference",
+    "check_model_reference",
     "check_models",
     "check_recipe_text",
     "check_repo_name",
@@ -49,6 +53,9 @@ __all__ = [
     "default_repo_name",
     "dry_run",
     "estimate_gpu_seconds",
+    "extract",
+    "extraction_dry_run",
+    "extraction_spec",
     "form_to_yaml",
     "form_with_method",
     "lineage_markdown",

@@ -10,7 +10,12 @@ from typing import Any
 
 from mergehub import api
 from mergehub.errors import MergehubError
-from mergehub.interfaces.space.safety import check_hub_reference, check_recipe_text, refuse_local_shadows, user_message
+from mergehub.interfaces.space.safety import (
+    check_model_reference,
+    check_recipe_text,
+    refuse_local_shadows,
+    user_message,
+)
 from mergehub.publish.card_data import card_license, read_card_data
 from mergehub.units import format_count, format_size
 
@@ -113,8 +118,8 @@ def compatibility_markdown(summaries: Sequence[ModelSummary], errors: Mapping[st
 
 
 def _open_model(ref: str, token: str | bool) -> Any:
-    """A Hub model as a mergehub tensor source (a Hub reference only; `token=False` reads anonymously)."""
-    return api.open_model(check_hub_reference(ref), token=token)
+    """A Hub model (with a Hub LoRA adapter, for `model+adapter`) as a mergehub tensor source (`token=False`: anonymously)."""
+    return api.open_model(check_model_reference(ref), token=token)
 
 
 def inspect_model(ref: str, token: str | bool) -> ModelSummary:

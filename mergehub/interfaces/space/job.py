@@ -1,4 +1,5 @@
-"""The merge job: check, plan, merge and push in a worker, with live progress, Cancel and ZeroGPU."""
+"""The Space's jobs (a merge, an extraction): check, plan, run and push in a worker, with live progress, Cancel and
+ZeroGPU."""
 
 from __future__ import annotations
 
@@ -76,15 +77,13 @@ def estimate_gpu_seconds(nbytes: int) -> int:
     return int(min(3600, max(60, 30 + 1.5 * nbytes / 100e6)))
 
 
-def _merge_stream(
-    plan_json: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
+def _stream(
+    work: Callable[[Callable[[], bool], Callable[[Any], None]], dict], alive_path: str, token: str
 ) -> Iterator[tuple[str, Any]]:
-    """Run `push_merge` on the plan the page showed, in a thread, yielding ("progress", Progress) and ("tick", None)
-    every 0.25 s until ("done", info) or ("error", info).
+    """Run `work(should_stop, on_progress)` in a thread, yielding ("progress", Progress) and ("tick", None) every
+    0.25 s until ("done", what work returned) or ("error", info).
 
-    Arguments are plain values (the plan as JSON) so that ZeroGPU can run this in its GPU worker; the models
-    are read at the commits the plan pinned. The merge stops when `alive_path` disappears (Cancel) or when
-    this generator is closed.
+    The job stops when `alive_path` disappears (Cancel) or when this generator is closed.
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     closed = threading.Event()
@@ -92,36 +91,16 @@ def _merge_stream(
     def should_stop() -> bool:
         return closed.is_set() or not Path(alive_path).exists()
 
-    def work() -> None:
+    def run() -> None:
         try:
-            result, pushed = api.push_merge(
-                api.Plan.from_json(plan_json),
-                repo_id,
-                token=token,
-                private=private,
-                device=device,
-                on_progress=lambda p: events.put(("progress", p)),
-                should_stop=should_stop,
-            )
-            events.put(
-                (
-                    "done",
-                    {
-                        "repo_id": pushed.repo_id,
-                        "commit_sha": pushed.commit_sha,
-                        "commit_url": pushed.commit_url,
-                        "created": pushed.created,
-                        "figures": result.figures(),
-                    },
-                )
-            )
+            events.put(("done", work(should_stop, lambda p: events.put(("progress", p)))))
         except BaseException as e:  # noqa: BLE001 - every failure becomes a scrubbed message
             cancelled = should_stop() and isinstance(e, Cancelled)
             if not isinstance(e, MergehubError):
-                logger.error("merge job failed: %s: %s", type(e).__name__, scrub(str(e), [token]))
+                logger.error("job failed: %s: %s", type(e).__name__, scrub(str(e), [token]))
             events.put(("error", {"message": user_message(e, [token]), "cancelled": cancelled}))
 
-    thread = threading.Thread(target=work, name="mergehub-space-job", daemon=True)
+    thread = threading.Thread(target=run, name="mergehub-space-job", daemon=True)
     thread.start()
     try:
         while True:
@@ -134,22 +113,81 @@ def _merge_stream(
             if kind in ("done", "error"):
                 return
     finally:
-        closed.set()  # the page went away: stop merging (the repo this job created is deleted)
+        closed.set()  # the page went away: stop (the repo this job created is deleted)
 
 
-def job_runner() -> Callable[..., Iterator[tuple[str, Any]]]:
-    """`_merge_stream`, wrapped for ZeroGPU when the `spaces` package is there (effect-free elsewhere)."""
+def _pushed(result: Any, pushed: api.PushResult) -> dict:
+    return {
+        "repo_id": pushed.repo_id,
+        "commit_sha": pushed.commit_sha,
+        "commit_url": pushed.commit_url,
+        "created": pushed.created,
+        "figures": result.figures(),
+    }
+
+
+def _merge_stream(
+    plan_json: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
+) -> Iterator[tuple[str, Any]]:
+    """`push_merge` of the plan the page showed, as a `_stream` of events.
+
+    Arguments are plain values (the plan as JSON) so that ZeroGPU can run this in its GPU worker; the models
+    are read at the commits the plan pinned.
+    """
+
+    def work(should_stop: Callable[[], bool], on_progress: Callable[[Any], None]) -> dict:
+        result, pushed = api.push_merge(
+            api.Plan.from_json(plan_json),
+            repo_id,
+            token=token,
+            private=private,
+            device=device,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        return _pushed(result, pushed)
+
+    yield from _stream(work, alive_path, token)
+
+
+def extract_stream(
+    spec_text: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
+) -> Iterator[tuple[str, Any]]:
+    """`push_extraction` of an extraction file's text as a `_stream` of events (plain arguments, for ZeroGPU)."""
+
+    def work(should_stop: Callable[[], bool], on_progress: Callable[[Any], None]) -> dict:
+        spec = api.parse_extraction(spec_text)
+        result, pushed = api.push_extraction(
+            str(spec.base),
+            str(spec.model),
+            repo_id,
+            spec.options,
+            token=token,
+            private=private,
+            device=device,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            spec_text=spec_text,
+        )
+        return _pushed(result, pushed)
+
+    yield from _stream(work, alive_path, token)
+
+
+def job_runner(
+    stream: Callable[..., Iterator[tuple[str, Any]]] = _merge_stream,
+) -> Callable[..., Iterator[tuple[str, Any]]]:
+    """`stream` (a merge's or an extraction's), wrapped for ZeroGPU when the `spaces` package is there (effect-free
+    elsewhere)."""
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
-        return _merge_stream
+        return stream
 
-    def duration(
-        plan_json: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
-    ) -> int:
+    def duration(job: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int) -> int:
         return estimate_gpu_seconds(nbytes)
 
-    return spaces.GPU(duration=duration)(_merge_stream)
+    return spaces.GPU(duration=duration)(stream)
 
 
 def _progress_line(p: Any, elapsed: float) -> str:
@@ -189,6 +227,137 @@ def _render_card(text: str) -> str:
     return f"```yaml\n{card.data.to_yaml()}\n```\n\n{card.text.lstrip(chr(10))}"
 
 
+Out = Callable[..., tuple[str, str, str]]
+
+
+def follow(
+    events: Iterator[tuple[str, Any]],
+    log: list[str],
+    out: Out,
+    progress: Any,
+    cancelled: Callable[[], bool],
+    alive: Path,
+    token: str,
+    scratch: Path,
+    *,
+    verb: str,
+    refresh_seconds: float = 0.3,
+) -> Iterator[tuple[str, str, str]]:
+    """Follow a job's events, yielding (status, log, card): live progress, then the pushed repo and its card, or why not.
+
+    `verb` names the job in its status (`Merging`, `Extracting`); `cancelled` says whether Cancel was clicked.
+    """
+    started = last = time.monotonic()
+    live = ""
+    for kind, payload in events:
+        if kind == "progress":
+            live = _progress_line(payload, time.monotonic() - started)
+            if progress is not None:
+                progress((payload.tensors_done, payload.tensors_total), desc=verb.lower(), unit="tensors")
+            if payload.tensors_done == payload.tensors_total:
+                log.append(live)
+                live = "Committing to the Hub..."
+        elif kind == "error":
+            if payload["cancelled"]:
+                if live:
+                    log.append(live)
+                log.append("Cancelled: nothing was pushed, and a repo created for this job was deleted.")
+                yield out("⏹️ Cancelled: nothing was pushed.")
+            else:
+                log.append("Failed: " + payload["message"])
+                yield out("❌ " + payload["message"].replace("\n", "  \n"))
+            return
+        elif kind == "done":
+            url = _repo_url(payload["repo_id"])
+            log.append(payload["figures"])
+            log.append(f"Pushed commit {payload['commit_sha'][:10]}: {url}")
+            card = _render_card(_read_card(payload["repo_id"], payload["commit_sha"], token, scratch)).replace(
+                token, "***"
+            )
+            yield out(f"✅ Pushed to [{payload['repo_id']}]({url})", card)
+            return
+        now = time.monotonic()
+        if now - last >= refresh_seconds:
+            last = now
+            if cancelled():
+                alive.unlink(missing_ok=True)
+            yield out(f"⏳ {verb}...", live=live)
+
+
+Prepare = Callable[[str, list[str], Out], Iterator[tuple[str, str, str]]]
+"""A job's checks and plan: `prepare(token, log, out)` yields statuses and returns (the job's first argument for its
+runner: a plan's JSON, an extraction's file text; the repo to push to; the bytes it reads and writes); it raises on
+any problem."""
+
+
+def run_job(
+    prepare: Prepare,
+    private: bool,
+    session: Session | None,
+    oauth_token: Any,
+    progress: Any = None,
+    *,
+    runner: Callable[..., Iterator[tuple[str, Any]]],
+    device: str,
+    refresh_seconds: float,
+    verb: str,
+    action: str,
+) -> Iterator[tuple[str, str, str]]:
+    """A button's job (Merge, Extract), yielding (status, log, model card): sign-in, `prepare`, then the run in
+    `runner`, followed live, with Cancel (`verb` and `action` name the job: `Merging`, `merge`). Errors show
+    mergehub's message and hint, scrubbed of tokens and server paths."""
+    token = read_token(oauth_token)
+    if not isinstance(token, str):
+        yield (
+            f"🔒 **Sign in with Hugging Face to {action}**: the result is pushed to your account. "
+            "Checks and the dry run work without signing in.",
+            "",
+            "",
+        )
+        return
+    session = session if session is not None else Session()
+    job = session.begin()
+    log: list[str] = []
+
+    def out(status: str, card: str = "", live: str = "") -> tuple[str, str, str]:
+        return scrub(status, [token]), scrub("\n".join(log + ([live] if live else [])), [token]), card
+
+    if session.is_cancelled(job):
+        log.append("Cancelled before it started.")
+        yield out("⏹️ Cancelled: nothing was pushed.")
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="mergehub-space-"))
+    alive = scratch / "alive"
+    alive.touch()
+    session.alive = str(alive)
+    try:
+        argument, repo_id, nbytes = yield from prepare(token, log, out)
+        yield out(f"⏳ {verb}...")
+        events = runner(argument, repo_id, bool(private), token, device, str(alive), nbytes)
+        yield from follow(
+            events,
+            log,
+            out,
+            progress,
+            lambda: session.is_cancelled(job),
+            alive,
+            token,
+            scratch,
+            verb=verb,
+            refresh_seconds=refresh_seconds,
+        )
+    except Exception as e:  # noqa: BLE001 - mergehub's message and hint; anything else only in the server log
+        if not isinstance(e, MergehubError):
+            logger.error("%s failed: %s: %s", verb.lower(), type(e).__name__, scrub(str(e), [token]))
+        message = user_message(e, [token])
+        log.append("Failed: " + message)
+        yield out("❌ " + message.replace("\n", "  \n"))
+    finally:
+        if session.alive == str(alive):
+            session.alive = None
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def merge(
     recipe_text: str,
     repo_name: str,
@@ -209,35 +378,8 @@ def merge(
     The last log line of a successful merge is the link to the new repo. Errors show mergehub's
     message and hint, scrubbed of tokens and server paths.
     """
-    token = read_token(oauth_token)
-    if not isinstance(token, str):
-        yield (
-            "🔒 **Sign in with Hugging Face to merge**: the model is pushed to your account. "
-            "Checks and the dry run work without signing in.",
-            "",
-            "",
-        )
-        return
-    session = session if session is not None else Session()
-    job = session.begin()
-    log: list[str] = []
 
-    def out(status: str, card: str = "", live: str = "") -> tuple[str, str, str]:
-        return scrub(status, [token]), scrub("\n".join(log + ([live] if live else [])), [token]), card
-
-    def failed(message: str) -> tuple[str, str, str]:
-        log.append("Failed: " + message)
-        return out("❌ " + message.replace("\n", "  \n"))
-
-    if session.is_cancelled(job):
-        log.append("Cancelled before it started.")
-        yield out("⏹️ Cancelled: nothing was pushed.")
-        return
-    scratch = Path(tempfile.mkdtemp(prefix="mergehub-space-"))
-    alive = scratch / "alive"
-    alive.touch()
-    session.alive = str(alive)
-    try:
+    def prepare(token: str, log: list[str], out: Out) -> Iterator[tuple[str, str, str]]:
         recipe = check_recipe_text(recipe_text)
         refuse_local_shadows(recipe)
         repo_id = check_repo_name(repo_name)
@@ -249,55 +391,34 @@ def merge(
             f"read {format_size(plan.read_bytes)}, write {format_size(plan.write_bytes)}."
         )
         log += [f"Warning: {w}" for w in plan.warnings]
-        if plan.read_bytes + plan.write_bytes > MAX_MERGE_BYTES:
-            raise RecipeError(
-                f"This merge reads and writes {format_size(plan.read_bytes + plan.write_bytes)}; "
-                f"this Space merges at most {format_size(MAX_MERGE_BYTES)} at a time.",
-                hint="Run `mergehub merge --push` on your own machine for merges this large.",
-            )
+        check_size(plan, "merge")
         log.append(f"Merging into {repo_id} ({'private' if private else 'public'}); shards upload as they are written.")
-        yield out("⏳ Merging...")
-        started = last = time.monotonic()
-        live = ""
-        for kind, payload in runner(
-            plan.to_json(), repo_id, bool(private), token, device, str(alive), plan.read_bytes + plan.write_bytes
-        ):
-            if kind == "progress":
-                live = _progress_line(payload, time.monotonic() - started)
-                if progress is not None:
-                    progress((payload.tensors_done, payload.tensors_total), desc="merging", unit="tensors")
-                if payload.tensors_done == payload.tensors_total:
-                    log.append(live)
-                    live = "Committing to the Hub..."
-            elif kind == "error":
-                if payload["cancelled"]:
-                    if live:
-                        log.append(live)
-                    log.append("Cancelled: nothing was pushed, and a repo created for this merge was deleted.")
-                    yield out("⏹️ Cancelled: nothing was pushed.")
-                else:
-                    yield failed(payload["message"])
-                return
-            elif kind == "done":
-                url = _repo_url(payload["repo_id"])
-                log.append(payload["figures"])
-                log.append(f"Pushed commit {payload['commit_sha'][:10]}: {url}")
-                card = _render_card(_read_card(payload["repo_id"], payload["commit_sha"], token, scratch)).replace(
-                    token, "***"
-                )
-                yield out(f"✅ Pushed to [{payload['repo_id']}]({url})", card)
-                return
-            now = time.monotonic()
-            if now - last >= refresh_seconds:
-                last = now
-                if session.is_cancelled(job):
-                    alive.unlink(missing_ok=True)
-                yield out("⏳ Merging...", live=live)
-    except Exception as e:  # noqa: BLE001 - mergehub's message and hint; anything else only in the server log
-        if not isinstance(e, MergehubError):
-            logger.error("merge failed: %s: %s", type(e).__name__, scrub(str(e), [token]))
-        yield failed(user_message(e, [token]))
-    finally:
-        if session.alive == str(alive):
-            session.alive = None
-        shutil.rmtree(scratch, ignore_errors=True)
+        return plan.to_json(), repo_id, plan.read_bytes + plan.write_bytes
+
+    yield from run_job(
+        prepare,
+        private,
+        session,
+        oauth_token,
+        progress,
+        runner=runner,
+        device=device,
+        refresh_seconds=refresh_seconds,
+        verb="Merging",
+        action="merge",
+    )
+
+
+def check_size(plan: Any, what: str) -> None:
+    """Refuse a job that reads and writes more than this Space handles at a time.
+
+    Raises:
+        RecipeError: it does.
+    """
+    if plan.read_bytes + plan.write_bytes > MAX_MERGE_BYTES:
+        command = "mergehub merge --push" if what == "merge" else "mergehub extract-lora --push"
+        raise RecipeError(
+            f"This {what} reads and writes {format_size(plan.read_bytes + plan.write_bytes)}; "
+            f"this Space handles at most {format_size(MAX_MERGE_BYTES)} at a time.",
+            hint=f"Run `{command}` on your own machine for jobs this large.",
+        )

@@ -8,8 +8,9 @@ from typing import Any
 
 from mergehub.errors import MergehubError
 from mergehub.interfaces.space.compat import check_models, layer_count
+from mergehub.interfaces.space.extract import extract, extraction_dry_run
 from mergehub.interfaces.space.form import Form, form_to_yaml, form_with_method, recipe_extras, yaml_to_form
-from mergehub.interfaces.space.job import Session, job_runner, merge
+from mergehub.interfaces.space.job import Session, extract_stream, job_runner, merge
 from mergehub.interfaces.space.lookups import dry_run, lineage_markdown, search_models
 from mergehub.interfaces.space.presets import EXAMPLE_LAYERS, EXAMPLE_MODELS, PRESETS, default_repo_name, preset_form
 from mergehub.interfaces.space.safety import MAX_MODELS, check_recipe_text, read_token, user_message
@@ -39,7 +40,7 @@ def build_app() -> Any:
         raise ImportError("The Space needs gradio: pip install 'mergehub[space]'")
     from mergehub.interfaces.space.view import FormView  # imports gradio
 
-    runner = job_runner()
+    runner, extract_runner = job_runner(), job_runner(extract_stream)
     eval_available = importlib.util.find_spec("mergehub.eval") is not None
     initial = preset_form(PRESETS[0])
     initial_yaml, _ = form_to_yaml(initial)
@@ -101,6 +102,32 @@ def build_app() -> Any:
             log_box = gr.Textbox(label="Log", lines=10, max_lines=20, autoscroll=True, interactive=False)
             with gr.Accordion("Model card of the new repo", open=True):
                 card = gr.Markdown()
+        with gr.Tab("Extract LoRA"):
+            gr.Markdown(
+                "Extract a LoRA adapter from a fine-tune: each module's change from the base, factored by truncated SVD "
+                "(as `mergekit-extract-lora`), streamed from the Hub. The card lists each module's reconstruction error."
+            )
+            with gr.Row():
+                extract_base = gr.Dropdown([], value="", label="Base model", allow_custom_value=True, filterable=True)
+                extract_model = gr.Dropdown([], value="", label="Fine-tune", allow_custom_value=True, filterable=True)
+            with gr.Row():
+                extract_rank = gr.Number(32, label="Rank (largest)", precision=0, minimum=1)
+                extract_energy = gr.Number(None, label="Energy to keep (optional, e.g. 0.9)", minimum=0, maximum=1)
+                extract_embed = gr.Checkbox(label="Embeddings as LoRA", value=False, info="Else they are saved whole.")
+            with gr.Row():
+                extract_repo = gr.Textbox(
+                    label="Adapter repo: a name (created in your account) or namespace/name", scale=3
+                )
+                extract_private = gr.Checkbox(label="Private", value=False, scale=1)
+            with gr.Row():
+                extract_plan_button = gr.Button("Dry run")
+                extract_button = gr.Button("Extract and push", variant="primary")
+                extract_cancel = gr.Button("Cancel", variant="stop")
+            extract_plan = gr.Textbox(label="Plan", lines=8, max_lines=20, visible=False)
+            extract_status = gr.Markdown()
+            extract_log = gr.Textbox(label="Log", lines=8, max_lines=20, autoscroll=True, interactive=False)
+            with gr.Accordion("Model card of the adapter", open=True):
+                extract_card = gr.Markdown()
         with gr.Tab("Lineage"):
             with gr.Row():
                 lineage_id = gr.Dropdown([], value="", label="Model", allow_custom_value=True, filterable=True, scale=3)
@@ -229,6 +256,39 @@ def build_app() -> Any:
                 else "⏹️ Cancelled."
             )
 
+        def on_extract_plan(
+            base: str, model: str, rank: float, energy: float, embed: bool, oauth_token: gr.OAuthToken | None
+        ) -> Any:
+            return gr.update(
+                value=extraction_dry_run(base, model, rank, energy, embed, read_token(oauth_token)), visible=True
+            )
+
+        def on_extract(
+            base: str,
+            model: str,
+            rank: float,
+            energy: float,
+            embed: bool,
+            repo_name: str,
+            private: bool,
+            session_value: Session,
+            oauth_token: gr.OAuthToken | None,
+            progress=gr.Progress(),  # noqa: B008 - gradio's way to ask for a progress tracker
+        ):
+            yield from extract(
+                base,
+                model,
+                rank,
+                energy,
+                embed,
+                repo_name,
+                private,
+                session_value,
+                oauth_token,
+                progress,
+                runner=extract_runner,
+            )
+
         def on_lineage(model_id: str, oauth_token: gr.OAuthToken | None) -> str:
             return lineage_markdown(model_id or "", read_token(oauth_token))
 
@@ -243,7 +303,7 @@ def build_app() -> Any:
         recipe_box.input(on_yaml_input, recipe_box, [*view.outputs, recipe_note], trigger_mode="always_last", **quick)
         for name, button in zip(PRESETS, preset_buttons, strict=True):
             button.click(preset_handler(name), view.inputs, [*view.outputs, recipe_box, recipe_note], **quick)
-        for dropdown in [view.base, *view.models, lineage_id]:
+        for dropdown in [view.base, *view.models, lineage_id, extract_base, extract_model]:
             dropdown.key_up(on_search, None, dropdown, trigger_mode="always_last", **quick)
         recipe_box.change(on_name, [recipe_box, repo_box, auto_name], [repo_box, auto_name], **quick)
         check_button.click(on_check, recipe_box, compat, **checks)
@@ -258,6 +318,18 @@ def build_app() -> Any:
             api_name="merge",  # the GitHub Action's `dispatch-to-space` calls this endpoint
         )
         cancel_button.click(on_cancel, session, status, **quick)
+        extraction = [extract_base, extract_model, extract_rank, extract_energy, extract_embed]
+        extract_plan_button.click(on_extract_plan, extraction, extract_plan, **checks)
+        extract_button.click(on_arm, session, extract_status, **quick).then(
+            on_extract,
+            [*extraction, extract_repo, extract_private, session],
+            [extract_status, extract_log, extract_card],
+            concurrency_limit=1,
+            concurrency_id="merge",
+            show_progress_on=[extract_status],
+            api_name="extract_lora",
+        )
+        extract_cancel.click(on_cancel, session, extract_status, **quick)
         lineage_button.click(on_lineage, lineage_id, lineage_out, **checks)
         demo.load(lambda: view.render(initial), None, view.outputs, **quick).then(
             on_name, [recipe_box, repo_box, auto_name], [repo_box, auto_name], **quick

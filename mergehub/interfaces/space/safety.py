@@ -13,7 +13,7 @@ from typing import Any
 
 from mergehub.errors import MergehubError, PublishError
 from mergehub.interfaces.secrets import scrub_tokens
-from mergehub.interfaces.untrusted import Limits, check_hub_reference, check_untrusted_recipe
+from mergehub.interfaces.untrusted import Limits, check_hub_reference, check_model_reference, check_untrusted_recipe
 from mergehub.interfaces.untrusted import refuse_local_shadows as refuse_folder_shadows
 from mergehub.recipe import Recipe, is_hub_id
 
@@ -24,6 +24,7 @@ __all__ = [
     "MAX_SLICES",
     "MAX_MERGE_BYTES",
     "check_hub_reference",
+    "check_model_reference",
     "check_recipe_text",
     "refuse_local_shadows",
     "check_repo_name",
