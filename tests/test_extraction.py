@@ -306,7 +306,10 @@ def test_hub_extraction_is_pinned_pushed_and_carded(family, hub, tmp_path, capsy
     plan = plan_extraction("org/base", "org/tuned", ExtractOptions(rank=4))
     assert [m.revision for m in plan.models] == [base_sha, tuned_sha]
     # the fine-tune is read whole, so it is verified in transit; the base's norms and embeddings are not needed
-    assert [(f.model, f.verified, f.reason) for f in plan.input_files] == [(0, False, "read in part"), (1, True, "")]
+    assert [(f.model, f.verified, f.reason) for f in plan.input_files] == [
+        ("org/base", False, "read in part"),
+        ("org/tuned", True, ""),
+    ]
     assert (
         main(
             [

@@ -150,7 +150,9 @@ def test_adapter_is_a_pinned_parent_in_plan_card_and_lineage(family, adapters, t
     plan = plan_merge(recipe)
     entry = plan.models[0]
     assert entry.adapter is not None and entry.adapter.path == "org/lora" and len(entry.adapter.revision) == 40
-    assert entry.path == "org/base" and entry.pinned == f"org/base@{entry.revision}+org/lora@{entry.adapter.revision}"
+    assert (
+        entry.path == "org/base" and str(entry.pinned) == f"org/base@{entry.revision}+org/lora@{entry.adapter.revision}"
+    )
     assert type(plan).from_json(plan.to_json()) == plan
     assert f"LoRA adapter org/lora @ {entry.adapter.revision}" in plan.describe()
     assert [(f.file, f.verified) for f in plan.input_files] == [
