@@ -23,6 +23,7 @@ from huggingface_hub import ModelCard
 
 from mergehub import safe_yaml
 from mergehub.errors import MergehubError, PlanError, PublishError, RecipeError
+from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.extraction import (
     SPEC_FILENAME,
     ExtractionSpec,
@@ -33,7 +34,6 @@ from mergehub.extraction import (
     parse_extraction,
 )
 from mergehub.extraction import plan_extraction as _plan_extraction
-from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
 from mergehub.output import create_staging, move_into_place, resolve_target
 from mergehub.plan import DEFAULT_SHARD_BYTES, Plan, embedding_rows
 from mergehub.plan import plan_merge as _plan_merge
@@ -697,7 +697,8 @@ class ExtractionResult:
         return (
             f"Extracted {len(errors)} modules as LoRA (rank {rank}){f', saved {len(saved)} whole' if saved else ''} in "
             f"{s.seconds:.1f} s: relative error mean {sum(errors) / len(errors):.4g}, max {max(errors):.4g}; read "
-            f"{format_size(s.bytes_read)}, wrote {format_size(self.shard.size)}, peak RSS {format_size(s.peak_rss_bytes)}"
+            f"{format_size(s.bytes_read)}, wrote {format_size(self.shard.size)}, "
+            f"peak RSS {format_size(s.peak_rss_bytes)}"
         )
 
     def summary(self) -> str:
@@ -756,7 +757,7 @@ def extract_lora(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ExtractionResult:
-    """Extract a PEFT LoRA adapter of `model` (a fine-tune) relative to `base` into `out_dir`, streamed tensor by tensor.
+    """Extract a PEFT LoRA adapter of `model` (a fine-tune) relative to `base` into `out_dir`, tensor by tensor.
 
     Both models may be directories or Hub repos (read by byte ranges, pinned to commits). The adapter holds
     adapter_model.safetensors, adapter_config.json (`base_model_name_or_path` and `revision` pinned to the base),

@@ -299,7 +299,8 @@ def sources_by_key(plan: Plan, sources: Mapping[ModelRef, TensorSource]) -> dict
         adapter = source.adapter.revision if isinstance(source, AdapterSource) else None
         if model.adapter is not None and model.adapter.revision is not None and adapter != model.adapter.revision:
             raise PlanError(
-                f"The plan applies {model.adapter.ref} at commit {model.adapter.revision}, but its source is at {adapter}.",
+                f"The plan applies {model.adapter.ref} at commit {model.adapter.revision}, "
+                f"but its source is at {adapter}.",
                 hint="Open the plan's models with `open_sources(plan)`, which pins each to the planned commit.",
             )
     return by_key

@@ -1104,7 +1104,7 @@ def input_files(
 
 
 def job_memory(job: TensorJob) -> int:
-    """Bytes held while computing one job: stored inputs, float32 copies, float32 result and output (an SVD's factors too)."""
+    """Bytes held while computing one job: stored inputs, float32 copies, result and output (SVD factors too)."""
     numel = 1
     for dim in job.shape:
         numel *= dim

@@ -280,7 +280,8 @@ class BoundedWriter:
         fits = len(shape) == len(slot.shape) and all(n <= bound for n, bound in zip(shape, slot.shape))
         if name != slot.name or tensor.dtype != DTYPES[slot.dtype] or not fits:
             raise OutputError(
-                f"Writer expected {slot.name!r} {slot.dtype} at most {list(slot.shape)}, got {name!r} {tensor.dtype}{list(shape)}."
+                f"Writer expected {slot.name!r} {slot.dtype} at most {list(slot.shape)}, "
+                f"got {name!r} {tensor.dtype}{list(shape)}."
             )
         data = tensor_bytes(tensor.cpu())
         with writing(self.path):

@@ -492,7 +492,7 @@ def adapter_card(
     lineage_mermaid: str | None = None,
     vocab_sizes: tuple[int, int] | None = None,
 ) -> AdapterCard:
-    """The card data of a finished extraction: each LoRA module's rank and reconstruction error, from the run's measures."""
+    """The card data of a finished extraction: each LoRA module's rank and reconstruction error (the run's measures)."""
     modules = tuple(
         (job.name.removesuffix(".weight"), int(measures[job.name]["rank"]), measures[job.name]["relative_error"])
         for job in plan.jobs

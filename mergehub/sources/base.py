@@ -174,7 +174,8 @@ def adapter_weight_files(names: list[str], label: str) -> list[str]:
     """The safetensors file holding a PEFT adapter's weights (`adapter_model.safetensors`), from the repo's file names.
 
     Raises:
-        SourceError: it is absent; a pickled `adapter_model.bin` is refused (it cannot be range-read, and unpickling runs code).
+        SourceError: it is absent; a pickled `adapter_model.bin` is refused (it cannot be range-read, and unpickling
+            runs code).
     """
     if ADAPTER_WEIGHTS in names:
         return [ADAPTER_WEIGHTS]
@@ -184,7 +185,10 @@ def adapter_weight_files(names: list[str], label: str) -> list[str]:
             hint="Convert them to safetensors (`PeftModel.from_pretrained(model, adapter).save_pretrained(dir)` writes "
             "adapter_model.safetensors), or on the Hub use a revision that has it.",
         )
-    hint = "A LoRA reference is `model+adapter`, the adapter a PEFT adapter (adapter_config.json, adapter_model.safetensors)."
+    hint = (
+        "A LoRA reference is `model+adapter`, the adapter a PEFT adapter "
+        "(adapter_config.json, adapter_model.safetensors)."
+    )
     raise SourceError(f"{label} has no {ADAPTER_WEIGHTS}.", hint=hint)
 
 
@@ -342,7 +346,7 @@ class TensorSource(Protocol):
     """The sha256 of each weight file that can be verified as it streams (empty for a local directory)."""
 
     def files_read(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
-        """The weight files (keys as in `checksums`) that reading these tensors touches: (tensors read, tensors held)."""
+        """The weight files (keys as in `checksums`) that reading these tensors touches: (tensors read, held)."""
         ...
 
     def verify(self, files: Iterable[str]) -> None:

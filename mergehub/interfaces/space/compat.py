@@ -118,7 +118,7 @@ def compatibility_markdown(summaries: Sequence[ModelSummary], errors: Mapping[st
 
 
 def _open_model(ref: str, token: str | bool) -> Any:
-    """A Hub model (with a Hub LoRA adapter, for `model+adapter`) as a mergehub tensor source (`token=False`: anonymously)."""
+    """A Hub model (with its Hub LoRA adapter, for `model+adapter`) as a tensor source (`token=False`: anonymously)."""
     return api.open_model(check_model_reference(ref), token=token)
 
 

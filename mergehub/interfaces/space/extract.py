@@ -10,8 +10,8 @@ from mergehub import api
 from mergehub.errors import ModelReferenceError, RecipeError
 from mergehub.interfaces.space.job import Out, Session, check_size, extract_stream, run_job
 from mergehub.interfaces.space.safety import check_model_reference, check_repo_name, scrub, user_message
-from mergehub.units import format_size
 from mergehub.recipe import ModelRef
+from mergehub.units import format_size
 
 __all__ = ["extraction_spec", "extraction_dry_run", "extract"]
 

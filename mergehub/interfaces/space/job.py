@@ -243,7 +243,7 @@ def follow(
     verb: str,
     refresh_seconds: float = 0.3,
 ) -> Iterator[tuple[str, str, str]]:
-    """Follow a job's events, yielding (status, log, card): live progress, then the pushed repo and its card, or why not.
+    """Follow a job's events, yielding (status, log, card): progress, then the pushed repo and its card, or why not.
 
     `verb` names the job in its status (`Merging`, `Extracting`); `cancelled` says whether Cancel was clicked.
     """

@@ -104,8 +104,9 @@ def build_app() -> Any:
                 card = gr.Markdown()
         with gr.Tab("Extract LoRA"):
             gr.Markdown(
-                "Extract a LoRA adapter from a fine-tune: each module's change from the base, factored by truncated SVD "
-                "(as `mergekit-extract-lora`), streamed from the Hub. The card lists each module's reconstruction error."
+                "Extract a LoRA adapter from a fine-tune: each module's change from the base, factored by "
+                "truncated SVD (as `mergekit-extract-lora`), streamed from the Hub. The card lists each module's "
+                "reconstruction error."
             )
             with gr.Row():
                 extract_base = gr.Dropdown([], value="", label="Base model", allow_custom_value=True, filterable=True)
