@@ -310,6 +310,10 @@ def test_extraction_files_are_extracted_pushed_and_rerun_like_recipes(hub, paren
     bad = commit(repo, {"recipes/tuned-lora.yml": extraction + "  rnak: 3\n"})
     code, log, summary, _ = run(repo, "pull_request", {"after": bad}, capsys)
     assert code == 1 and "::error file=recipes/tuned-lora.yml,line=6::extract_lora.rnak: `rnak` is not an option" in log
+    broken = commit(repo, {"recipes/tuned-lora.yml": extraction + "  rank: [4\n"})
+    code, log, summary, _ = run(repo, "pull_request", {"after": broken}, capsys)
+    assert code == 1 and "::error file=recipes/tuned-lora.yml,line=" in log and "is not valid YAML" in log
+    assert "Traceback" not in log
 
 
 def test_pull_request_validates_anonymously_and_annotates_the_bad_lines(
