@@ -122,9 +122,8 @@ def uses_lora(data: Any) -> bool:
 def repoint(data: dict, models: TinyModels, shape: str) -> dict:
     """The recipe with every model reference replaced by a tiny model, and dtypes set to float32."""
     refs, layers = _references(data)
-    plain = list(
-        dict.fromkeys(ref.split("+")[0].strip() for ref in refs)
-    )  # a `model+adapter` is that model with an adapter
+    # a `model+adapter` is that model with an adapter
+    plain = list(dict.fromkeys(ref.split("+")[0].strip() for ref in refs))
     adapters = list(dict.fromkeys(ref.partition("+")[2].strip() for ref in refs if "+" in ref))
     mapping = {}
     for ref in refs:

@@ -112,9 +112,8 @@ def test_extracted_adapter_loads_with_peft_and_gives_the_fine_tunes_logits(famil
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    result = extract_lora(
-        str(family[0]), str(family[1]), tmp_path / "full", ExtractOptions(rank=64)
-    )  # full rank: exact
+    # full rank: exact
+    result = extract_lora(str(family[0]), str(family[1]), tmp_path / "full", ExtractOptions(rank=64))
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(family[0]), result.out_dir)
     torch.testing.assert_close(
         _logits(peft_model), _logits(AutoModelForCausalLM.from_pretrained(family[1])), rtol=0, atol=1e-4
@@ -139,9 +138,8 @@ def test_rank_energy_gives_each_module_its_rank_and_peft_loads_the_pattern(famil
     peft_model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(family[0]), result.out_dir
     ).merge_and_unload()
-    source = open_source(
-        ModelRef(str(family[0]), None, ModelRef(str(result.out_dir)))
-    )  # mergehub applies it back the same way
+    # mergehub applies it back the same way
+    source = open_source(ModelRef(str(family[0]), None, ModelRef(str(result.out_dir))))
     try:
         state = peft_model.state_dict()
         for name, tensor in source.read_many(list(source.tensors())).items():
@@ -191,10 +189,8 @@ def test_embeddings_as_lora_load_with_peft(family, tmp_path):
 
     result = extract_lora(str(family[0]), str(family[1]), tmp_path / "embed", ExtractOptions(rank=64, embed_lora=True))
     tensors = load_file(result.out_dir / "adapter_model.safetensors")
-    assert tensors[f"{PREFIX}model.embed_tokens.lora_embedding_A"].shape == (
-        64,
-        256,
-    )  # (r, vocab): transposed, as peft's
+    # (r, vocab): transposed, as peft's
+    assert tensors[f"{PREFIX}model.embed_tokens.lora_embedding_A"].shape == (64, 256)
     assert tensors[f"{PREFIX}model.embed_tokens.lora_embedding_B"].shape == (64, 64)
     assert f"{PREFIX}lm_head.lora_A.weight" in tensors
     assert json.loads((result.out_dir / "adapter_config.json").read_text())["modules_to_save"] == [

@@ -351,6 +351,21 @@ def _parent_row(parent: ParentCard, base: str | None, note: str = "") -> str:
     return f"| {_cell(model)} | {revision} | {_cell(_license_text(parent))} | {_cell(scores)} |"
 
 
+def _license_lines(warnings: list[str], license_id: str, what: str) -> list[str]:
+    """The card's License section when the parents' licenses differ, are unknown or restrict use (else none)."""
+    if not warnings:
+        return []
+    return [
+        "",
+        "## License",
+        "",
+        "> [!WARNING]",
+        "> The parents' licenses differ, are unknown or restrict use, "
+        f"so this {what} is marked `{license_id}`. Each parent's terms still apply:",
+        *(f"> - {w}" for w in warnings),
+    ]
+
+
 def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     name = card.repo_id.split("/")[-1]
     method = f"[{card.method}]({card.paper})" if card.paper else f"`{card.method}`"
@@ -359,16 +374,7 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     lines = [f"# {name}", "", f"{name} is a {method} merge of the models below{on_base}, made with mergehub.", ""]
     lines += ["## Parents", "", "| Model | Revision | License | Scores |", "|---|---|---|---|"]
     lines += [_parent_row(p, card.base) for p in card.parents]
-    if warnings:
-        lines += [
-            "",
-            "## License",
-            "",
-            "> [!WARNING]",
-            "> The parents' licenses differ, are unknown or restrict use, "
-            f"so this merge is marked `{license_id}`. Each parent's terms still apply:",
-        ]
-        lines += [f"> - {w}" for w in warnings]
+    lines += _license_lines(warnings, license_id, "merge")
     if card.eval_results:
         lines += ["", "## Evaluation", "", "| Dataset | Metric | Value |", "|---|---|---|"]
         lines += [f"| {_cell(s.dataset_name)} | {_cell(s.metric)} | {s.value:.4g} |" for s in card.eval_results]
@@ -538,16 +544,7 @@ def _adapter_body(card: AdapterCard, license_id: str, warnings: list[str]) -> st
         ]
     lines += ["## Parents", "", "| Model | Revision | License | Scores |", "|---|---|---|---|"]
     lines += [_parent_row(card.base, card.base.ref), _parent_row(card.source, None, " (the fine-tune)")]
-    if warnings:
-        lines += [
-            "",
-            "## License",
-            "",
-            "> [!WARNING]",
-            "> The parents' licenses differ, are unknown or restrict use, "
-            f"so this adapter is marked `{license_id}`. Each parent's terms still apply:",
-        ]
-        lines += [f"> - {w}" for w in warnings]
+    lines += _license_lines(warnings, license_id, "adapter")
     lines += ["", "## Reconstruction", ""]
     lines.append(
         f"{len(card.modules)} modules as LoRA, rank {ranks[0] if len(ranks) == 1 else f'{ranks[0]} to {ranks[-1]}'}; "
