@@ -41,13 +41,15 @@ def lora_finetune(family, tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _products(adapter: Path) -> dict[str, torch.Tensor]:
-    """B·A of every LoRA module of an adapter directory, by module name (scaling 1, as extracted adapters have)."""
+    """B·A of every LoRA module of an adapter directory, by module name, shaped as the module's weight (an
+    embedding's transposed back) and unscaled (extracted adapters have scaling 1)."""
     tensors = load_file(adapter / "adapter_model.safetensors")
     products = {}
     for name, a in tensors.items():
         if ".lora_A." in name or name.endswith("lora_embedding_A"):
             b = tensors[name.replace("lora_A", "lora_B").replace("lora_embedding_A", "lora_embedding_B")]
-            products[name.removeprefix(PREFIX).split(".lora_")[0]] = b.float() @ a.float()
+            product = b.float() @ a.float()
+            products[name.removeprefix(PREFIX).split(".lora_")[0]] = product.T if "embedding" in name else product
     return products
 
 
@@ -71,7 +73,23 @@ def test_extraction_recovers_a_lora_delta_to_float32_error(family, lora_finetune
     assert config["target_modules"] == sorted(LINEAR)
 
 
-def test_reconstruction_error_and_factors_match_mergekit_extract_lora(family, tmp_path):
+# mergekit-extract-lora's flags and the same options here (its --save-module fails in 0.1.5: a tuple is appended to)
+MERGEKIT_OPTIONS = {
+    "defaults": ([], {}),
+    "embeddings as LoRA, scale in A": (
+        ["--embed-lora", "--no-distribute-scale"],
+        {"embed_lora": True, "distribute_scale": False},
+    ),
+    "regexes, undecomposable skipped": (
+        ["-i", "self_attn", "-e", r"layers\.0\.", "--skip-undecomposable"],
+        {"include": ("self_attn",), "exclude": (r"layers\.0\.",), "skip_undecomposable": True},
+    ),
+    "singular-value threshold": (["--sv-epsilon", "0.05"], {"sv_epsilon": 0.05}),
+}
+
+
+@pytest.mark.parametrize("flags, options", list(MERGEKIT_OPTIONS.values()), ids=list(MERGEKIT_OPTIONS))
+def test_reconstruction_error_and_factors_match_mergekit_extract_lora(family, tmp_path, flags, options):
     command = Path(sys.executable).parent / "mergekit-extract-lora"
     if not command.is_file() and shutil.which("mergekit-extract-lora") is None:
         pytest.skip("mergekit-extract-lora is not installed")
@@ -86,12 +104,17 @@ def test_reconstruction_error_and_factors_match_mergekit_extract_lora(family, tm
             str(tmp_path / "mergekit"),
             "--max-rank",
             "8",
+            *flags,
         ],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    ours = extract_lora(str(family[0]), str(family[1]), tmp_path / "mergehub", ExtractOptions(rank=8))
+    ours = extract_lora(str(family[0]), str(family[1]), tmp_path / "mergehub", ExtractOptions(rank=8, **options))
+    tensors = load_file(ours.out_dir / "adapter_model.safetensors")
+    for name, tensor in load_file(tmp_path / "mergekit" / "adapter_model.safetensors").items():
+        if ".lora_" not in name:  # saved whole: the fine-tune's tensor
+            torch.testing.assert_close(tensors[name], tensor, rtol=0, atol=0, msg=name)
     theirs_tensors = load_file(tmp_path / "mergekit" / "adapter_model.safetensors")
     assert set(load_file(ours.out_dir / "adapter_model.safetensors")) == set(theirs_tensors)
     base, tuned = load_tensors(family[0]), load_tensors(family[1])
@@ -105,7 +128,9 @@ def test_reconstruction_error_and_factors_match_mergekit_extract_lora(family, tm
         json.loads((d / "adapter_config.json").read_text()) for d in (ours.out_dir, tmp_path / "mergekit")
     )
     assert set(config["modules_to_save"]) == set(their_config["modules_to_save"])
-    assert set(config["target_modules"]) == set(their_config["target_modules"]) and config["r"] == their_config["r"]
+    assert config["r"] == their_config["r"] and config["rank_pattern"] == their_config.get("rank_pattern", {})
+    # mergekit names the kinds of module (so peft also wraps the excluded ones); mergehub names the modules it extracted
+    assert {m.rpartition(".")[2] for m in config["target_modules"]} == set(their_config["target_modules"])
 
 
 def test_extracted_adapter_loads_with_peft_and_gives_the_fine_tunes_logits(family, tmp_path):
