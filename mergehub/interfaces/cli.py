@@ -96,7 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         "--rank", "--max-rank", dest="rank", type=int, help="the largest rank of a module (mergekit: --max-rank)"
     )
     extract.add_argument(
-        "--rank-energy", type=float, help="per module, the smallest rank keeping this fraction of the delta's energy"
+        "--rank-energy",
+        type=float,
+        help="per module, the smallest rank (at most --rank) keeping this fraction of the delta's energy",
     )
     extract.add_argument(
         "--sv-epsilon", type=float, default=0.0, help="drop singular values at or below this (default: 0)"
@@ -341,7 +343,8 @@ def _extraction(args: argparse.Namespace) -> tuple[str, str, api.ExtractOptions,
     if missing:
         raise MergehubError(
             f"extract-lora needs {', '.join(missing)}.",
-            hint="Run `mergehub extract-lora --base BASE --model FINETUNE OUT --rank R`.",
+            hint="Run `mergehub extract-lora --base BASE --model FINETUNE OUT --rank R` (with --rank-energy, "
+            "--rank is the largest rank a module may get).",
         )
     options = api.ExtractOptions(
         rank=args.rank,
