@@ -24,6 +24,7 @@ LAYERS = {
     "vocab": 3,
     "plan": 4,
     "writer": 5,
+    "extraction": 5,  # LoRA extraction planned as jobs of the plan
     "executor": 6,
     "output": 6,
     "publish": 7,

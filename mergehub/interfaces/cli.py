@@ -332,10 +332,9 @@ def _extraction(args: argparse.Namespace) -> tuple[str, str, api.ExtractOptions,
     """Base, fine-tune, options and the file's text: from --from FILE, else from the flags."""
     if args.spec:
         from mergehub import safe_yaml
-        from mergehub.extraction import parse_extraction
 
         text = safe_yaml.read_text(args.spec)
-        spec = parse_extraction(text)
+        spec = api.parse_extraction(text)
         return str(spec.base), str(spec.model), spec.options, text
     missing = [
         flag for flag, value in (("--base", args.base), ("--model", args.model), ("--rank", args.rank)) if value is None
