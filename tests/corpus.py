@@ -329,6 +329,29 @@ def run_mergehub(recipe: Path, out: Path) -> Outcome:
     return Outcome(load_tensors(out), warnings=tuple(str(w) for w in result.plan.warnings))
 
 
+def assert_mergekit_yaml_agrees(recipe: Path, work: Path, *flags: str) -> None:
+    """The `mergekit-yaml` command (a subprocess, not run_mergekit's in-process call) and mergehub merge `recipe` into
+    the same tensors (1e-5); skips the test when the command is not installed."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    command = Path(sys.executable).parent / "mergekit-yaml"
+    if not command.is_file() and shutil.which("mergekit-yaml") is None:
+        pytest.skip("mergekit-yaml is not installed")
+    subprocess.run(
+        [str(command if command.is_file() else "mergekit-yaml"), str(recipe), str(work / "mergekit"), *flags],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    ours, theirs = run_mergehub(recipe, work / "mergehub"), load_tensors(work / "mergekit")
+    assert ours.tensors is not None and set(ours.tensors) == set(theirs), ours.error
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours.tensors[name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
 def kept_fraction(tensors: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> float:
     """The fraction of elements that differ from the base model's: what a random method kept of the task vectors."""
     changed = total = 0

@@ -7,16 +7,18 @@ every recipe mergekit refuses must be refused by mergehub with a `MergehubError`
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
 from mergehub.methods import method_names
-from tests.corpus import TinyModels, load_corpus, repoint, run_entry, run_mergehub, uses_lora
+from tests.corpus import (
+    TinyModels,
+    assert_mergekit_yaml_agrees,
+    load_corpus,
+    repoint,
+    run_entry,
+    uses_lora,
+)
 
 pytest.importorskip("mergekit")
 
@@ -90,24 +92,7 @@ CLI_CASES = ["cohere-configurations--neuralpipe-7b-ties", "cohere-configurations
 
 @pytest.mark.parametrize("name", CLI_CASES)
 def test_mergekit_yaml_command_agrees(name, tiny_models, tmp_path):
-    import torch
-
-    from tests.helpers import load_tensors
-
-    command = Path(sys.executable).parent / "mergekit-yaml"
-    if not command.is_file() and shutil.which("mergekit-yaml") is None:
-        pytest.skip("mergekit-yaml is not installed")
     entry = next(e for e in ENTRIES if e.name == name)
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(yaml.safe_dump(repoint(_data(entry.text) or {}, tiny_models, entry.shape), sort_keys=False))
-    subprocess.run(
-        [str(command if command.is_file() else "mergekit-yaml"), str(recipe), str(tmp_path / "mergekit")],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    ours = run_mergehub(recipe, tmp_path / "mergehub")
-    theirs = load_tensors(tmp_path / "mergekit")
-    assert ours.tensors is not None and set(ours.tensors) == set(theirs)
-    for tensor_name, tensor in theirs.items():
-        torch.testing.assert_close(ours.tensors[tensor_name], tensor, rtol=0, atol=1e-5)
+    assert_mergekit_yaml_agrees(recipe, tmp_path)

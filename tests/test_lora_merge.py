@@ -4,9 +4,6 @@ peft first), and the card records the adapter as a parent, pinned."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +11,8 @@ import torch
 import yaml
 
 from mergehub import plan_merge, run_merge
-from tests.corpus import run_mergehub, run_mergekit
-from tests.helpers import load_tensors, make_lora
+from tests.corpus import assert_mergekit_yaml_agrees, run_mergehub, run_mergekit
+from tests.helpers import make_lora
 
 pytest.importorskip("mergekit")
 pytest.importorskip("peft")
@@ -106,28 +103,9 @@ def test_lora_references_merge_as_mergekit_does(family, adapters, tmp_path, name
 
 
 def test_mergekit_yaml_command_agrees(family, adapters, tmp_path):
-    command = Path(sys.executable).parent / "mergekit-yaml"
-    if not command.is_file() and shutil.which("mergekit-yaml") is None:
-        pytest.skip("mergekit-yaml is not installed")
     recipe = tmp_path / "recipe.yml"
     recipe.write_text(yaml.safe_dump({**_recipes(family, adapters)["ties"], "dtype": "float32"}, sort_keys=False))
-    subprocess.run(
-        [
-            str(command if command.is_file() else "mergekit-yaml"),
-            str(recipe),
-            str(tmp_path / "mergekit"),
-            "--lora-merge-cache",
-            str(tmp_path / "cache"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    ours = run_mergehub(recipe, tmp_path / "mergehub")
-    theirs = load_tensors(tmp_path / "mergekit")
-    assert ours.tensors is not None and set(ours.tensors) == set(theirs)
-    for tensor, value in theirs.items():
-        torch.testing.assert_close(ours.tensors[tensor], value, rtol=0, atol=1e-5)
+    assert_mergekit_yaml_agrees(recipe, tmp_path, "--lora-merge-cache", str(tmp_path / "cache"))
 
 
 def test_adapter_is_a_pinned_parent_in_plan_card_and_lineage(family, adapters, tmp_path, hub):
