@@ -306,7 +306,7 @@ def test_extraction_files_are_extracted_pushed_and_rerun_like_recipes(hub, paren
     assert "extracting a LoRA adapter (not merged yet)" in log
     assert {"adapter_model.safetensors", "adapter_config.json"} <= set(HfApi().list_repo_files("alice/tuned-lora"))
     code, log, summary, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice")
-    assert code == 0 and outputs["pushed-repos"] == "[]" and "same extraction, same parent commits" in log
+    assert code == 0 and outputs["pushed-repos"] == "[]" and "up to date: same recipe, same parent commits" in log
     bad = commit(repo, {"recipes/tuned-lora.yml": extraction + "  rnak: 3\n"})
     code, log, summary, _ = run(repo, "pull_request", {"after": bad}, capsys)
     assert code == 1 and "::error file=recipes/tuned-lora.yml,line=6::extract_lora.rnak: `rnak` is not an option" in log

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from mergehub.errors import ModelReferenceError, RecipeError
-from mergehub.interfaces.untrusted import PULL_REQUEST_LIMITS, check_pull_request_recipe, recipe_references
+from mergehub.interfaces.untrusted import (
+    PULL_REQUEST_LIMITS,
+    check_model_reference,
+    check_pull_request_extraction,
+    check_pull_request_recipe,
+    check_untrusted_recipe,
+    recipe_references,
+)
 from mergehub.recipe import ModelRef, parse_recipe
 
 TWO = "merge_method: linear\nmodels:\n  - model: {a}\n  - model: {b}\n"
@@ -42,3 +49,33 @@ def test_pull_request_limits_count_tokenizer_sources_and_bytes(tmp_path: Path):
         check_pull_request_recipe(recipe + "tokenizer_source: model:org/extra\n", tmp_path)
     with pytest.raises(RecipeError, match="at most 20,000 are allowed in pull requests"):
         check_pull_request_recipe(recipe + "#" * PULL_REQUEST_LIMITS.max_recipe_bytes, tmp_path)
+
+
+def test_lora_references_are_checked_on_both_sides(tmp_path: Path):
+    (tmp_path / "loras" / "mine").mkdir(parents=True)
+    assert check_model_reference(" org/a@v1+org/lora ") == "org/a@v1+org/lora"
+    with pytest.raises(ModelReferenceError, match="'/srv/lora' is not allowed here"):
+        check_model_reference("org/a+/srv/lora")
+    hub = TWO.format(a="org/a+org/lora@v2", b="org/b")
+    assert check_untrusted_recipe(hub, PULL_REQUEST_LIMITS).referenced_models()[0].adapter == ModelRef("org/lora", "v2")
+    assert check_pull_request_recipe(hub, tmp_path).referenced_models()[0].adapter == ModelRef("org/lora", "v2")
+    local = TWO.format(a="org/a+loras/mine", b="org/b")
+    with pytest.raises(ModelReferenceError, match="not allowed here") as info:
+        check_pull_request_recipe(local, tmp_path)
+    assert info.value.line == 3
+    assert check_pull_request_recipe(local, tmp_path, allow_local=True).referenced_models()[0].adapter.path == (
+        "loras/mine"
+    )
+
+
+def test_pull_request_extraction_files_follow_the_same_rules(tmp_path: Path):
+    (tmp_path / "models" / "tuned").mkdir(parents=True)
+    text = "extract_lora:\n  base: org/base\n  model: {model}\n  rank: 8\n"
+    assert check_pull_request_extraction(text.format(model="org/tuned+org/lora"), tmp_path).model.adapter is not None
+    with pytest.raises(ModelReferenceError, match="not allowed here") as info:
+        check_pull_request_extraction(text.format(model="models/tuned"), tmp_path)
+    assert "allow-local-models" in info.value.hint
+    spec = check_pull_request_extraction(text.format(model="models/tuned"), tmp_path, allow_local=True)
+    assert spec.model.path == "models/tuned"
+    with pytest.raises(RecipeError, match="at most 20,000 are allowed in pull requests"):
+        check_pull_request_extraction(text.format(model="org/tuned") + "#" * 20_000, tmp_path)
