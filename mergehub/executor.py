@@ -48,7 +48,7 @@ __all__ = [
 
 DEFAULT_PREFETCH_BYTES = 256 * 1024**2
 DEFAULT_BATCH_BYTES = 64 * 1024**2
-CHUNK_ELEMENTS = 4 * 1024**2
+CHUNK_ELEMENTS = 1 << 18
 _WRITER_GRACE_SECONDS = 2.0
 
 
@@ -141,8 +141,8 @@ def merge_job(
 
     Inputs are rounded to the recipe's `dtype` when it has one, re-indexed onto the output
     vocabulary for embedding and head tensors, and merged in float32 (float64 if an input is).
-    Elementwise methods run on row chunks of at most `chunk_elements`, so a large tensor never
-    has float32 copies of all its inputs at once.
+    Elementwise methods run on flat chunks of at most `chunk_elements`, so a large tensor never
+    has a float32 copy of a whole input.
     """
     if not DTYPES[job.dtype].is_floating_point:
         return inputs[0]
@@ -154,15 +154,29 @@ def merge_job(
         base = labels[job.base_index] if job.base_index is not None else None
         staged = align_rows(staged, labels, plan.vocab, base=base)
     out_dtype = DTYPES[job.dtype]
-    numel = staged[0].numel()
-    if not method.elementwise or staged[0].dim() == 0 or numel <= chunk_elements:
+    if not method.elementwise or staged[0].numel() <= chunk_elements or len({t.shape for t in staged}) > 1:
         return _run_kernel(method, job, staged, device, plan.seed).to(out_dtype).cpu()
-    rows = max(1, chunk_elements // (numel // staged[0].shape[0]))
+    return _merge_in_chunks(method, job, staged, plan.seed, out_dtype, chunk_elements)
+
+
+def _merge_in_chunks(
+    method: MethodSpec, job: TensorJob, staged: list[torch.Tensor], seed: int, out_dtype: torch.dtype, chunk: int
+) -> torch.Tensor:
+    """An elementwise merge over flat chunks widened into buffers allocated once: no whole float32 copy of an input.
+
+    Fresh chunk-sized allocations page-fault on every use; reused rows of a cache-sized chunk do not.
+    """
+    flat = [t.reshape(-1) for t in staged]
+    numel, device = flat[0].numel(), flat[0].device
+    widened = torch.empty((len(flat), min(chunk, numel)), dtype=_compute_dtype(flat), device=device)
     output = torch.empty(staged[0].shape, dtype=out_dtype)
-    for start in range(0, staged[0].shape[0], rows):
-        output[start : start + rows] = _run_kernel(
-            method, job, [t[start : start + rows] for t in staged], device, plan.seed
-        )
+    out = output.view(-1)
+    for start in range(0, numel, chunk):
+        stop = min(start + chunk, numel)
+        rows = widened[:, : stop - start]
+        for row, tensor in zip(rows, flat):
+            row.copy_(tensor[start:stop])
+        out[start:stop].copy_(_run_kernel(method, job, list(rows), device, seed))
     return output
 
 
