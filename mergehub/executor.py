@@ -25,6 +25,7 @@ import torch
 
 from mergehub.errors import Cancelled, MergehubError, MergeMethodError, PlanError, SourceError
 from mergehub.methods import MethodSpec, get_kernel
+from mergehub.methods._primitives import widen_dtype
 from mergehub.plan import Plan, TensorJob
 from mergehub.recipe import ModelRef
 from mergehub.sources.adapter import AdapterSource
@@ -121,10 +122,6 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _compute_dtype(inputs: Sequence[torch.Tensor]) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in inputs) else torch.float32
-
-
 def merge_job(
     job: TensorJob,
     inputs: Sequence[torch.Tensor],
@@ -168,7 +165,7 @@ def _merge_in_chunks(
     """
     flat = [t.reshape(-1) for t in staged]
     numel, device = flat[0].numel(), flat[0].device
-    widened = torch.empty((len(flat), min(chunk, numel)), dtype=_compute_dtype(flat), device=device)
+    widened = torch.empty((len(flat), min(chunk, numel)), dtype=widen_dtype(flat), device=device)
     output = torch.empty(staged[0].shape, dtype=out_dtype)
     out = output.view(-1)
     for start in range(0, numel, chunk):
@@ -206,9 +203,10 @@ def run_job(
 def _run_kernel(
     method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor], device: torch.device, seed: int
 ) -> Any:
-    """Call the method's kernel on the tensors in the compute dtype, naming the tensor in any error."""
-    compute = _compute_dtype(tensors)
-    tensors = [t.to(compute) for t in tensors]
+    """Call the method's kernel on the tensors in the compute dtype (or as stored, for a kernel that widens them
+    itself), naming the tensor in any error."""
+    if not method.widens:
+        tensors = [t.to(widen_dtype(tensors)) for t in tensors]
     extra = {}
     if method.random:
         extra["generator"] = torch.Generator(device=device).manual_seed(tensor_seed(seed, job.name))

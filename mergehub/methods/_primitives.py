@@ -78,6 +78,29 @@ def flat_inputs(
     return [t.reshape(-1) for t in tensors], base_index
 
 
+class Widened:
+    """A flat tensor read in a wider dtype one chunk (or gather) at a time, so no whole widened copy is ever made.
+
+    It answers what chunked code asks of a flat tensor: `t[positions]` (widened), `numel()`, `dtype`
+    (the wide one) and `device`; `stored` is the tensor itself.
+    """
+
+    def __init__(self, stored: torch.Tensor, dtype: torch.dtype) -> None:
+        self.stored, self.dtype, self.device = stored.reshape(-1), dtype, stored.device
+
+    def __getitem__(self, positions: Positions) -> torch.Tensor:
+        return self.stored[positions].to(self.dtype)
+
+    def numel(self) -> int:
+        """How many elements the tensor holds."""
+        return self.stored.numel()
+
+
+def widen_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """The dtype a merge computes in: float64 if an input is, else float32."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
     """Sum of `weights[i] * tensors[i]`, accumulated in the tensors' dtype."""
     result = torch.zeros_like(tensors[0])
@@ -336,14 +359,19 @@ def random_mask(like: torch.Tensor, density: float, generator: torch.Generator) 
 
 
 def magprune_mask(
-    tensor: torch.Tensor, base: torch.Tensor, density: float, epsilon: float, generator: torch.Generator
+    tensor: torch.Tensor,
+    base: torch.Tensor,
+    density: float,
+    epsilon: float,
+    generator: torch.Generator,
+    dtype: torch.dtype | None = None,
 ) -> Mask | None:
     """DELLA MagPrune: keep each entry with a probability rising linearly with its magnitude's rank in its row.
 
-    Rows run along dim 1 (a 1-D tensor is one row). Ranks 0..n-1 map to probabilities
-    `density - epsilon` .. `density + epsilon` (equal magnitudes take consecutive ranks in a
-    fixed order); a row of one entry keeps it with probability `density` (mergekit 0.1.5
-    divides 0 by 0 there and fails).
+    Rows run along dim 1 (a 1-D tensor is one row), magnitudes are computed in `dtype` (default:
+    the tensors'). Ranks 0..n-1 map to probabilities `density - epsilon` .. `density + epsilon`
+    (equal magnitudes take consecutive ranks in a fixed order); a row of one entry keeps it with
+    probability `density` (mergekit 0.1.5 divides 0 by 0 there and fails).
 
     Raises:
         MergeMethodError: `density - epsilon` or `density + epsilon` is outside (0, 1).
@@ -357,11 +385,12 @@ def magprune_mask(
             f"epsilon {epsilon} puts the keep probability density ± epsilon outside (0, 1) at density {density}.",
             hint=f"Choose epsilon below {min(density, 1 - density):g}, or change density.",
         )
+    dtype = dtype or tensor.dtype
     rows, base_rows = _as_rows(tensor), _as_rows(base)
     keep = torch.empty(rows.shape, dtype=torch.bool, device=tensor.device)
     probability = _rank_probabilities(rows.shape[1], density, epsilon, tensor.device)
     for block in _row_blocks(rows.shape, tensor.device):
-        magnitude = (rows[block] - base_rows[block]).abs_()
+        magnitude = (rows[block].to(dtype) - base_rows[block].to(dtype)).abs_()
         order = _sort_key(magnitude).argsort(dim=1)
         kept = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32, device=tensor.device)
         keep[block] = torch.empty_like(kept).scatter_(1, order, kept.lt_(probability)).bool()

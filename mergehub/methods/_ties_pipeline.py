@@ -27,6 +27,7 @@ import torch
 
 from mergehub.methods._primitives import (
     Mask,
+    Widened,
     chunk_slices,
     delta_magnitude,
     elect_signs_,
@@ -45,6 +46,7 @@ from mergehub.methods._primitives import (
     sum_agreeing_,
     sum_rows_,
     variance_mask,
+    widen_dtype,
 )
 from mergehub.methods.spec import MethodSpec, ParamSpec
 
@@ -69,13 +71,14 @@ INT8_MASK = ParamSpec("int8_mask", bool, "shared", False)
 
 @dataclass(frozen=True)
 class TaskVectors:
-    """One tensor's inputs as the steps see them: flat tensors, and every parameter by its kernel argument.
+    """One tensor's inputs as the steps see them: flat tensors widened chunk by chunk, and every parameter by its
+    kernel argument.
 
     Per-model values leave out the base's, so they line up with `others`.
     """
 
-    others: list[torch.Tensor]
-    base: torch.Tensor
+    others: list[Widened]
+    base: Widened
     shape: torch.Size
     values: Mapping[str, Any]
     generator: torch.Generator | None
@@ -119,8 +122,11 @@ def _band(v: TaskVectors) -> list[Mask | None]:
 
 
 def _magprune(v: TaskVectors) -> list[Mask | None]:
-    base = v.base.view(v.shape)
-    return [magprune_mask(t.view(v.shape), base, d, e, v.generator) for t, d, e in v.per_model("density", "epsilon")]
+    base = v.base.stored.view(v.shape)
+    return [
+        magprune_mask(t.stored.view(v.shape), base, d, e, v.generator, v.base.dtype)
+        for t, d, e in v.per_model("density", "epsilon")
+    ]
 
 
 def _most_varied(v: TaskVectors) -> list[Mask | None]:
@@ -255,10 +261,11 @@ class _Pipeline:
         self.__signature__.bind(tensors, **arguments)  # a missing or unexpected argument raises TypeError
         per_model = {p.argument: arguments[p.argument] for p in self.params if p.scope != "shared"}
         flat, base_index = flat_inputs(self.name, tensors, arguments["base_index"], **per_model)
-        base, others = flat[base_index], non_base(flat, base_index)
+        wide = [Widened(t, widen_dtype(tensors)) for t in flat]
+        base, others = wide[base_index], non_base(wide, base_index)
         shape = tensors[base_index].shape
         if not others or base.numel() == 0:
-            return tensors[base_index].clone()
+            return tensors[base_index].to(base.dtype, copy=True)
         values = {
             p.argument: arguments[p.argument] if p.scope == "shared" else non_base(arguments[p.argument], base_index)
             for p in self.params
@@ -270,8 +277,8 @@ class _Pipeline:
 
 
 def _merge(
-    base: torch.Tensor,
-    others: list[torch.Tensor],
+    base: Widened,
+    others: list[Widened],
     masks: list[Mask | None],
     combination: Combination,
     consensus: bool,
@@ -285,7 +292,7 @@ def _merge(
     c = combination
     weigh_first = c.weigh_votes or not consensus
     work = scratch(len(others) + 3, base)
-    out = torch.empty_like(base)
+    out = torch.empty(base.numel(), dtype=base.dtype, device=base.device)
     for positions in chunk_slices(base.numel(), base.device):
         rows = rows_for(work, positions)
         deltas, spare = rows[: len(others)], rows[len(others) :]
@@ -332,4 +339,5 @@ def task_vector_method(
         base="required",
         random=sparsify.random,
         elementwise=sparsify.elementwise and weighting.elementwise,
+        widens=True,
     )

@@ -78,6 +78,9 @@ class MethodSpec:
     random: bool = False
     elementwise: bool = False
     """Each output element depends only on the same element of the inputs, so tensors may be merged in chunks."""
+    widens: bool = False
+    """The kernel takes float inputs in their stored dtypes and widens them chunk by chunk (to float32, or float64
+    if an input is), so its caller makes no whole widened copies."""
     stacks_layers: bool = False
 
     def param(self, name: str) -> ParamSpec | None:

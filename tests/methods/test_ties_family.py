@@ -377,6 +377,16 @@ def test_float64_inputs_give_float64_results(name: str) -> None:
     assert merged.dtype == torch.float64 and merged.shape == (9, 7) and torch.isfinite(merged).all()
 
 
+@pytest.mark.parametrize("name", FAMILY)
+def test_stored_bfloat16_inputs_merge_as_their_float32_widening(name: str) -> None:
+    """The kernels widen chunk by chunk what the executor hands them as stored: the same bits as widening first."""
+    stored = [t.to(torch.bfloat16) for t in models(2, LARGE)]
+    params = {"weight": [0.5, -0.3], "density": 0.4} if name != "sce" else {"select_topk": 0.4}
+    widened = call(name, [t.float() for t in stored], **params)
+    merged = call(name, stored, **params)
+    assert merged.dtype == torch.float32 and torch.equal(merged, widened)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", FAMILY)
 def test_cuda_matches_cpu(name: str) -> None:
