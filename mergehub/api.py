@@ -23,7 +23,7 @@ from huggingface_hub import ModelCard
 
 from mergehub import safe_yaml
 from mergehub.errors import MergehubError, PlanError, PublishError, RecipeError
-from mergehub.executor import DEFAULT_PREFETCH_BYTES, ExecutionStats, Progress, execute, resolve_device
+from mergehub.executor import ExecutionStats, Progress, execute, resolve_device
 from mergehub.extraction import (
     SPEC_FILENAME,
     ExtractionSpec,
@@ -193,7 +193,6 @@ def plan_merge(
             parsed,
             sources,
             out_shard_bytes=out_shard_bytes,
-            prefetch_bytes=DEFAULT_PREFETCH_BYTES,
             seed=seed,
             strict=strict,
         )
@@ -778,7 +777,6 @@ def extract_lora(
             base_source,
             model_source,
             options,
-            prefetch_bytes=DEFAULT_PREFETCH_BYTES,
             spec_text=spec_text,
         )
         spec = ExtractionSpec(base_ref, model_ref, options)

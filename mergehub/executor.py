@@ -26,7 +26,7 @@ import torch
 from mergehub.errors import Cancelled, MergehubError, MergeMethodError, PlanError, SourceError
 from mergehub.methods import MethodSpec, get_kernel
 from mergehub.methods._primitives import widen_dtype
-from mergehub.plan import Plan, TensorJob
+from mergehub.plan import CHUNK_ELEMENTS, Plan, TensorJob, read_ahead_bytes
 from mergehub.recipe import ModelRef
 from mergehub.sources.adapter import AdapterSource
 from mergehub.sources.base import DTYPES, TensorSource
@@ -47,9 +47,6 @@ __all__ = [
     "count_non_finite",
 ]
 
-DEFAULT_PREFETCH_BYTES = 256 * 1024**2
-DEFAULT_BATCH_BYTES = 64 * 1024**2
-CHUNK_ELEMENTS = 1 << 18
 _WRITER_GRACE_SECONDS = 2.0
 
 
@@ -324,8 +321,8 @@ def execute(
     writer: TensorSink,
     *,
     device: torch.device,
-    prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
-    batch_bytes: int = DEFAULT_BATCH_BYTES,
+    prefetch_bytes: int | None = None,
+    batch_bytes: int | None = None,
     readers: int = 4,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -334,8 +331,9 @@ def execute(
     """Run every job of `plan` in order, writing each output tensor through `writer`.
 
     `sources` holds each of the plan's models, keyed by its `ModelRef` (see `open_sources`).
-    Inputs are read in batches of consecutive jobs (one `read_many` per model and batch),
-    up to `prefetch_bytes` ahead of the tensor being merged. The weight files the plan marks
+    Inputs are read in batches of consecutive jobs (one `read_many` per model and batch, a quarter
+    of `prefetch_bytes` each), up to `prefetch_bytes` ahead of the tensor being merged (default:
+    `read_ahead_bytes` of the plan, which its `peak_memory_bytes` counts on). The weight files the plan marks
     as verified are hashed by their sources as they stream, and must all match.
 
     Raises:
@@ -346,7 +344,9 @@ def execute(
     """
     started = time.perf_counter()
     by_key = sources_by_key(plan, sources)
-    upcoming = deque(_batches(plan.jobs, batch_bytes))
+    if prefetch_bytes is None:
+        prefetch_bytes = read_ahead_bytes(plan.read_bytes)
+    upcoming = deque(_batches(plan.jobs, batch_bytes or prefetch_bytes // 4))
     pending: deque[_Batch] = deque()
     in_flight = bytes_read = done = 0
     total = len(plan.jobs)

@@ -38,7 +38,7 @@ from mergehub.plan import (
     TensorJob,
     TensorSlot,
     input_files,
-    job_memory,
+    peak_memory,
     model_entry,
 )
 from mergehub.recipe import ModelRef
@@ -253,7 +253,6 @@ def plan_extraction(
     model: TensorSource,
     options: ExtractOptions,
     *,
-    prefetch_bytes: int = 0,
     spec_text: str | None = None,
 ) -> Plan:
     """Plan the extraction of a LoRA adapter of `model` (the fine-tune) relative to `base`, from headers and configs.
@@ -373,7 +372,7 @@ def plan_extraction(
         base_model=keys[0],
         input_dtype=None,
         num_layers=None,
-        peak_memory_bytes=max(job_memory(j) for j in jobs) + prefetch_bytes,
+        peak_memory_bytes=peak_memory(jobs),
         recipe_text=spec_text or ExtractionSpec(base_ref, model_ref, options).to_yaml(),
         max_shard_bytes=offset,
         warnings=tuple(state.warnings),

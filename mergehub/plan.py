@@ -18,6 +18,7 @@ import copy
 import difflib
 import functools
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,7 @@ from mergehub.errors import (
     excerpt,
     listing,
 )
-from mergehub.methods import MethodSpec, ParamSpec, get_method
+from mergehub.methods import MethodSpec, ParamSpec, get_kernel, get_method
 from mergehub.recipe import (
     RECIPE_FILE,
     InputModel,
@@ -84,15 +85,19 @@ __all__ = [
     "ShardLayout",
     "Plan",
     "plan_merge",
+    "peak_memory",
+    "read_ahead_bytes",
     "layout_shards",
     "embedding_rows",
     "model_entry",
     "input_files",
-    "job_memory",
     "DEFAULT_SHARD_BYTES",
     "EXTRACT_METHOD",
     "EXTRACTION_FILE",
     "PLAN_FORMAT",
+    "READ_AHEAD_LIMITS",
+    "RUNTIME_BYTES",
+    "CHUNK_ELEMENTS",
 ]
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
@@ -101,6 +106,12 @@ EXTRACT_METHOD = "extract_lora"
 EXTRACTION_FILE = "mergehub_extract.yml"
 """An extraction's file form, written beside its adapter as a merge's recipe is (its `recipe_text`)."""
 PLAN_FORMAT = 1
+READ_AHEAD_LIMITS = (32 * 2**20, 256 * 2**20)
+RUNTIME_BYTES = 48 * 2**20
+"""What a merge holds beyond its tensors once running: torch's kernels and thread pools on first use, in the
+merging, reading and writing threads (measured: 45-50 MiB above the import of mergehub.api)."""
+CHUNK_ELEMENTS = 1 << 18
+"""Elements per chunk of an elementwise merge: a cache-sized piece, widened into buffers allocated once."""
 """The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
@@ -274,6 +285,7 @@ class Plan:
     input_dtype: str | None
     num_layers: int | None
     peak_memory_bytes: int
+    """The merge's estimated peak memory above the import of mergehub (`peak_memory`), for the executor's defaults."""
     recipe_text: str = ""
     """The recipe as written (its comments kept): the output's mergekit_config.yml."""
     seed: int = 0
@@ -373,7 +385,7 @@ class Plan:
                 f"Vocabulary: {self.vocab.size} tokens in {self.vocab.rows} rows, each model's rows re-indexed "
                 "onto them"
             )
-        lines.append(f"Estimated peak memory for tensors: {format_size(self.peak_memory_bytes)}")
+        lines.append(f"Estimated peak memory above start-up: {format_size(self.peak_memory_bytes)}")
         lines += [f"Warning: {w}" for w in self.warnings]
         lines.append("Tensors:")
         for job in self.jobs:
@@ -960,7 +972,6 @@ def plan_merge(
     sources: Mapping[ModelRef, TensorSource],
     *,
     out_shard_bytes: int = DEFAULT_SHARD_BYTES,
-    prefetch_bytes: int = 0,
     seed: int = 0,
     strict: bool = False,
 ) -> Plan:
@@ -1037,7 +1048,7 @@ def plan_merge(
         base_model=str(recipe.base_model) if recipe.base_model else None,
         input_dtype=_DTYPE_CODES.get(recipe.dtype or ""),
         num_layers=layers.get(DEFAULT_MODULE, layers.get(TEXT_MODULE)),
-        peak_memory_bytes=max(job_memory(j) for j in jobs) + prefetch_bytes,
+        peak_memory_bytes=peak_memory(jobs),
         recipe_text=recipe.text,
         seed=seed,
         max_shard_bytes=out_shard_bytes,
@@ -1103,13 +1114,38 @@ def input_files(
     return tuple(files)
 
 
-def job_memory(job: TensorJob) -> int:
-    """Bytes held while computing one job: stored inputs, float32 copies, result and output (SVD factors too)."""
-    numel = 1
-    for dim in job.shape:
-        numel *= dim
-    out_item = DTYPES[job.dtype].itemsize
-    return job.read_bytes + 4 * numel * (len(job.inputs) + 2) + out_item * numel
+def read_ahead_bytes(read_bytes: int) -> int:
+    """How many input bytes the executor reads ahead of the tensor it merges: a sixteenth of what the merge reads,
+    within `READ_AHEAD_LIMITS`, so a small merge stays small and a large one keeps its reads busy."""
+    low, high = READ_AHEAD_LIMITS
+    return min(high, max(low, read_bytes // 16))
+
+
+def peak_memory(jobs: Sequence[TensorJob]) -> int:
+    """Bytes a merge holds at its peak above the import of mergehub: the runtime, the inputs read ahead (or the
+    current job's, when larger), the job's working memory, and the previous output, still with the writer."""
+    total = sum(job.read_bytes for job in jobs)
+    read_ahead = min(read_ahead_bytes(total), total)
+    peak = previous = 0
+    for job in jobs:
+        peak = max(peak, max(read_ahead, job.read_bytes) + _job_memory(job) + previous)
+        previous = DTYPES[job.dtype].itemsize * math.prod(job.shape)
+    return RUNTIME_BYTES + peak
+
+
+def _job_memory(job: TensorJob) -> int:
+    """Bytes one job allocates beyond its inputs: widened copies (whole or one chunk each), masks, result, output."""
+    numel, count = math.prod(job.shape), len(job.inputs)
+    output = DTYPES[job.dtype].itemsize * numel
+    if not DTYPES[job.dtype].is_floating_point:
+        return 0
+    method = get_kernel(job.method)
+    if method.elementwise and numel > CHUNK_ELEMENTS:
+        return 4 * CHUNK_ELEMENTS * (count + 1) + output
+    copies = 0 if method.widens else 4 * numel * count
+    masks = numel * (count - 1) if method.random else 0  # one boolean per entry and task vector
+    factors = 4 * numel if job.outputs else 0  # an extraction's SVD factors, beside its delta
+    return copies + masks + factors + 4 * numel + output
 
 
 def embedding_rows(source: TensorSource) -> int | None:
