@@ -2,7 +2,8 @@
 
 Every output tensor's name, dtype and shape are known before merging starts (`Plan.shards`), so
 each shard's header is written first and tensor bytes are appended in order: nothing is
-buffered beyond the tensor being written, and each shard's sha256 is computed on the way.
+buffered beyond the tensor being written, and each shard's sha256 is computed on the way, on a thread of
+its own while the same bytes are written, so hashing adds no time to writing.
 The writer knows nothing of merging; `TensorSink` is what the executor writes to (this writer,
 GGUF files, or both through `FanOutWriter`).
 """
@@ -23,6 +24,7 @@ import torch
 from mergehub.errors import OutputError
 from mergehub.plan import ShardLayout, TensorSlot
 from mergehub.sources.base import DTYPES, INDEX_NAME
+from mergehub.workers import DaemonPool
 
 __all__ = [
     "ShardResult",
@@ -139,6 +141,7 @@ class ShardedWriter:
         self._next = 0
         self._file: BinaryIO | None = None
         self._hash = hashlib.sha256()
+        self._hasher = DaemonPool(1, "mergehub-hash")
         self.results: list[ShardResult] = []
         self.bytes_written = 0
 
@@ -152,8 +155,9 @@ class ShardedWriter:
 
     def _emit(self, data: bytes | memoryview) -> None:
         assert self._file is not None
+        hashed = self._hasher.submit(self._hash.update, data)  # sha256 releases the GIL, as writing does
         self._file.write(data)
-        self._hash.update(data)
+        hashed.result()
         self.bytes_written += len(data)
 
     def _finish_shard(self, index: int) -> None:
@@ -201,9 +205,11 @@ class ShardedWriter:
         }
         with writing(self.directory / INDEX_NAME):
             (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        self._hasher.shutdown()
 
     def close(self) -> None:
         """Close a shard left open by a failed merge."""
+        self._hasher.shutdown(wait=False)
         file, self._file = self._file, None
         _close_after_failure(file)
 
