@@ -80,6 +80,8 @@ class LlamaShape:
 
 
 SMALL_SHAPE = LlamaShape(hidden=256, layers=4, intermediate=704, heads=8, kv_heads=2, vocab=1000)
+MEDIUM_SHAPE = LlamaShape(hidden=768, layers=9, intermediate=2048, heads=12, kv_heads=12, vocab=32000)
+"""About 112M parameters: the size of the models Spaces and tests merge, where fixed costs weigh most."""
 
 
 def _seed(*parts: object) -> int:
@@ -350,6 +352,23 @@ def warm_cache(directories: Sequence[Path], chunk: int = 64 * 2**20) -> float:
     return time.perf_counter() - started
 
 
+def io_floor(directories: Sequence[Path], write_bytes: int, scratch: Path, chunk: int = 64 * 2**20) -> float:
+    """Seconds to read every file of `directories` (already cached) and write `write_bytes` to a file in `scratch`:
+    what a merge cannot go below on this machine, measured with plain `readinto` and `write` of one reused buffer."""
+    warm_cache(directories, chunk)
+    buffer = bytearray(chunk)
+    started = time.perf_counter()
+    warm_cache(directories, chunk)
+    target = scratch / "io-floor.bin"
+    with open(target, "wb", buffering=0) as f:
+        left = write_bytes
+        while left > 0:
+            left -= f.write(memoryview(buffer)[: min(left, chunk)])
+    seconds = time.perf_counter() - started
+    target.unlink()
+    return seconds
+
+
 def input_bytes(directories: Sequence[Path]) -> int:
     """Tensor bytes of the given models, from their index's `total_size`."""
     return sum(json.loads((d / INDEX_NAME).read_text())["metadata"]["total_size"] for d in directories)
@@ -454,6 +473,8 @@ class MethodResult:
     mergekit: ToolResult | None = None
     comparison: Comparison | None = None
     skipped: str | None = None
+    io_floor_seconds: float | None = None
+    """Reading the inputs from the page cache and writing the output's bytes, with plain reads and writes."""
 
 
 def _tail(path: str, lines: int = 8) -> str:
@@ -561,12 +582,13 @@ def markdown_table(results: Sequence[MethodResult], baseline_rss: int) -> str:
     head = (
         "| method | mergehub s | mergekit s | time ratio (mergehub/mergekit) | mergehub peak RSS GiB "
         "| mergekit peak RSS GiB | RSS ratio | mergehub RSS above baseline GiB | max abs diff "
-        "| mergehub CPU s | mergekit CPU s |"
+        "| mergehub CPU s | mergekit CPU s | I/O floor s | mergehub / floor | mergehub / own linear |"
     )
-    rows = [head, "|" + "---|" * 11]
+    rows = [head, "|" + "---|" * 14]
+    linear = next((r.mergehub.seconds for r in results if r.method == "linear" and r.mergehub.error is None), None)
     for r in results:
         if r.skipped:
-            rows.append(f"| {r.method} | skipped: {r.skipped} |" + " |" * 9)
+            rows.append(f"| {r.method} | skipped: {r.skipped} |" + " |" * 12)
             continue
         hub, kit = r.mergehub, r.mergekit
         hub_ok, kit_ok = hub.error is None, kit is not None and kit.error is None
@@ -585,7 +607,10 @@ def markdown_table(results: Sequence[MethodResult], baseline_rss: int) -> str:
             f"| {_ratio(hub.seconds if hub_ok else None, kit.seconds if kit_ok else None)} "
             f"| {_gib(hub_rss)} | {_gib(kit_rss)} | {_ratio(hub_rss, kit_rss)} "
             f"| {_gib(None if hub_rss is None else hub_rss - baseline_rss)} | {diff} "
-            f"| {_cpu(hub)} | {_cpu(kit)} |"
+            f"| {_cpu(hub)} | {_cpu(kit)} "
+            f"| {'—' if r.io_floor_seconds is None else f'{r.io_floor_seconds:.2f}'} "
+            f"| {_ratio(hub.seconds if hub_ok else None, r.io_floor_seconds)} "
+            f"| {_ratio(hub.seconds if hub_ok else None, linear)} |"
         )
     return "\n".join(rows)
 
@@ -614,7 +639,9 @@ def _parser() -> argparse.ArgumentParser:
         "--noise", type=float, default=0.01, help="fine-tune noise std relative to the weights' (default: 0.01)"
     )
     p.add_argument("--small", action="store_true", help="small models (hidden 256, 4 layers) for a quick smoke test")
+    p.add_argument("--medium", action="store_true", help="~112M-parameter models (hidden 768, 9 layers, vocab 32000)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS for both tools (default: their own default)")
+    p.add_argument("--mergehub-threads", type=int, help="OMP_NUM_THREADS for mergehub only (to compare 1 and 2)")
     p.add_argument("--repeats", type=int, default=1, help="runs per tool and recipe; the fastest counts (default: 1)")
     p.add_argument("--keep-outputs", action="store_true", help="do not delete merged outputs")
     p.add_argument("--json", type=Path, help="where to save the JSON (default: bench/results/bench_merge-<time>.json)")
@@ -629,12 +656,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown methods {unknown}; known: {', '.join(RECIPES)}", file=sys.stderr)
         return 2
-    shape = SMALL_SHAPE if args.small else LlamaShape()
+    shape = SMALL_SHAPE if args.small else MEDIUM_SHAPE if args.medium else LlamaShape()
     out_shard_bytes = _parse_size(args.out_shard_size)
     python = sys.executable
     env = None
     if args.threads:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    hub_env = env
+    if args.mergehub_threads:
+        threads = str(args.mergehub_threads)
+        hub_env = {**(env or os.environ), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     mergekit = None if args.no_mergekit else find_mergekit()
     if not args.no_mergekit and mergekit is None:
         print("note: mergekit-yaml not found; running mergehub only (pip install mergekit to compare).", flush=True)
@@ -647,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
     try:
-        model_root = workdir / ("models-small" if args.small else "models")
+        model_root = workdir / ("models-small" if args.small else "models-medium" if args.medium else "models")
         print(f"Models: {shape.parameters / 1e9:.3g}B parameters each, bf16, in {model_root}", flush=True)
         paths = ensure_models(model_root, shape, noise=args.noise, shard_bytes=_parse_size(args.in_shard_size))
         models = dict(zip(("base", "ft1", "ft2"), paths, strict=True))
@@ -694,9 +725,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             ]
             print(f"[{method}] mergehub ...", end=" ", flush=True)
             result.mergehub = run_tool(
-                command, hub_out, runs / f"{method}-mergehub.log", read_bytes, warm, args.repeats, env
+                command, hub_out, runs / f"{method}-mergehub.log", read_bytes, warm, args.repeats, hub_env
             )
             print(_describe(result.mergehub), flush=True)
+            if result.mergehub.error is None:
+                result.io_floor_seconds = io_floor(inputs, result.mergehub.bytes_written or 0, runs)
+                print(
+                    f"[{method}] I/O floor {result.io_floor_seconds:.2f} s (cached read of the inputs, write of the "
+                    f"output's bytes): mergehub at {result.mergehub.seconds / result.io_floor_seconds:.1f}x",
+                    flush=True,
+                )
             if mergekit is not None:
                 # mergekit's --out-shard-size counts bytes (its help says parameters); pass the same byte count.
                 command = [mergekit, str(recipe_path), str(kit_out), "--out-shard-size", str(out_shard_bytes)]
