@@ -6,20 +6,28 @@ and a Hub model must be open at the commit the plan pinned.
 Reads of upcoming tensors overlap the current computation, and writing overlaps both;
 read-ahead is bounded by a byte budget, so memory depends on tensor sizes, not model size.
 Readers count the NaN and Inf values of each input they fetched, the writer those of each
-output, on tensors already in memory. Reader and writer threads are daemons: when the merge
-stops (an error, Ctrl-C, SIGTERM) the executor does not wait for a read stuck in the network.
+output, on tensors already in memory.
+
+On the CPU, each of these threads runs torch with one thread of its own (`merge_threads`): the
+kernels are memory-bound, and a second torch thread per caller spin-waits for a core the reader,
+the writer or another process holds (measured under load: a chunk's median time went from 1.3 ms to
+130 ms). `OMP_NUM_THREADS` sets another count.
+
+Reader and writer threads are daemons: when the merge stops (an error, Ctrl-C, SIGTERM) the
+executor does not wait for a read stuck in the network.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -34,7 +42,10 @@ from mergehub.vocab import align_rows
 from mergehub.workers import DaemonPool
 from mergehub.writer import TensorSink
 
+T = TypeVar("T")
+
 __all__ = [
+    "merge_threads",
     "Progress",
     "ExecutionStats",
     "NonFinite",
@@ -111,6 +122,20 @@ def resolve_device(device: str) -> torch.device:
             "--device cuda was asked for, but torch sees no CUDA device.", hint="Use --device cpu or auto."
         )
     return torch.device(device)
+
+
+def merge_threads() -> int:
+    """Torch threads per merging, reading or writing thread on the CPU: `OMP_NUM_THREADS` when set, else 1."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+def _with_threads(count: int, fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` with torch limited to `count` threads in this thread (a pool thread's setting is its own)."""
+    torch.set_num_threads(count)
+    return fn(*args)
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -277,12 +302,15 @@ class _Batch:
     read_bytes: int
 
 
-def _submit(batch: list[TensorJob], sources: Mapping[str, TensorSource], pool: DaemonPool) -> _Batch:
+def _submit(batch: list[TensorJob], sources: Mapping[str, TensorSource], pool: DaemonPool, threads: int) -> _Batch:
     names: dict[str, dict[str, None]] = {}
     for job in batch:
         for item in job.inputs:
             names.setdefault(item.model, {})[item.name] = None
-    reads = {model: pool.submit(_read_counted, sources[model], list(wanted)) for model, wanted in names.items()}
+    reads = {
+        model: pool.submit(_with_threads, threads, _read_counted, sources[model], list(wanted))
+        for model, wanted in names.items()
+    }
     return _Batch(batch, reads, sum(j.read_bytes for j in batch))
 
 
@@ -327,6 +355,7 @@ def execute(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     strict: bool = False,
+    threads: int | None = None,
 ) -> ExecutionStats:
     """Run every job of `plan` in order, writing each output tensor through `writer`.
 
@@ -334,7 +363,8 @@ def execute(
     Inputs are read in batches of consecutive jobs (one `read_many` per model and batch, a quarter
     of `prefetch_bytes` each), up to `prefetch_bytes` ahead of the tensor being merged (default:
     `read_ahead_bytes` of the plan, which its `peak_memory_bytes` counts on). The weight files the plan marks
-    as verified are hashed by their sources as they stream, and must all match.
+    as verified are hashed by their sources as they stream, and must all match. On the CPU, torch runs
+    `threads` threads (default: `merge_threads()`) in each of the merging, reading and writing threads.
 
     Raises:
         PlanError: a model of the plan has no source, or one at another commit than planned.
@@ -369,10 +399,13 @@ def execute(
         for name, count in future.result() if future is not None else ():
             record(NonFinite(name, count))
 
+    caller_threads, threads = torch.get_num_threads(), threads or merge_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
     try:
         while upcoming or pending:
             while upcoming and (not pending or in_flight + sum(j.read_bytes for j in upcoming[0]) <= prefetch_bytes):
-                pending.append(_submit(upcoming.popleft(), by_key, read_pool))
+                pending.append(_submit(upcoming.popleft(), by_key, read_pool, threads))
                 in_flight += pending[-1].read_bytes
             batch = pending.popleft()
             tensors = {}
@@ -393,7 +426,7 @@ def execute(
                 if reported:
                     measures[job.name] = reported
                 record_written(last_write)
-                last_write = write_pool.submit(_write_counted, writer, outputs)
+                last_write = write_pool.submit(_with_threads, threads, _write_counted, writer, outputs)
                 del outputs
                 bytes_read += job.read_bytes
                 done += 1
@@ -412,6 +445,8 @@ def execute(
             wait([last_write], timeout=_WRITER_GRACE_SECONDS)  # a local write ends soon; then its file may be removed
         write_pool.shutdown(wait=False, cancel_futures=True)
         raise
+    finally:
+        torch.set_num_threads(caller_threads)
     read_pool.shutdown()
     write_pool.shutdown()
     ordered = sorted(found.values(), key=lambda n: n.model is None)

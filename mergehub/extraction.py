@@ -38,8 +38,8 @@ from mergehub.plan import (
     TensorJob,
     TensorSlot,
     input_files,
-    peak_memory,
     model_entry,
+    peak_memory,
 )
 from mergehub.recipe import ModelRef
 from mergehub.sources.base import ADAPTER_WEIGHTS, DTYPES, TensorInfo, TensorSource
