@@ -14,24 +14,11 @@ The pipeline, one step per module (imports point down it; `tests/test_imports.py
   `interfaces`: the CLI, the Space and the Action.
 
 `errors` holds every exception (each with a hint, and where in the recipe it is); this module
-re-exports the public surface, pinned by `__all__`.
+re-exports the public surface, pinned by `__all__`: the errors at once, the rest on first use.
 """
 
-from mergehub.api import (
-    ExtractionResult,
-    ExtractOptions,
-    MergeResult,
-    PushResult,
-    extract_lora,
-    load_recipe,
-    open_sources,
-    parse_recipe,
-    plan_extraction,
-    plan_merge,
-    push_extraction,
-    push_merge,
-    run_merge,
-)
+import typing
+
 from mergehub.errors import (
     AdapterError,
     Cancelled,
@@ -47,9 +34,66 @@ from mergehub.errors import (
     SourceError,
     UnknownMethodError,
 )
-from mergehub.executor import Progress
-from mergehub.plan import Plan
-from mergehub.sources import Sources
+
+if typing.TYPE_CHECKING:
+    from mergehub.api import (
+        ExtractionResult,
+        ExtractOptions,
+        MergeResult,
+        PushResult,
+        extract_lora,
+        load_recipe,
+        open_sources,
+        parse_recipe,
+        plan_extraction,
+        plan_merge,
+        push_extraction,
+        push_merge,
+        run_merge,
+    )
+    from mergehub.executor import Progress
+    from mergehub.plan import Plan
+    from mergehub.sources import Sources
+
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "ExtractionResult",
+            "ExtractOptions",
+            "extract_lora",
+            "plan_extraction",
+            "push_extraction",
+            "MergeResult",
+            "PushResult",
+            "load_recipe",
+            "open_sources",
+            "parse_recipe",
+            "plan_merge",
+            "push_merge",
+            "run_merge",
+        ),
+        "mergehub.api",
+    ),
+    "Progress": "mergehub.executor",
+    "Plan": "mergehub.plan",
+    "Sources": "mergehub.sources",
+}
+"""Names imported on first use, so `mergehub --help` does not load torch."""
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'mergehub' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -111,3 +111,15 @@ def test_core_never_imports_the_api_or_the_interfaces():
     assert len(core) > 40
     for name, path in core:
         assert not {i for i in _imports(path) if _group(i) in ("api", "interfaces", "")}, name
+
+
+def test_the_cli_starts_without_torch():
+    """`mergehub --help` and the package import load torch only when a command needs it (start-up time)."""
+    import subprocess
+    import sys
+
+    check = "import sys, mergehub, mergehub.interfaces.cli; assert 'torch' not in sys.modules, 'torch was imported'"
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]
+    done = subprocess.run([sys.executable, "-m", "mergehub", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "merge" in done.stdout

@@ -14,13 +14,14 @@ import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mergehub import api
 from mergehub.errors import MergehubError, RecipeWarning
 from mergehub.interfaces import experiments, workflow
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
-from mergehub.methods import all_methods
-from mergehub.writer import writing
+
+if TYPE_CHECKING:
+    from mergehub import api
 
 __all__ = ["main", "parse_size", "BUG_EXIT_CODE"]
 
@@ -241,6 +242,8 @@ def _report_warnings(warnings: Sequence[RecipeWarning]) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
+    from mergehub import api  # on first use: `mergehub --help` does not load torch
+
     if args.dry_run:
         plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size, seed=args.seed, strict=args.strict)
         print(plan.to_json() if args.json else plan.describe())
@@ -300,6 +303,8 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _gguf(args: argparse.Namespace) -> int:
+    from mergehub import api
+
     types = api.gguf_types(args.types)
     repo_id = None
     if args.push is not None:
@@ -395,6 +400,8 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _methods() -> int:
+    from mergehub.methods import all_methods
+
     for name, spec in sorted(all_methods().items()):
         params = ", ".join(p.name + ("" if p.required else f"={p.default}") for p in spec.params)
         print(f"{name:18} {spec.summary}  [{params}]")
@@ -406,6 +413,8 @@ def _tasks(text: str | None) -> list[str]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from mergehub import api
+
     options = {"limit": args.limit, "num_fewshot": args.num_fewshot, "device": args.device, "seed": args.seed}
     tasks = _tasks(args.tasks)
     report, comparison = api.score(args.model, tasks, parents=_tasks(args.parents), **options)
@@ -423,6 +432,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
+    from mergehub import api
+
     card = api.build_card(args.target, seed=args.seed)
     if args.push:
         print(f"Card pushed: {api.push_card(args.target, card)}")
@@ -434,12 +445,16 @@ def _card(args: argparse.Namespace) -> int:
 
 
 def _write_card(directory: Path, card: object) -> None:
+    from mergehub.writer import writing
+
     with writing(directory / "README.md"):
         (directory / "README.md").write_text(str(card), encoding="utf-8")
     print(f"Wrote {directory / 'README.md'}")
 
 
 def _lineage(args: argparse.Namespace) -> int:
+    from mergehub import api
+
     graph = api.lineage(args.repo_id, max_depth=args.depth)
     print({"tree": graph.to_tree, "mermaid": graph.to_mermaid, "json": graph.to_json}[args.format]())
     return 0
