@@ -17,8 +17,6 @@ The pipeline, one step per module (imports point down it; `tests/test_imports.py
 re-exports the public surface, pinned by `__all__`: the errors at once, the rest on first use.
 """
 
-import typing
-
 from mergehub.errors import (
     AdapterError,
     Cancelled,
@@ -34,26 +32,6 @@ from mergehub.errors import (
     SourceError,
     UnknownMethodError,
 )
-
-if typing.TYPE_CHECKING:
-    from mergehub.api import (
-        ExtractionResult,
-        ExtractOptions,
-        MergeResult,
-        PushResult,
-        extract_lora,
-        load_recipe,
-        open_sources,
-        parse_recipe,
-        plan_extraction,
-        plan_merge,
-        push_extraction,
-        push_merge,
-        run_merge,
-    )
-    from mergehub.executor import Progress
-    from mergehub.plan import Plan
-    from mergehub.sources import Sources
 
 _LAZY = {
     **dict.fromkeys(
@@ -100,31 +78,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterError",
     "Cancelled",
-    "ExtractOptions",
-    "ExtractionResult",
     "GGUFError",
-    "MergeResult",
     "MergehubError",
     "MergeMethodError",
     "MissingTensorError",
     "ModelReferenceError",
     "OutputError",
-    "Plan",
     "PlanError",
-    "Progress",
     "PublishError",
-    "PushResult",
     "RecipeError",
     "SourceError",
-    "Sources",
     "UnknownMethodError",
-    "extract_lora",
-    "load_recipe",
-    "open_sources",
-    "parse_recipe",
-    "plan_extraction",
-    "plan_merge",
-    "push_extraction",
-    "push_merge",
-    "run_merge",
+    *_LAZY,
 ]
