@@ -263,6 +263,20 @@ dtype: bfloat16
         "lambda: 1.0",
         random=True,
     ),
+    "breadcrumbs_ties": _task_vector_recipe(
+        "breadcrumbs_ties",
+        "density: 0.9, gamma: 0.01, weight: 0.5",
+        "density: 0.9, gamma: 0.01, weight: 0.3",
+        "normalize: true",
+    ),
+    "della_linear": _task_vector_recipe(
+        "della_linear",
+        "density: 0.5, epsilon: 0.1, weight: 0.5",
+        "density: 0.5, epsilon: 0.1, weight: 0.3",
+        "lambda: 1.0",
+        random=True,
+    ),
+    "sce": _task_vector_recipe("sce", "", "", "select_topk: 0.5"),
 }
 DEFAULT_METHODS = ("linear", "slerp", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della")
 

@@ -19,9 +19,11 @@ executor does not wait for a read stuck in the network.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import resource
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +61,8 @@ __all__ = [
 ]
 
 _WRITER_GRACE_SECONDS = 2.0
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number, from glibc's malloc.h
+MMAP_THRESHOLD_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,23 @@ def merge_threads() -> int:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
     except ValueError:
         return 1
+
+
+def _fix_mmap_threshold() -> None:
+    """Have glibc's malloc serve blocks of 16 MiB and more by mmap, always (Linux; `MALLOC_MMAP_THRESHOLD_` overrides).
+
+    By default the threshold rises to the size of each large block freed (up to 32 MiB), so the
+    tensors read and merged afterwards come from the heaps of the reading threads, which fragment
+    and keep their pages: measured on three 1.1B models, linear's peak went from 1.05 GiB above the
+    import to 0.56 GiB with the threshold fixed. Setting it also stops that rise.
+    """
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
 
 
 def _with_threads(count: int, fn: Callable[..., T], *args: Any) -> T:
@@ -373,6 +394,7 @@ def execute(
         MergehubError: reading, verifying, merging or writing failed.
     """
     started = time.perf_counter()
+    _fix_mmap_threshold()
     by_key = sources_by_key(plan, sources)
     if prefetch_bytes is None:
         prefetch_bytes = read_ahead_bytes(plan.read_bytes)
