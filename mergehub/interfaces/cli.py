@@ -335,6 +335,8 @@ def _gguf(args: argparse.Namespace) -> int:
 
 def _extraction(args: argparse.Namespace) -> tuple[str, str, api.ExtractOptions, str | None]:
     """Base, fine-tune, options and the file's text: from --from FILE, else from the flags."""
+    from mergehub import api
+
     if args.spec:
         from mergehub import safe_yaml
 
@@ -366,6 +368,8 @@ def _extraction(args: argparse.Namespace) -> tuple[str, str, api.ExtractOptions,
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from mergehub import api
+
     base, model, options, text = _extraction(args)
     if args.dry_run:
         print(api.plan_extraction(base, model, options).describe())
