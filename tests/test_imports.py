@@ -22,7 +22,10 @@ LAYERS = {
     "methods": 2,
     "sources": 3,
     "vocab": 3,
+    "moe": 3.5,  # MoE configs, output formats and routers: what plan.py records of an MoE (moe.layout)
     "plan": 4,
+    "moe.plan": 4.5,  # an MoE config planned: builds a Plan
+    "stages": 4.5,  # multi-stage recipes: stages planned against earlier stages' Plans
     "writer": 5,
     "extraction": 5,  # LoRA extraction planned as jobs of the plan
     "executor": 6,
@@ -64,9 +67,12 @@ def _imports(path: Path) -> set[str]:
 
 
 def _group(module: str) -> str:
-    """The top-level module or package a module belongs to (`publish` for `mergehub.publish.card`); "" for the
-    package itself and the names it re-exports (`from mergehub import run_merge`)."""
+    """The top-level module or package a module belongs to (`publish` for `mergehub.publish.card`), or the
+    subpackage's module with a layer of its own (`moe.plan`); "" for the package itself and the names it
+    re-exports (`from mergehub import run_merge`)."""
     parts = module.split(".")
+    if len(parts) > 2 and ".".join(parts[1:3]) in LAYERS:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 and parts[1] in LAYERS else ""
 
 

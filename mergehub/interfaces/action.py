@@ -28,6 +28,14 @@ in `namespace` (default: the token's user), unless a comment line `# mergehub: r
 `repo=name`) says otherwise; two recipes that would push to one repo both fail. mergekit's own
 `name:` key is left alone: mergekit uses it to name the stages of multi-stage recipes.
 
+A recipe file may also be a mergekit-moe config (an MoE assembly; its parents are the base and the
+experts) or a multi-stage recipe (mergekit-multi's documents; its parents are every stage's models,
+so a change to any stage, or to any stage's parent, reruns the whole chain). Neither can be
+dispatched to the Space, which runs single recipes. A multi-stage recipe's comment lines
+`# mergehub: push-stage NAME=REPO` push intermediate stages to their own repos; a pushed stage that is up
+to date there (same stage recipe, same parent commits, its input stages up to date too) is read from its
+repo rather than merged again, so only the stages downstream of a change run.
+
 The run ends with a Markdown table in `$GITHUB_STEP_SUMMARY`, the outputs `pushed-repos` and
 `results` (JSON) in `$GITHUB_OUTPUT`, and exit code 1 when any recipe failed. The token is never
 printed: every line written is scrubbed of it. The runner's workflow commands are off for the whole run
@@ -48,7 +56,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -62,10 +70,12 @@ from mergehub.interfaces.cli import BUG_EXIT_CODE
 from mergehub.interfaces.secrets import scrub_tokens
 from mergehub.interfaces.signals import Terminated, exit_code, stop_on_signals
 from mergehub.interfaces.untrusted import check_pull_request_extraction, check_pull_request_recipe, recipe_references
+from mergehub.moe.config import MoEConfig
 from mergehub.publish.card_data import card_scores, mergehub_record, read_card_data
 from mergehub.publish.push import hub_errors, made_by_mergehub
 from mergehub.recipe import RECIPE_FILE, Recipe, is_hub_id, recipe_fingerprint, recipe_sha256, repo_name
 from mergehub.sources.hub import HTTPError
+from mergehub.stages import MultiStage, in_stage
 from mergehub.units import format_size
 
 __all__ = [
@@ -96,6 +106,7 @@ DEFAULT_RECIPES = ("recipes/**/*.yml", "recipes/**/*.yaml")
 SPACE_ENDPOINTS = ("/merge", "/on_merge")  # mergehub's Space: a pinned name first, then gradio's default
 _ZERO = re.compile(r"^0*$")
 _REPO_COMMENT = re.compile(r"^\s*#\s*mergehub:\s*repo\s*=\s*(\S+)\s*$", re.MULTILINE)
+_STAGE_COMMENT = re.compile(r"^\s*#\s*mergehub:\s*push-stage\s+([^\s=]+)\s*=\s*(\S+)\s*$", re.MULTILINE)
 _COMMIT_LINK = re.compile(r"\]\(https?://[^/\s)]+/(?P<ref>[^\s)]+?)/commit/(?P<sha>[0-9a-f]{40})\)")
 
 Status = Literal["merged", "skipped", "failed", "validated"]
@@ -391,16 +402,37 @@ def target_repo(path: str, text: str, namespace: Callable[[], str]) -> str:
     return value if "/" in value else f"{namespace()}/{value}"
 
 
+def stage_repos(text: str, namespace: Callable[[], str]) -> dict[str, str]:
+    """The intermediate stages a multi-stage recipe pushes: its `# mergehub: push-stage NAME=REPO` comments.
+
+    Raises:
+        RecipeError: a repo is not a valid repo ID (at its line).
+    """
+    repos = {}
+    for comment in _STAGE_COMMENT.finditer(text):
+        name, value = comment[1], comment[2]
+        if not is_hub_id(value):
+            raise RecipeError(
+                f"{value!r} is not a valid Hub repo name for stage `{name}`.",
+                hint="Write `# mergehub: push-stage NAME=org/name` (letters, digits, `-`, `_`, `.`).",
+                line=text.count("\n", 0, comment.start(2)) + 1,
+            )
+        repos[name] = value if "/" in value else f"{namespace()}/{value}"
+    return repos
+
+
 @dataclass(frozen=True)
 class Published:
     """What a pushed merge records: its recipe's hash (of the text, and of the parsed recipe when the repo
-    holds it), each Hub parent's commit, the mergehub version that made it, and whether mergehub made it."""
+    holds it), each Hub parent's commit, the mergehub version that made it, whether mergehub made it, and the
+    commit it is at."""
 
     recipe_sha256: str | None
     parents: dict[str, str] = field(default_factory=dict)
     recipe_fingerprint: str | None = None
     version: str | None = None
     ours: bool = True
+    commit: str | None = None
 
 
 def _fingerprint(text: str | None) -> str | None:
@@ -453,23 +485,39 @@ def fetch_published(repo_id: str, token: str | None) -> Published | None:
 
         ours = made_by_mergehub(info)
         published = parse_published(read("README.md"), read(RECIPE_FILE), ours=ours)
-        return published if published is not None or ours else Published(None, ours=False)
+        if published is None:
+            return None if ours else Published(None, ours=False, commit=sha)
+        return replace(published, commit=sha)
 
 
-def current_parents(recipe: Recipe | api.ExtractionSpec, token: str | None) -> dict[str, str]:
+def current_parents(
+    recipe: Recipe | MoEConfig | MultiStage | api.ExtractionSpec, token: str | None, *, stages: Sequence[str] = ()
+) -> dict[str, str]:
     """The current commit (at the recipe's revision, else main) of each Hub model the recipe names, tokenizer
     sources and LoRA adapters (`model+adapter`) included; local parents are left out. An extraction's parents are
     its base and its fine-tune.
+
+    For an MoE config the parents are the base and every expert; for a multi-stage recipe, every stage's models
+    but not the earlier stages' outputs (`stages`: their names), so a change to any stage's parent reruns the chain.
 
     Raises:
         ModelReferenceError: a parent, or its revision, is not on the Hub (or the token cannot read it).
         PublishError: the Hub cannot be reached.
     """
+    if isinstance(recipe, MultiStage):
+        parents: dict[str, str] = {}
+        for stage in recipe.stages:
+            try:
+                found = current_parents(stage.recipe, token, stages=recipe.names)
+            except MergehubError as e:
+                raise in_stage(e, stage.name, stage.first_line) from e
+            parents.update((ref, sha) for ref, sha in found.items() if ref not in parents)
+        return parents
     hub = HfApi(token=token)
     parents: dict[str, str] = {}
     refs = [recipe.base, recipe.model] if isinstance(recipe, api.ExtractionSpec) else recipe_references(recipe)
     for ref in [part for full in refs for part in (full.model, full.adapter) if part]:
-        if ref.is_local or not ref.looks_like_hub_id or ref.path in parents:
+        if ref.is_local or not ref.looks_like_hub_id or ref.path in parents or ref.path in stages:
             continue
         try:
             with hub_errors(f"Reading {ref}"):
@@ -796,12 +844,12 @@ class _Runner:
                 spec = check_pull_request_extraction(text, root, allow_local=allow_local)
                 plan = api.plan_extraction(str(spec.base), str(spec.model), spec.options, token=self.inputs.token)
             else:
-                recipe = check_pull_request_recipe(text, root, allow_local=allow_local)
-                plan = api.plan_merge(recipe, token=self.inputs.token, strict=self.inputs.strict)
+                document = check_pull_request_recipe(text, root, allow_local=allow_local)
+                plan = api.plan_merge(document, token=self.inputs.token, strict=self.inputs.strict)
         except Exception as e:  # noqa: BLE001 - every problem becomes an annotation
             return self.fail(path, e, started, None)
-        what = "LoRA extraction from" if spec else f"{plan.method} merge of"
-        self.log(f"{path}: {what} {len(plan.models)} model(s), {len(plan.jobs)} tensors: no problems.")
+        what = f"LoRA extraction from {len(plan.models)} model(s)" if spec else _describe(plan)
+        self.log(f"{path}: {what}, {len(plan.jobs)} tensors: no problems.")
         self.annotate_warnings(path, plan.warnings)
         detail = f"{plan.method}, {len(plan.jobs)} tensors"
         return Outcome(path, repo_id, "validated", time.monotonic() - started, detail)
@@ -813,7 +861,7 @@ class _Runner:
             text = safe_yaml.read_text(self.inputs.workspace / path)
             repo_id = self.target(path, text, self.namespace)
             spec = _extraction(text)
-            recipe = spec or api.parse_recipe(text)
+            recipe = spec or api.parse_document(text)
             reason = self.rerun_reason(repo_id, text, recipe)
             if reason is None:
                 self.log(f"{path} → {repo_id}: {UP_TO_DATE} ({_major_minor(__version__)}); skipped.")
@@ -822,10 +870,20 @@ class _Runner:
                 return self.extract(path, text, recipe, repo_id, reason, started)
             self.log(f"{path} → {repo_id}: merging ({reason}).")
             if self.inputs.dispatch_to_space:
+                if not isinstance(recipe, Recipe):
+                    raise RecipeError(
+                        "The Space runs single merge recipes; this is "
+                        + ("a multi-stage recipe." if isinstance(recipe, MultiStage) else "a mergekit-moe config."),
+                        hint="Merge it in the Action itself: leave `dispatch-to-space` empty for this workflow.",
+                        line=1,
+                    )
                 if self.inputs.strict:  # the Space merges without strict mode: check here, from configs and headers
                     api.plan_merge(recipe, token=self.inputs.token, strict=True)
                 return self._on_space(path, text, repo_id, reason, started)
             options = _eval_options(self.inputs.eval_tasks, self.log)
+            evaluated = bool(options)
+            if isinstance(recipe, MultiStage):
+                options.update(self.stage_options(recipe, text))
             result, pushed = api.push_merge(
                 self.inputs.workspace / path,
                 repo_id,
@@ -842,11 +900,15 @@ class _Runner:
         self.log(result.figures())
         for warning in result.stats.warnings():
             self.log.command(annotation("warning", warning, file=path))
+        for name, stage in result.stages_pushed:
+            self.log(f"Pushed stage {name} to {stage.repo_id} at {stage.commit_sha[:10]}: {stage.commit_url}")
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
-        scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if options else {}
+        scores = _card_scores(pushed.repo_id, pushed.commit_sha, self.inputs.token) if evaluated else {}
         return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, scores, pushed.commit_url)
 
-    def rerun_reason(self, repo_id: str, text: str, recipe: Recipe | api.ExtractionSpec) -> str | None:
+    def rerun_reason(
+        self, repo_id: str, text: str, recipe: Recipe | MoEConfig | MultiStage | api.ExtractionSpec
+    ) -> str | None:
         """Why a recipe or extraction file must run (or run again, with `rerun`), None when its repo is up to date.
 
         Raises:
@@ -887,6 +949,24 @@ class _Runner:
         self.log(f"Pushed {pushed.repo_id} at {pushed.commit_sha[:10]}: {pushed.commit_url}")
         return Outcome(path, pushed.repo_id, "merged", time.monotonic() - started, reason, commit_url=pushed.commit_url)
 
+    def stage_options(self, recipe: MultiStage, text: str) -> dict[str, Any]:
+        """`push_merge`'s options for the stages the recipe pushes: each is reused from its repo when that holds
+        the same stage recipe from the same parent commits, and every stage it reads is reused too; the others
+        run and are pushed (all of them with `rerun`)."""
+        repos = stage_repos(text, self.namespace)
+        reuse: dict[str, str] = {}
+        for stage in recipe.stages:
+            if self.inputs.rerun or stage.name not in repos or any(need not in reuse for need in stage.needs):
+                continue
+            published = fetch_published(repos[stage.name], self.inputs.token)
+            parents = current_parents(stage.recipe, self.inputs.token, stages=recipe.names)
+            if published is not None and published.commit:
+                if merge_reason(published, stage.recipe.text, parents) is None:
+                    reuse[stage.name] = f"{repos[stage.name]}@{published.commit}"
+                    self.log(f"  stage {stage.name}: up to date on {repos[stage.name]}, read from there.")
+        push = {name: repo for name, repo in repos.items() if name not in reuse}
+        return {"push_stages": push, "push_private": self.inputs.private, "reuse_stages": reuse} if repos else {}
+
     def annotate_warnings(self, path: str, warnings: Sequence[RecipeWarning]) -> None:
         """One warning annotation per ignored key or parameter, at its line of the recipe."""
         for warning in warnings:
@@ -921,6 +1001,15 @@ class _Runner:
                 )
 
         return report
+
+
+def _describe(plan: api.Plan) -> str:
+    """What a plan merges, for the log: a merge, a multi-stage merge, or an MoE assembly."""
+    if plan.moe is not None:
+        return f"MoE of {len(plan.moe.experts)} expert(s) on {plan.base_model}"
+    if plan.stages:
+        return f"{len(plan.stages)}-stage merge, the last {plan.method} of {len(plan.models)} model(s)"
+    return f"{plan.method} merge of {len(plan.models)} model(s)"
 
 
 def _repo_link(repo_id: str | None) -> str:

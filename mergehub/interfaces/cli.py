@@ -46,38 +46,58 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    merge = commands.add_parser("merge", help="run a merge recipe")
-    merge.add_argument("recipe", help="mergekit YAML recipe")
+    merge = commands.add_parser("merge", help="run a merge recipe (or a multi-stage recipe, or a mergekit-moe config)")
+    merge.add_argument("recipe", help="mergekit YAML recipe; several YAML documents make a multi-stage recipe")
     merge.add_argument("out", nargs="?", help="output directory (not needed with --dry-run)")
-    merge.add_argument("--dry-run", action="store_true", help="print the plan and check it, without reading weights")
+    merge.add_argument(
+        "--dry-run", action="store_true", help="print the plan (every stage's) and check it, without reading weights"
+    )
     merge.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     merge.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    merge.add_argument("--out-shard-size", type=parse_size, default="5GB", help="largest output shard (default: 5GB)")
-    merge.add_argument("--seed", type=int, default=0, help="seed for random methods (default: 0)")
-    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
-    merge.add_argument("--no-progress", action="store_true", help="no progress bar")
-    merge.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
-    merge.add_argument("--push", metavar="REPO", help="push the result to this Hub repo (`name` or `user/name`)")
-    merge.add_argument("--private", action="store_true", help="with --push: create the repo private")
     merge.add_argument(
-        "--force", action="store_true", help="with --push: push into an existing repo mergehub did not make"
+        "--intermediate-dir",
+        metavar="DIR",
+        help="multi-stage recipes: keep each stage's output in DIR/NAME "
+        "(default: a temporary directory, deleted once no later stage reads it)",
     )
-    merge.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
     merge.add_argument(
-        "--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)"
+        "--push-stage",
+        action="append",
+        default=[],
+        metavar="NAME=REPO",
+        help="multi-stage recipes: also push stage NAME's output to REPO, with its own card (repeatable)",
     )
-    merge.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
-    merge.add_argument(
-        "--strict",
+    _output_options(merge)
+
+    moe = commands.add_parser("moe", help="assemble a mixture of experts from a mergekit-moe config")
+    moe.add_argument("recipe", metavar="config", help="mergekit-moe YAML config")
+    moe.add_argument("out", nargs="?", help="output directory (not needed with --dry-run)")
+    moe.add_argument(
+        "--dry-run",
         action="store_true",
-        help="warnings become errors: keys or parameters the recipe sets that would be ignored, NaN or Inf in "
-        "an input or the output",
+        help="print the plan and check it, without reading weights or running the base",
     )
-    merge.add_argument(
-        "--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)"
+    moe.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    moe.add_argument(
+        "--device", default="cpu", help="where experts' tensors are copied: cpu, cuda, cuda:N or auto (default: cpu)"
     )
-    merge.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
-    merge.add_argument("--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)")
+    moe.add_argument(
+        "--gate-device",
+        default="auto",
+        help="where the base runs over the prompts (default: auto, a GPU when there is one)",
+    )
+    moe.add_argument(
+        "--no-prompt-cache",
+        action="store_true",
+        help="recompute the prompts' hidden states instead of reusing cached ones",
+    )
+    moe.add_argument(
+        "--i-understand-this-is-not-useful-without-training",
+        dest="allow_all_same",
+        action="store_true",
+        help="accept experts that are all one model (mergekit-moe's flag)",
+    )
+    _output_options(moe)
 
     extract = commands.add_parser(
         "extract-lora", help="extract a LoRA adapter from a fine-tune (mergekit-extract-lora's options)"
@@ -209,6 +229,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _output_options(command: argparse.ArgumentParser) -> None:
+    """The options `merge` and `moe` share: output shards, seed, progress, Hub push, scores, strictness, GGUF."""
+    command.add_argument("--out-shard-size", type=parse_size, default="5GB", help="largest output shard (default: 5GB)")
+    command.add_argument("--seed", type=int, default=0, help="seed for random methods and random gates (default: 0)")
+    command.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    command.add_argument("--no-progress", action="store_true", help="no progress bar")
+    command.add_argument("--cache-dir", help="keep tensors streamed from the Hub here, for later runs")
+    command.add_argument("--push", metavar="REPO", help="push the result to this Hub repo (`name` or `user/name`)")
+    command.add_argument("--private", action="store_true", help="with --push: create the repo private")
+    command.add_argument(
+        "--force", action="store_true", help="with --push: push into an existing repo mergehub did not make"
+    )
+    command.add_argument("--eval", metavar="TASKS", help="score the merge with lm-eval on these comma-separated tasks")
+    command.add_argument(
+        "--eval-parents", action="store_true", help="with --eval: score each parent too (or reuse their cards' scores)"
+    )
+    command.add_argument("--eval-limit", type=float, help="with --eval: items per task (a fraction when below 1)")
+    command.add_argument(
+        "--strict",
+        action="store_true",
+        help="warnings become errors: keys or parameters the recipe sets that would be "
+        "ignored, NaN or Inf in an input or the output",
+    )
+    command.add_argument(
+        "--gguf", metavar="TYPES", help="also write GGUF files of these comma-separated types (f16,q8_0,q4_0...)"
+    )
+    command.add_argument("--gguf-dir", metavar="DIR", help="with --gguf: where the GGUF files go (default: OUT-GGUF)")
+    command.add_argument(
+        "--gguf-repo", metavar="REPO", help="with --gguf and --push: the GGUF repo (default: REPO-GGUF)"
+    )
+
+
 class _ProgressBar:
     """A tqdm bar over input bytes, created on the first progress report (which carries the totals)."""
 
@@ -231,6 +283,11 @@ class _ProgressBar:
         self.bar.update(progress.bytes_read - self.bar.n)
         self.bar.set_postfix_str(f"{progress.tensors_done}/{progress.tensors_total} tensors", refresh=False)
 
+    def stage(self, name: str) -> None:
+        """A multi-stage recipe's next stage: a bar of its own."""
+        self.close()
+        self.bar, self.desc = None, f"stage {name}"
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -241,24 +298,77 @@ def _report_warnings(warnings: Sequence[RecipeWarning]) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
-def _merge(args: argparse.Namespace) -> int:
+def _dry_run(args: argparse.Namespace, allow_all_same: bool = False) -> int:
+    """Print the plan (every stage's, for a multi-stage recipe) without reading a weight."""
+    from mergehub import api  # on first use: `mergehub --help` does not load torch
+
+    settings = dict(out_shard_bytes=args.out_shard_size, seed=args.seed, strict=args.strict)
+    if api.is_multi_stage_recipe(args.recipe):
+        plans = api.plan_stages(args.recipe, push_stages=_stage_repos(getattr(args, "push_stage", [])), **settings)
+    elif getattr(args, "push_stage", None):
+        raise MergehubError(
+            "Only a multi-stage recipe has intermediate stages to push.",
+            hint="Leave out --push-stage, or write the recipe as several YAML documents.",
+        )
+    else:
+        plans = [(None, api.plan_merge(args.recipe, allow_all_same=allow_all_same, **settings))]
+    if args.json:
+        print(plans[-1][1].to_json())  # the final plan records every stage
+    else:
+        for name, plan in plans:
+            if len(plans) > 1:
+                print(f"== Stage {name} ==" if name else "== Final stage ==")
+            print(plan.describe())
+    warnings = len(plans[-1][1].warnings) + sum(len(plan.warnings) for _, plan in plans[:-1])
+    ignored = f"; {warnings} warning(s): what they name is ignored, as mergekit ignores it" if warnings else ""
+    stages = f" in {len(plans)} stages" if len(plans) > 1 else ""
+    print(f"Plan OK: no problems found{stages}{ignored}.", file=sys.stderr)
+    return 0
+
+
+def _moe(args: argparse.Namespace) -> int:
+    from mergehub import api  # on first use: `mergehub --help` does not load torch
+
+    if not api.is_moe_config(args.recipe):
+        raise MergehubError(
+            f"{args.recipe} is not a mergekit-moe config (it has no `experts:`, or has a `merge_method:`).",
+            hint="Run merge recipes with `mergehub merge`.",
+        )
+    return _merge(
+        args, gate_device=args.gate_device, prompt_cache=not args.no_prompt_cache, allow_all_same=args.allow_all_same
+    )
+
+
+def _stage_repos(values: Sequence[str]) -> dict[str, str]:
+    """`--push-stage NAME=REPO` values as {name: repo}."""
+    repos = {}
+    for value in values:
+        name, sep, repo = value.partition("=")
+        if not sep or not name.strip() or not repo.strip():
+            raise MergehubError(
+                f"--push-stage {value!r}: expected NAME=REPO.", hint="For example `--push-stage pair-a=my-pair-a`."
+            )
+        repos[name.strip()] = repo.strip()
+    return repos
+
+
+def _merge(args: argparse.Namespace, **extra: object) -> int:
     from mergehub import api  # on first use: `mergehub --help` does not load torch
 
     if args.dry_run:
-        plan = api.plan_merge(args.recipe, out_shard_bytes=args.out_shard_size, seed=args.seed, strict=args.strict)
-        print(plan.to_json() if args.json else plan.describe())
-        ignored = (
-            f"; {len(plan.warnings)} warning(s): what they name is ignored, as mergekit ignores it"
-            if plan.warnings
-            else ""
-        )
-        print(f"Plan OK: no problems found{ignored}.", file=sys.stderr)
-        return 0
+        return _dry_run(args, allow_all_same=bool(extra.get("allow_all_same")))
     if not args.out and not args.push:
         raise MergehubError(
-            "No output directory given.", hint="Run `mergehub merge RECIPE OUT_DIR`, add --push REPO, or --dry-run."
+            "No output directory given.",
+            hint=f"Run `mergehub {args.command} RECIPE OUT_DIR`, add --push REPO, or --dry-run.",
         )
+    if getattr(args, "intermediate_dir", None):
+        extra["intermediate_dir"] = args.intermediate_dir
+    if getattr(args, "push_stage", None):
+        extra.update(push_stages=_stage_repos(args.push_stage), push_private=args.private)
     bar = None if args.no_progress else _ProgressBar()
+    if bar is not None and args.command == "merge":
+        extra["on_stage"] = bar.stage
     options = dict(
         device=args.device,
         seed=args.seed,
@@ -267,6 +377,7 @@ def _merge(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         on_progress=bar,
         strict=args.strict,
+        **extra,
     )
     if args.gguf:
         options.update(gguf_types=api.gguf_types(args.gguf), gguf_dir=args.gguf_dir)
@@ -295,6 +406,8 @@ def _merge(args: argparse.Namespace) -> int:
     if tasks and pushed is None:
         report, comparison = api.evaluate_merge(result, tasks, **evaluation)
         print(report.table() + ("\n\n" + comparison if comparison else ""))
+    for name, stage in result.stages_pushed:
+        print(f"Pushed stage {name} to {stage.repo_id}: {stage.commit_url}")
     if pushed is not None:
         print(f"Pushed to {pushed.repo_id}: {pushed.commit_url}")
         if pushed.gguf is not None:
@@ -481,6 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with stop_on_signals():
             commands = {
                 "merge": _merge,
+                "moe": _moe,
                 "gguf": _gguf,
                 "eval": _eval,
                 "card": _card,

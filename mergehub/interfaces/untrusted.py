@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mergehub.errors import ModelReferenceError, RecipeError
+from mergehub.api import parse_document
+from mergehub.errors import MergehubError, ModelReferenceError, RecipeError
 from mergehub.extraction import ExtractionSpec, parse_extraction
+from mergehub.moe.config import MoEConfig
 from mergehub.recipe import ModelRef, Recipe, is_hub_id, parse_recipe
+from mergehub.stages import MultiStage, in_stage
 
 __all__ = [
     "Limits",
@@ -152,13 +155,16 @@ def tokenizer_references(recipe: Recipe) -> list[str]:
     return found
 
 
-def recipe_references(recipe: Recipe) -> list[ModelRef]:
-    """Every model a merge recipe reads: its models (base first), then those its tokenizer settings name.
+def recipe_references(recipe: Recipe | MoEConfig) -> list[ModelRef]:
+    """Every model a merge recipe reads: its models (base first), then those its tokenizer settings name (an MoE
+    config: its base and experts).
 
     Raises:
         RecipeError: a tokenizer setting names a malformed reference.
     """
     refs = list(recipe.referenced_models())
+    if isinstance(recipe, MoEConfig):
+        return refs
     for text in tokenizer_references(recipe):
         ref = ModelRef.parse(text)
         if ref not in refs:
@@ -214,21 +220,27 @@ def check_untrusted_recipe(text: str, limits: Limits) -> Recipe:
     return recipe
 
 
-def check_pull_request_recipe(text: str, root: Path, *, allow_local: bool = False) -> Recipe:
-    """The Action's rules for a pull request's recipe: the Space's limits, and Hub references only (no file or
-    directory of the checkout `root` may shadow one), unless `allow_local` accepts directories inside `root`.
+def check_pull_request_recipe(text: str, root: Path, *, allow_local: bool = False) -> Recipe | MoEConfig | MultiStage:
+    """The Action's rules for a pull request's recipe (a merge recipe, a mergekit-moe config, or a multi-stage
+    recipe, each stage checked): the Space's limits, and Hub references only (no file or directory of the
+    checkout `root` may shadow one), unless `allow_local` accepts directories inside `root`.
 
     Raises:
         RecipeError: too large, too many models or slices, YAML aliases, or an invalid recipe.
         ModelReferenceError: a reference that is not a Hub ID (or, with `allow_local`, a path outside `root`),
-            located at its line.
+            located at its line (and stage).
     """
     check_size(text, PULL_REQUEST_LIMITS)
-    recipe = parse_recipe(text)  # refuses YAML aliases
-    refs = recipe_references(recipe)
-    check_counts(refs, sum(len(block[2] or []) for block in recipe.input_blocks()), PULL_REQUEST_LIMITS)
-    _check_pull_request_references(recipe, refs, root, allow_local)
-    return recipe
+    document = parse_document(text)  # refuses YAML aliases
+    if not isinstance(document, MultiStage):
+        _check_pull_request_document(document, root, allow_local)
+        return document
+    for stage in document.stages:
+        try:
+            _check_pull_request_document(stage.recipe, root, allow_local, stages=document.names)
+        except MergehubError as e:
+            raise in_stage(e, stage.name, stage.first_line) from e
+    return document
 
 
 def check_pull_request_extraction(text: str, root: Path, *, allow_local: bool = False) -> ExtractionSpec:
@@ -245,8 +257,19 @@ def check_pull_request_extraction(text: str, root: Path, *, allow_local: bool = 
     return spec
 
 
+def _check_pull_request_document(
+    recipe: Recipe | MoEConfig, root: Path, allow_local: bool, stages: Sequence[str] = ()
+) -> None:
+    """A recipe's (or a stage's, or an MoE config's) model and slice counts and references; `stages`: the names
+    of earlier stages, whose outputs are no models to check."""
+    refs = [ref for ref in recipe_references(recipe) if ref.path not in stages]
+    slices = 0 if isinstance(recipe, MoEConfig) else sum(len(block[2] or []) for block in recipe.input_blocks())
+    check_counts(refs, slices, PULL_REQUEST_LIMITS)
+    _check_pull_request_references(recipe, refs, root, allow_local)
+
+
 def _check_pull_request_references(
-    recipe: Recipe | ExtractionSpec, refs: Sequence[ModelRef], root: Path, allow_local: bool
+    recipe: Recipe | MoEConfig | ExtractionSpec, refs: Sequence[ModelRef], root: Path, allow_local: bool
 ) -> None:
     """Hub references only (each side of `model+adapter`), or with `allow_local` directories inside `root`."""
     for ref, part in _parts(refs):
@@ -258,7 +281,7 @@ def _check_pull_request_references(
                 refuse_local_shadows([part], root)
         except ModelReferenceError as e:
             e.hint = f"{e.hint} Pull requests may name local models only if the workflow sets `allow-local-models`."
-            if isinstance(recipe, Recipe):  # an extraction file's two references need no line to be found
-                tokenizer = "tokenizer.source" if recipe.tokenizer else "tokenizer_source"
+            if isinstance(recipe, (Recipe, MoEConfig)):  # an extraction file's two references need no line
+                tokenizer = "tokenizer.source" if getattr(recipe, "tokenizer", None) else "tokenizer_source"
                 recipe.locate(e, recipe.location_of(ref) or tokenizer)
             raise

@@ -18,6 +18,7 @@ from mergehub.methods import (
     karcher,
     linear,
     model_stock,
+    moe,
     multislerp,
     nearswap,
     nuslerp,
@@ -47,7 +48,10 @@ _SPECS = (
 _METHODS: Mapping[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
 _NAMES = tuple(sorted(_METHODS))
 _KERNELS: Mapping[str, MethodSpec] = MappingProxyType(
-    {**_METHODS, **{s.name: s for s in (extract.EXTRACT_SPEC, extract.DIFFERENCE_SPEC)}}
+    {
+        **_METHODS,
+        **{s.name: s for s in (extract.EXTRACT_SPEC, extract.DIFFERENCE_SPEC, moe.EXPERT_SPEC, moe.ZEROS_SPEC)},
+    }
 )
 
 
@@ -71,7 +75,8 @@ def get_method(name: str) -> MethodSpec:
 
 
 def get_kernel(name: str) -> MethodSpec:
-    """The spec of any job's kernel: a merge method, or an extraction kernel (`extract_lora`, `difference`).
+    """The spec of any job's kernel: a merge method, or an extraction kernel (`extract_lora`, `difference`)
+    or an MoE assembly kernel (`moe_expert`, `zeros`).
 
     Raises:
         UnknownMethodError: no kernel has that name.

@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from mergehub import safe_yaml
 from mergehub.errors import OutputError, RecipeWarning, SourceError
 from mergehub.methods import get_method
-from mergehub.plan import InputFile, Plan
+from mergehub.plan import InputFile, ModelEntry, Plan
 from mergehub.publish.card_data import MERGEHUB_KEY, card_license, card_scores, read_card_data
 from mergehub.publish.lineage import LineageGraph
 from mergehub.recipe import RECIPE_FILE, ModelRef, recipe_sha256
@@ -24,8 +24,11 @@ from mergehub.writer import ShardResult
 
 __all__ = [
     "TAGS",
+    "MOE_TAG",
     "ParentCard",
     "EvalScore",
+    "ExpertRow",
+    "StageRow",
     "MergeCard",
     "parent_card",
     "resolve_license",
@@ -41,6 +44,7 @@ __all__ = [
 ]
 
 TAGS = ("merge", "mergekit", "mergehub")
+MOE_TAG = "moe"
 HUB_URL = "https://huggingface.co"
 # Licenses (Hub ids or `license_name`s) that forbid commercial use; `cc-by-nc*` is matched by prefix.
 _NON_COMMERCIAL = frozenset(
@@ -90,6 +94,27 @@ class EvalScore:
 
 
 @dataclass(frozen=True)
+class ExpertRow:
+    """One expert of an MoE as its card shows it: its model, whether shared, its prompts, noise and residual scale."""
+
+    model: str
+    positive_prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...] = ()
+    shared: bool = False
+    noise_scale: float | None = None
+    residual_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of a multi-stage recipe as the card shows it: its name (None: the final), method and inputs."""
+
+    name: str | None
+    method: str
+    inputs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class MergeCard:
     """Everything the card of a merged model shows; parents are kept base first, without repeats."""
 
@@ -111,6 +136,13 @@ class MergeCard:
     """Each Hub weight file read (`model/file`), whether its sha256 was verified in transit, and why not."""
     warnings: tuple[RecipeWarning, ...] = ()
     """What the recipe sets that the merge ignored (`Plan.warnings`)."""
+    experts: tuple[ExpertRow, ...] = ()
+    """For an MoE: each expert and the prompts its router was initialised from."""
+    architecture: str | None = None
+    gate_mode: str | None = None
+    experts_per_token: int | None = None
+    stages: tuple[StageRow, ...] = ()
+    """For a multi-stage recipe: every stage in the order it ran, the final last."""
 
     def __post_init__(self) -> None:
         unique: dict[str, ParentCard] = {}
@@ -190,13 +222,17 @@ def merge_card(
     eval_results: Sequence[EvalScore] = (),
     non_finite: Sequence[str] = (),
 ) -> MergeCard:
-    """The card data of a finished merge; parents follow the plan's models (base first, then recipe order)."""
-    paths = [path for m in plan.models for path in (m.path, m.adapter.path if m.adapter else None) if path]
+    """The card data of a finished merge; parents follow the plan's models (base first, then recipe order), then the
+    other stages' models for a multi-stage recipe."""
+    models = _parent_models(plan)
+    paths = [path for m in models for path in (m.path, m.adapter.path if m.adapter else None) if path]
     order = {path: i for i, path in reversed(list(enumerate(paths)))}
+    label = {m.ref: m.path for m in plan.models}
+    moe = plan.moe
     return MergeCard(
         repo_id=repo_id,
         method=plan.method,
-        paper=get_method(plan.method).paper,
+        paper=None if moe else get_method(plan.method).paper,
         base=ModelRef.parse(plan.base_model).path if plan.base_model else None,
         parents=tuple(sorted(parents, key=lambda p: (order.get(p.ref, len(order)), p.ref))),
         recipe_yaml=plan.recipe_text,
@@ -209,7 +245,26 @@ def merge_card(
         non_finite=tuple(non_finite),
         checked=tuple((_input_label(plan, f), f.verified, f.reason) for f in plan.input_files),
         warnings=plan.warnings,
+        experts=tuple(
+            ExpertRow(label[e.model], e.positive_prompts, e.negative_prompts, e.shared, e.noise_scale, e.residual_scale)
+            for e in moe.experts
+        )
+        if moe
+        else (),
+        architecture=moe.architecture if moe else None,
+        gate_mode=moe.gates.mode if moe else None,
+        experts_per_token=moe.experts_per_token if moe else None,
+        stages=tuple(StageRow(stage.name, stage.method, tuple(m.ref for m in stage.models)) for stage in plan.stages),
     )
+
+
+def _parent_models(plan: Plan) -> list[ModelEntry]:
+    """The models a merge's card lists as parents: the plan's, or for a multi-stage recipe every stage's models (not the
+    stages' own outputs)."""
+    if not plan.stages:
+        return list(plan.models)
+    stages = {stage.name for stage in plan.stages}
+    return list({m.ref: m for stage in plan.stages for m in stage.models if m.ref not in stages}.values())
 
 
 def plan_card(
@@ -226,7 +281,7 @@ def plan_card(
     by plan key, and a LoRA adapter's by its reference), recipe, seed, checksums, lineage, and the tensors found
     holding NaN or Inf values."""
     parents = []
-    for m in plan.models:
+    for m in _parent_models(plan):
         parents.append(parent_card(str(m.pinned.model), m.revision, readmes.get(m.ref), gated=m.gated))
         if m.adapter is not None:
             parents.append(
@@ -371,14 +426,30 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     method = f"[{card.method}]({card.paper})" if card.paper else f"`{card.method}`"
     base = next((p for p in card.parents if p.ref == card.base), None)
     on_base = f", with {_model_link(base)} as the base" if base else ""
-    lines = [f"# {name}", "", f"{name} is a {method} merge of the models below{on_base}, made with mergehub.", ""]
+    if card.stages:
+        what = (
+            f"a {len(card.stages)}-stage merge of the models below: "
+            "each stage merges models or earlier stages' outputs, "
+            f"the last a {method} merge{on_base}"
+        )
+    elif card.experts:
+        routed = sum(not e.shared for e in card.experts)
+        shared = len(card.experts) - routed
+        what = (
+            f"a mixture of experts ({card.architecture}: {routed} experts, {card.experts_per_token} per token"
+            f"{f', {shared} shared' if shared else ''}) assembled from the models below{on_base}"
+        )
+    else:
+        what = f"a {method} merge of the models below{on_base}"
+    lines = [f"# {name}", "", f"{name} is {what}, made with mergehub.", ""]
     lines += ["## Parents", "", "| Model | Revision | License | Scores |", "|---|---|---|---|"]
     lines += [_parent_row(p, card.base) for p in card.parents]
+    lines += _expert_lines(card) + _stage_lines(card)
     lines += _license_lines(warnings, license_id, "merge")
     if card.eval_results:
         lines += ["", "## Evaluation", "", "| Dataset | Metric | Value |", "|---|---|---|"]
         lines += [f"| {_cell(s.dataset_name)} | {_cell(s.metric)} | {s.value:.4g} |" for s in card.eval_results]
-    lines += ["", "## Recipe", "", _fence(card.recipe_yaml, "yaml")]
+    lines += ["", "## MoE config" if card.experts else "## Recipe", "", _fence(card.recipe_yaml, "yaml")]
     if card.warnings:
         lines += ["", "Ignored by the merge, as mergekit ignores them:", ""]
         lines += [
@@ -398,6 +469,57 @@ def _body(card: MergeCard, license_id: str, warnings: list[str]) -> str:
     )
     lines += ["", "## Usage", "", _fence(usage, "python"), ""]
     return "\n".join(lines)
+
+
+def _prompts(prompts: Sequence[str]) -> str:
+    return "<br>".join(f"`{_cell(p)}`" for p in prompts) or "—"
+
+
+def _expert_lines(card: MergeCard) -> list[str]:
+    """The experts table: each expert's model, and the prompts its router was initialised from."""
+    if not card.experts:
+        return []
+    random = card.gate_mode in ("random", "uniform_random")
+    how = (
+        "they are drawn at random (seeded); the prompts are not used"
+        if random
+        else "positive prompts draw tokens to the expert, negative ones away"
+    )
+    lines = [
+        "",
+        "## Experts",
+        "",
+        f"Routers (`gate_mode: {card.gate_mode}`) are initialised from each expert's prompts: {how}.",
+        "",
+    ]
+    lines += [
+        "| Expert | Model | Positive prompts | Negative prompts | Noise / residual scale |",
+        "|---|---|---|---|---|",
+    ]
+    by_ref = {p.ref: p for p in card.parents}
+    routed = 0
+    for expert in card.experts:
+        parent = by_ref.get(expert.model)
+        model = _model_link(parent) if parent else f"`{expert.model}`"
+        scales = " / ".join("—" if v is None else f"{v:g}" for v in (expert.noise_scale, expert.residual_scale))
+        label = "shared" if expert.shared else str(routed)
+        routed += not expert.shared
+        lines.append(
+            f"| {label} | {_cell(model)} | {_prompts(expert.positive_prompts)} "
+            f"| {_prompts(expert.negative_prompts)} | {scales} |"
+        )
+    return lines
+
+
+def _stage_lines(card: MergeCard) -> list[str]:
+    """Each stage in the order it ran: its name, method and inputs (its recipe is in the Recipe section)."""
+    if not card.stages:
+        return []
+    lines = ["", "## Stages", "", "| Stage | Method | Inputs |", "|---|---|---|"]
+    lines += [
+        f"| {_cell(row.name or '(final)')} | `{row.method}` | {_cell(', '.join(row.inputs))} |" for row in card.stages
+    ]
+    return lines
 
 
 def _integrity_lines(card: MergeCard) -> list[str]:
@@ -453,7 +575,7 @@ def render_card(card: MergeCard) -> ModelCard:
         **lineage,
         library_name="transformers",
         license=license_id,
-        tags=list(TAGS),
+        tags=list(TAGS) + ([MOE_TAG] if card.experts else []),
         model_name=card.repo_id.split("/")[-1] if scores else None,
         eval_results=scores or None,
         **{MERGEHUB_KEY: provenance(card)},

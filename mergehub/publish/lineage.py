@@ -15,6 +15,8 @@ from huggingface_hub.errors import GatedRepoError, RemoteEntryNotFoundError, Rep
 
 from mergehub import safe_yaml
 from mergehub.errors import RecipeError
+from mergehub.moe.config import looks_like_moe_config
+from mergehub.moe.layout import MOE_RECIPE_FILE
 from mergehub.plan import Plan
 from mergehub.publish.card_data import card_license, mergehub_record, read_card_data
 from mergehub.recipe import RECIPE_FILE, ModelRef, parse_recipe
@@ -22,6 +24,7 @@ from mergehub.sources.hub import HTTPError
 
 __all__ = [
     "LINEAGE_DEPTH",
+    "RECIPE_FILES",
     "LineageNode",
     "LineageEdge",
     "LineageGraph",
@@ -39,13 +42,15 @@ Reader = Callable[[str], str | None]
 
 @dataclass(frozen=True)
 class LineageNode:
-    """A model of the lineage: its license, and why it could not be read, if so."""
+    """A model of the lineage: its license, and why it could not be read, if so; `stage` for a stage's output
+    (a multi-stage recipe's intermediate merge)."""
 
     id: str
     depth: int
     license: str | None = None
     unavailable: str | None = None
     truncated: bool = False  # it has parents beyond the depth limit
+    stage: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,10 @@ class LineageGraph:
         return json.dumps(
             {
                 "root": self.root,
-                "nodes": [asdict(n) for n in sorted(self.nodes, key=lambda n: n.id)],
+                "nodes": [
+                    {k: v for k, v in asdict(n).items() if k != "stage" or v}
+                    for n in sorted(self.nodes, key=lambda n: n.id)
+                ],
                 "edges": [asdict(e) for e in sorted(self.edges, key=lambda e: (e.child, e.parent))],
             },
             indent=2,
@@ -90,7 +98,13 @@ class LineageGraph:
         ids = {n.id: f"n{i}" for i, n in enumerate(self.nodes)}
         lines = ["graph TD"]
         for n in self.nodes:
-            detail = f"unavailable: {n.unavailable}" if n.unavailable else n.license or "license unknown"
+            detail = (
+                "stage output"
+                if n.stage
+                else f"unavailable: {n.unavailable}"
+                if n.unavailable
+                else n.license or "license unknown"
+            )
             lines.append(f'  {ids[n.id]}["{_escape(n.id)}<br/>{_escape(detail)}"]')
         for e in self.edges:
             text = e.method or e.relation
@@ -120,6 +134,8 @@ class LineageGraph:
 
     def _describe(self, model: str) -> str:
         node = self.node(model)
+        if node.stage:
+            return f"{model} (stage output)"
         if node.unavailable:
             return f"{model} (unavailable: {node.unavailable})"
         details = [node.license or "license unknown"]
@@ -134,15 +150,22 @@ def _escape(text: str) -> str:
     return text.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;").replace("|", "#124;")
 
 
-def hub_reader(filename: str, token: str | bool | None) -> Reader:
-    """A reader of one file of a Hub repo (None when the repo has no such file)."""
+RECIPE_FILES = (RECIPE_FILE, MOE_RECIPE_FILE)
+"""The files a model's recipe may be in: a merge's, or an MoE assembly's config (as mergekit-moe names it)."""
+
+
+def hub_reader(filename: str | tuple[str, ...], token: str | bool | None) -> Reader:
+    """A reader of a file of a Hub repo: the first of the names it has (None when it has none)."""
+    names = (filename,) if isinstance(filename, str) else filename
 
     def read(repo_id: str) -> str | None:
-        try:
-            path = hf_hub_download(repo_id, filename, token=token)
-        except RemoteEntryNotFoundError:
-            return None
-        return Path(path).read_text(encoding="utf-8", errors="replace")
+        for name in names:
+            try:
+                path = hf_hub_download(repo_id, name, token=token)
+            except RemoteEntryNotFoundError:
+                continue
+            return Path(path).read_text(encoding="utf-8", errors="replace")
+        return None
 
     return read
 
@@ -168,6 +191,11 @@ def _recipe_models(data: dict) -> tuple[list[str], set[str]]:
     """Every model a recipe names, tolerant of recipes mergehub cannot run, and which of them are LoRA adapters."""
     refs = [data.get("base_model")]
     refs += [m.get("model") for m in data.get("models") or [] if isinstance(m, dict)]
+    refs += [
+        e.get("source_model")
+        for e in [*(data.get("experts") or []), *(data.get("shared_experts") or [])]
+        if isinstance(e, dict)
+    ]
     for out_slice in data.get("slices") or []:
         if isinstance(out_slice, dict):
             refs.append(out_slice.get("base_model"))
@@ -185,6 +213,8 @@ def _parse_recipe(text: str | None) -> tuple[str | None, list[str], set[str]]:
         return None, [], set()
     if not isinstance(data, dict):
         return None, [], set()
+    if looks_like_moe_config(data):
+        return ("moe", *_recipe_models(data))
     method = data.get("merge_method") if isinstance(data.get("merge_method"), str) else None
     try:
         refs = parse_recipe(text).referenced_models()
@@ -243,7 +273,7 @@ def walk_lineage(
         root_card, root_recipe: when either is given, the root's texts (a merge not pushed yet), not read.
     """
     read_card = read_card or hub_reader("README.md", token)
-    read_recipe = read_recipe or hub_reader(RECIPE_FILE, token)
+    read_recipe = read_recipe or hub_reader(RECIPE_FILES, token)
     given_root = root_card is not None or root_recipe is not None
     nodes: list[LineageNode] = []
     edges: list[LineageEdge] = []
@@ -286,15 +316,52 @@ def hub_readers(local: set[str], token: str | bool | None) -> dict[str, Reader]:
 
     return {
         "read_card": hub_only(hub_reader("README.md", token)),
-        "read_recipe": hub_only(hub_reader(RECIPE_FILE, token)),
+        "read_recipe": hub_only(hub_reader(RECIPE_FILES, token)),
     }
 
 
 def merge_lineage(repo_id: str, plan: Plan, token: str | bool | None) -> LineageGraph:
     """A merge's family tree for its card: its parents' Hub cards and recipes (LoRA adapters' too), walked up; local
-    parents are leaves."""
+    parents are leaves. For a multi-stage recipe, each stage's output is a node between the final model and the
+    models it merged."""
+    if plan.stages:
+        return _stage_lineage(repo_id, plan, token)
     local = {m.path for m in plan.models if m.revision is None}
     local |= {m.adapter.path for m in plan.models if m.adapter and m.adapter.revision is None}
     return walk_lineage(
         repo_id, max_depth=LINEAGE_DEPTH, root_recipe=plan.recipe_text, token=token, **hub_readers(local, token)
     )
+
+
+def _stage_lineage(root: str, plan: Plan, token: str | bool | None) -> LineageGraph:
+    """The lineage of a multi-stage merge.
+
+    `root` (the final stage), each stage's output as a node, then each Hub model's own ancestry, walked up.
+    """
+    names = {stage.name for stage in plan.stages if stage.name}
+    by_name = {stage.name or root: stage for stage in plan.stages}
+    nodes: dict[str, LineageNode] = {root: LineageNode(root, 0)}
+    edges: list[LineageEdge] = []
+    queue = deque([(root, 0)])
+    while queue:
+        child, depth = queue.popleft()
+        stage = by_name[child]
+        for model in stage.models:
+            parent = model.ref if model.ref in names else model.pinned.path
+            edges.append(LineageEdge(child, parent, "merge", stage.method))
+            if parent in nodes:
+                continue
+            if model.ref in names:
+                nodes[parent] = LineageNode(parent, depth + 1, stage=True)
+                queue.append((parent, depth + 1))
+            elif model.revision is None:
+                nodes[parent] = LineageNode(parent, depth + 1, unavailable="not a Hub repo id (a local path?)")
+            else:
+                walked = walk_lineage(parent, max_depth=max(LINEAGE_DEPTH - depth - 1, 0), token=token)
+                for node in walked.nodes:
+                    nodes.setdefault(
+                        node.id,
+                        LineageNode(node.id, node.depth + depth + 1, node.license, node.unavailable, node.truncated),
+                    )
+                edges += [e for e in walked.edges if e not in edges]
+    return LineageGraph(root, tuple(nodes.values()), tuple(edges))

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mergehub.errors import MergehubError, ModelReferenceError
-from mergehub.recipe import ModelRef, Recipe
+from mergehub.recipe import ModelDocument, ModelRef
 from mergehub.sources.base import DTYPES, INDEX_NAME, TensorInfo, TensorSource, parse_safetensors_header
 from mergehub.sources.local import LocalSource
 
@@ -111,14 +111,14 @@ class Sources(Mapping[ModelRef, TensorSource]):
 
 
 def open_sources(
-    models: Recipe | Mapping[ModelRef, ModelRef] | Iterable[ModelRef],
+    models: ModelDocument | Mapping[ModelRef, ModelRef] | Iterable[ModelRef],
     *,
     token: str | bool | None = None,
     cache_dir: str | Path | None = None,
 ) -> Sources:
     """Open models once, as a context manager that closes them all: `with open_sources(recipe) as sources:`.
 
-    `models` is a recipe (every model it references, base first; an error is located where the recipe
+    `models` is a recipe or an MoE config (every model it references, base first; an error is located where it
     names the model), references, or keys mapped to what to open (a plan's models at their pinned commits).
     If one model cannot be opened, those already open are closed before the error propagates.
 
@@ -126,7 +126,7 @@ def open_sources(
         ModelReferenceError: a reference is neither a directory nor a Hub ID.
         SourceError: a Hub repo cannot be read.
     """
-    recipe = models if isinstance(models, Recipe) else None
+    recipe = models if isinstance(models, ModelDocument) else None
     if recipe is not None:
         pairs = [(ref, ref) for ref in recipe.referenced_models()]
     else:

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "TensorInfo",
     "TensorSource",
+    "MadeHere",
     "check_repo_file",
     "dtype_code",
     "header_length",
@@ -361,3 +362,31 @@ class TensorSource(Protocol):
     def close(self) -> None:
         """Release open files or connections."""
         ...
+
+
+class MadeHere:
+    """For tensor sources made in this process (computed routers, a stage's planned output): not pinned to a
+    commit, not gated, nothing that travels and could be verified, nothing to release; `read_many` calls the
+    subclass's `read` for each name."""
+
+    revision = None
+    gated = False
+    checksums: Mapping[str, str] = {}
+
+    def read_many(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Several tensors, each read in turn."""
+        return {name: self.read(name) for name in names}
+
+    def files_read(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """Bytes used of each weight file by `names`, from the tensors' layout (the files are this process's)."""
+        return files_read(self.tensors(), names)
+
+    def verify(self, files: Iterable[str]) -> None:
+        """Nothing travels: nothing to verify."""
+
+    def verified_files(self) -> list[str]:
+        """None."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -686,3 +686,101 @@ def test_up_to_date_needs_the_same_mergehub_minor_version():
     assert merge_reason(published, "# a comment\nmerge_method: 'linear'\n", parents, version="0.1.7") is None
     assert merge_reason(published, recipe, parents, version="0.2.0") == "made by mergehub 0.1.0, this is 0.2.0"
     assert merge_reason(Published(None, ours=False), recipe, parents) == "the repo was not made by mergehub"
+
+
+MOE = """\
+# Two experts on bob/base, random routers.
+base_model: {a}
+gate_mode: random
+experts_per_token: 2
+experts:
+  - source_model: {a}
+  - source_model: {b}
+"""
+CHAIN = """\
+name: pair
+merge_method: slerp
+base_model: {a}
+models:
+  - model: {a}
+  - model: {b}
+parameters:
+  t: 0.3
+---
+merge_method: linear
+models:
+  - model: {pair}
+    parameters:
+      weight: 0.5
+  - model: {b}
+    parameters:
+      weight: 0.5
+"""
+
+
+def test_moe_configs_and_multi_stage_recipes_merge_like_recipes(hub, parents, repo, capsys):
+    a, b = parents
+    head = commit(
+        repo, {"recipes/moe.yml": MOE.format(a=a, b=b), "recipes/chain.yml": CHAIN.format(a=a, b=b, pair="pair")}
+    )
+    code, log, summary, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice")
+    assert code == 0, log
+    assert json.loads(outputs["pushed-repos"]) == ["alice/chain", "alice/moe"]
+    assert "mergekit_moe_config.yml" in HfApi().list_repo_files("alice/moe")
+
+    # Up to date: the parents recorded are every stage's models (not the stage `pair`), the MoE's base and experts.
+    code, log, summary, outputs = run(repo, "workflow_dispatch", {}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == [] and summary.count("⏭️ skipped") == 2, log
+
+    # A parent of the first stage only moves: the whole chain reruns, and the MoE too.
+    hub.commit_files(b, {"README.md": b"---\nlicense: mit\n---\nA new revision."})
+    code, log, _, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/chain", "alice/moe"], log
+    assert f"parents moved: {b}" in log
+
+
+def test_pull_request_validates_moe_and_stages_with_their_lines(hub, parents, repo, capsys):
+    a, b = parents
+    base = commit(repo, {})
+    head = commit(
+        repo,
+        {
+            "recipes/moe.yml": MOE.format(a=a, b=b),
+            "recipes/chain.yml": CHAIN.format(a=a, b=b, pair="pair"),
+            "recipes/bad-chain.yml": CHAIN.format(a=a, b=b, pair="piar"),
+            "recipes/bad-moe.yml": MOE.format(a=a, b=b).replace("random", "hidden"),
+        },
+    )
+    event = {"pull_request": {"base": {"sha": base}, "head": {"sha": head}}}
+    code, log, summary, _ = run(repo, "pull_request", event, capsys)
+    assert code == 1 and summary.count("✔️ validated") == 2 and summary.count("❌ failed") == 2, log
+    assert "recipes/moe.yml: MoE of 2 expert(s) on bob/base" in log
+    assert "recipes/chain.yml: 2-stage merge, the last linear of 2 model(s)" in log
+    assert re.search(r"::error file=recipes/bad-chain.yml,line=12::.*piar", log)
+    assert re.search(r"::error file=recipes/bad-moe.yml,line=\d+::.*prompt", log)
+    assert not HfApi().repo_exists("alice/moe")
+
+
+def test_pushed_stages_that_are_up_to_date_are_read_not_rerun(hub, parents, repo, capsys):
+    a, b = parents
+    text = "# mergehub: push-stage pair=the-pair\n" + CHAIN.format(a=a, b=b, pair="pair")
+    head = commit(repo, {"recipes/chain.yml": text})
+    code, log, _, outputs = run(repo, "push", {"before": ZERO, "after": head}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/chain"], log
+    assert "Pushed stage pair to alice/the-pair" in log
+    pair_commits = len(HfApi().list_repo_commits("alice/the-pair"))
+
+    # Only the final stage changes: `pair` is read from alice/the-pair, not merged again.
+    edited = commit(
+        repo, {"recipes/chain.yml": text.replace("weight: 0.5\n  - model: bob", "weight: 0.6\n  - model: bob")}
+    )
+    code, log, _, outputs = run(repo, "push", {"before": head, "after": edited}, capsys, hf_token="tok-alice")
+    assert code == 0 and json.loads(outputs["pushed-repos"]) == ["alice/chain"], log
+    assert "stage pair: up to date on alice/the-pair, read from there." in log and "Pushed stage" not in log
+    assert len(HfApi().list_repo_commits("alice/the-pair")) == pair_commits
+
+    # A parent of `pair` moves: the stage runs again and is pushed again, then the final stage.
+    hub.commit_files(a, {"README.md": b"---\nlicense: mit\n---\nA new revision."})
+    code, log, _, outputs = run(repo, "schedule", {}, capsys, hf_token="tok-alice", rerun_if_parents_changed="true")
+    assert code == 0 and "Pushed stage pair to alice/the-pair" in log, log
+    assert len(HfApi().list_repo_commits("alice/the-pair")) == pair_commits + 1

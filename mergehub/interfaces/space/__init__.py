@@ -1,11 +1,13 @@
 """The Gradio Space: sign in with Hugging Face, build a recipe from a form or YAML, merge, and push.
 
-One job per module; imports point down this list, and only `page` and `view` need gradio (the `space` extra):
+One job per module; imports point down this list, and only `page`, `view` and `moe_tab` need gradio (the `space` extra):
 
 - `page`: the `gr.Blocks` layout and its event wiring (`build_app`);
 - `view`: the form's gradio components and the maps between them and a `Form`;
 - `extract`: the Extract LoRA tab's jobs (`extract`, `extraction_dry_run`);
 - `job`: the merge job (`merge`) and what jobs share (`run_job`): progress, Cancel, the ZeroGPU wrapper;
+- `moe_tab`: the MoE tab's components and handlers (`build_moe_tab`);
+- `moe_form`: the MoE tab's form and the mergekit-moe config it makes (`moe_yaml`);
 - `lookups`: the dry run, the Hub model search and lineage;
 - `compat`: the compatibility table, from configs and safetensors headers;
 - `presets`: the preset recipes and the default output repo name;

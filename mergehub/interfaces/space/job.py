@@ -21,7 +21,7 @@ from mergehub import api
 from mergehub.errors import Cancelled, MergehubError, RecipeError
 from mergehub.interfaces.space.safety import (
     MAX_MERGE_BYTES,
-    check_recipe_text,
+    check_document_text,
     check_repo_name,
     read_token,
     refuse_local_shadows,
@@ -380,7 +380,7 @@ def merge(
     """
 
     def prepare(token: str, log: list[str], out: Out) -> Iterator[tuple[str, str, str]]:
-        recipe = check_recipe_text(recipe_text)
+        recipe = check_document_text(recipe_text)
         refuse_local_shadows(recipe)
         repo_id = check_repo_name(repo_name)
         log.append(f"Checking {len(recipe.referenced_models())} model(s) from their configs and headers...")

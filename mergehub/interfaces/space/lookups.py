@@ -5,8 +5,8 @@ from __future__ import annotations
 from mergehub import api
 from mergehub.errors import MergehubError
 from mergehub.interfaces.space.safety import (
+    check_document_text,
     check_hub_reference,
-    check_recipe_text,
     refuse_local_shadows,
     scrub,
     user_message,
@@ -19,7 +19,7 @@ def dry_run(recipe_text: str, token: str | bool, max_lines: int = 120, *, strict
     With `strict`, a recipe with warnings fails, as the merge would.
     """
     try:
-        recipe = check_recipe_text(recipe_text)
+        recipe = check_document_text(recipe_text)
         refuse_local_shadows(recipe)
         plan = api.plan_merge(recipe, token=token, strict=strict)
     except Exception as e:  # noqa: BLE001 - shown to the visitor, scrubbed

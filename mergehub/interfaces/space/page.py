@@ -38,6 +38,7 @@ def build_app() -> Any:
     """
     if gr is None:
         raise ImportError("The Space needs gradio: pip install 'mergehub[space]'")
+    from mergehub.interfaces.space.moe_tab import build_moe_tab  # imports gradio
     from mergehub.interfaces.space.view import FormView  # imports gradio
 
     runner, extract_runner = job_runner(), job_runner(extract_stream)
@@ -102,6 +103,8 @@ def build_app() -> Any:
             log_box = gr.Textbox(label="Log", lines=10, max_lines=20, autoscroll=True, interactive=False)
             with gr.Accordion("Model card of the new repo", open=True):
                 card = gr.Markdown()
+        with gr.Tab("MoE"):
+            build_moe_tab(session, runner)
         with gr.Tab("Extract LoRA"):
             gr.Markdown(
                 "Extract a LoRA adapter from a fine-tune: each module's change from the base, factored by "

@@ -13,8 +13,16 @@ from typing import Any
 
 from mergehub.errors import MergehubError, PublishError
 from mergehub.interfaces.secrets import scrub_tokens
-from mergehub.interfaces.untrusted import Limits, check_hub_reference, check_model_reference, check_untrusted_recipe
+from mergehub.interfaces.untrusted import (
+    Limits,
+    check_counts,
+    check_hub_reference,
+    check_model_reference,
+    check_size,
+    check_untrusted_recipe,
+)
 from mergehub.interfaces.untrusted import refuse_local_shadows as refuse_folder_shadows
+from mergehub.moe.config import MoEConfig, is_moe_text, parse_moe_config
 from mergehub.recipe import Recipe, is_hub_id
 
 __all__ = [
@@ -26,6 +34,8 @@ __all__ = [
     "check_hub_reference",
     "check_model_reference",
     "check_recipe_text",
+    "check_moe_text",
+    "check_document_text",
     "refuse_local_shadows",
     "check_repo_name",
     "read_token",
@@ -58,7 +68,30 @@ def check_recipe_text(text: str) -> Recipe:
     return check_untrusted_recipe(text, SPACE_LIMITS)
 
 
-def refuse_local_shadows(recipe: Recipe) -> None:
+def check_moe_text(text: str) -> MoEConfig:
+    """Parse a visitor's mergekit-moe config and enforce the Space's limits: size, model count (the base and the
+    experts), Hub references only, and mergekit-moe's rules (prompts where the gate mode needs them...).
+
+    Raises:
+        RecipeError: too large, too many models, YAML aliases, or an invalid config.
+        ModelReferenceError: a model reference is not a Hub ID.
+    """
+    check_size(text, SPACE_LIMITS)
+    config = parse_moe_config(text)  # refuses YAML aliases
+    refs = config.referenced_models()
+    check_counts(refs, 0, SPACE_LIMITS)
+    for ref in refs:
+        check_hub_reference(str(ref))
+    config.check()
+    return config
+
+
+def check_document_text(text: str) -> Recipe | MoEConfig:
+    """A visitor's merge recipe or mergekit-moe config (`experts:` without `merge_method:`), checked as each is."""
+    return check_moe_text(text) if is_moe_text(text) else check_recipe_text(text)
+
+
+def refuse_local_shadows(recipe: Recipe | MoEConfig) -> None:
     """Refuse references that also name a folder on the server: mergehub would read the folder."""
     refuse_folder_shadows(recipe.referenced_models())
 
