@@ -871,10 +871,10 @@ def push_merge(
         commit = commit_merge(
             api, full_id, result.out_dir, uploader.operations(), result.plan.method, replace_weights=ours
         )
-    except BaseException:
+    except BaseException as e:
         uploader.close()
         if created:
-            delete_created_repo(api, full_id)
+            delete_created_repo(api, full_id, e)
         if scratch is not None:
             scratch.cleanup()
         raise
@@ -907,9 +907,9 @@ def push_gguf_files(
     repo_id, created, _ = prepare_repo(api, result.repo_id, private=private, force=force)
     try:
         commit = push_gguf(api, repo_id, result)
-    except BaseException:
+    except BaseException as e:
         if created:
-            delete_created_repo(api, repo_id)
+            delete_created_repo(api, repo_id, e)
         raise
     return PushResult(repo_id, commit.oid, commit.commit_url, created)
 

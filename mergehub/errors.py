@@ -25,6 +25,11 @@ Every error may say where in the recipe its problem is: `location` is a document
 several problems lists each in `problems`, with its own location. Interfaces annotate recipes from
 these fields; the wording of a message is for people and is never parsed.
 
+`remedy` names, for the few failures whose fix depends on the interface, what the user must do, so that each
+interface can say it in its own terms (the CLI's hint names `--force`; the Space's names its checkbox):
+`sign-in` (a token is missing, refused or not allowed to read the repo), `replace-repo` (the output repo exists
+and was not made by mergehub), `strict` (strict mode turned warnings into this error).
+
 Every error that is also an `OSError` carries its message in `strerror` too, so code that
 formats `e.strerror` (as one does for an `OSError`) shows it instead of `None`.
 `excerpt` is how an error quotes a user's value: never whole, at most a line's worth.
@@ -39,6 +44,7 @@ Nothing in mergehub is imported here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "Problem",
@@ -62,7 +68,11 @@ __all__ = [
     "excerpt",
     "ExperimentError",
     "listing",
+    "Remedy",
 ]
+
+Remedy = Literal["sign-in", "replace-repo", "strict"]
+"""What the user must do about an error whose fix each interface words differently (see the module docstring)."""
 
 EXCERPT_CHARS = 80
 """The most characters of a user's value (recipe text, a file name, a parameter) an error quotes."""
@@ -147,7 +157,7 @@ class MergehubError(Exception):
 
     `location` and `line` say where in the recipe the problem is, when it is one place. An error that
     gathers several problems has them in `problems`, each located; its `headline` is the message
-    without their listing.
+    without their listing. `remedy` names the fix when interfaces word it differently.
     """
 
     def __init__(
@@ -158,8 +168,10 @@ class MergehubError(Exception):
         location: str | None = None,
         line: int | None = None,
         problems: tuple[Problem, ...] = (),
+        remedy: Remedy | None = None,
     ) -> None:
         self.headline = message
+        self.remedy = remedy
         message += listing(problems)
         super().__init__(message)
         self.message = message
@@ -195,8 +207,9 @@ class RecipeError(MergehubError, ValueError):
         line: int | None = None,
         problems: tuple[Problem, ...] = (),
         warnings: tuple[RecipeWarning, ...] = (),
+        remedy: Remedy | None = None,
     ) -> None:
-        super().__init__(message, hint=hint, location=location, line=line, problems=problems)
+        super().__init__(message, hint=hint, location=location, line=line, problems=problems, remedy=remedy)
         self.warnings = warnings
 
 

@@ -296,6 +296,7 @@ def _strict_error(found: NonFinite) -> MergeMethodError:
         f"{where} holds {found.count:,} NaN or Inf values.",
         hint="--strict makes this an error; without it the merge finishes and the card records it. Check the "
         "model's weights.",
+        remedy="strict",
     )
 
 

@@ -1077,6 +1077,7 @@ def plan_merge(
             f"The recipe sets {len(warnings)} thing(s) that would be ignored (strict mode):" + listing(warnings),
             hint="Remove or fix them, or merge without strict mode to ignore them as mergekit does.",
             warnings=warnings,
+            remedy="strict",
         )
 
     out_dtype = _DTYPE_CODES.get(recipe.out_dtype or recipe.dtype or "")

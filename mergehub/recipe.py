@@ -525,6 +525,29 @@ def _key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's complaint for people: ` at line 5, column 10: expected ',' or '}', but got ':' (in the flow mapping
+    that starts at line 4, column 17).`, then the lines it names, each with a caret under the column (as PyYAML
+    quotes them); no parser internals."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if not problem or mark is None:
+        return f": {error}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    problem = problem.replace("'<stream end>'", "the end of the text")
+    text = f" at {_at(mark)}: {problem}"
+    if context:
+        what = re.sub(r"^(?:while )?(?:parsing|scanning|constructing) an? ", "in the ", context).removeprefix("while ")
+        starts = context_mark is not None and (context_mark.line, context_mark.column) != (mark.line, mark.column)
+        text += f" ({what} that starts at {_at(context_mark)})" if starts else f" ({what})"
+    marks = [context_mark] if context and context_mark is not None and context_mark.line != mark.line else []
+    snippets = [m.get_snippet() for m in [*marks, mark] if m.get_snippet()]
+    return text + "." + "".join(f"\n{snippet}" for snippet in snippets)
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -540,7 +563,7 @@ def parse_lenient(text: str, schema: type[M], *, what: str, hint: str) -> tuple[
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         raise RecipeError(
-            f"{what} is not valid YAML: {e}",
+            f"{what} is not valid YAML{yaml_problem(e)}",
             hint="Check indentation and quoting.",
             location="",
             line=mark.line + 1 if mark is not None else None,

@@ -2,7 +2,10 @@
 
 It serves what model repos use: whoami, repo create/delete, model info, tree and paths-info
 listings, commit history, file resolve (HEAD/GET, byte ranges) and the upload flow
-(preupload, LFS batch, PUT, verify, ndjson commit, pull requests), plus validate-yaml.
+(preupload, LFS batch, PUT, verify, ndjson commit, pull requests), plus validate-yaml; the model
+listing (`list_models`: author, tags, search, sort, limit, `full`/`cardData`, private repos only
+for their owners); and Space repos (create with an SDK, info with its runtime, the same file and
+upload endpoints under `spaces/`, a hardware request).
 Each repo keeps its history; a revision is a branch, `refs/pr/N` or a (short) commit sha.
 Tests can count served bytes, read the request log, inject failures and throttle bandwidth.
 Failures are switched on per test with `fail_next`: errors (500, 429 with any Retry-After),
@@ -59,21 +62,25 @@ _GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in L
 _CHUNK = 64 * 1024
 _REPO = r"(?P<repo>[^/]+/[^/]+?)"
 _REV = r"(?P<rev>refs(?:/|%2F)pr(?:/|%2F)\d+|[^/]+)"
+_API = r"/api/(?P<kind>models|spaces)"  # model and Space repos share the endpoints below
+_FILES = r"/(?:(?P<kind>spaces)/)?"  # file URLs of a Space start with /spaces/
 _ROUTES = [
     ("GET", r"/api/whoami-v2", "_whoami"),
     ("POST", r"/api/repos/create", "_create_repo"),
     ("DELETE", r"/api/repos/delete", "_delete_repo"),
     ("POST", r"/api/validate-yaml", "_validate_yaml"),
-    ("GET", rf"/api/models/{_REPO}(?:/revision/{_REV})?", "_model_info"),
-    ("GET", rf"/api/models/{_REPO}/tree/{_REV}(?:/(?P<path>.*))?", "_tree"),
-    ("POST", rf"/api/models/{_REPO}/paths-info/{_REV}", "_paths_info"),
-    ("GET", rf"/api/models/{_REPO}/commits/{_REV}", "_commits"),
-    ("POST", rf"/api/models/{_REPO}/preupload/{_REV}", "_preupload"),
-    ("POST", rf"/api/models/{_REPO}/commit/{_REV}", "_commit"),
-    ("POST", rf"/{_REPO}\.git/info/lfs/objects/batch", "_lfs_batch"),
+    ("GET", r"/api/models", "_list_models"),
+    ("GET", rf"{_API}/{_REPO}(?:/revision/{_REV})?", "_model_info"),
+    ("GET", rf"{_API}/{_REPO}/tree/{_REV}(?:/(?P<path>.*))?", "_tree"),
+    ("POST", rf"{_API}/{_REPO}/paths-info/{_REV}", "_paths_info"),
+    ("GET", rf"{_API}/{_REPO}/commits/{_REV}", "_commits"),
+    ("POST", rf"{_API}/{_REPO}/preupload/{_REV}", "_preupload"),
+    ("POST", rf"{_API}/{_REPO}/commit/{_REV}", "_commit"),
+    ("POST", rf"{_API}/{_REPO}/hardware", "_space_hardware"),
+    ("POST", rf"{_FILES}{_REPO}\.git/info/lfs/objects/batch", "_lfs_batch"),
     ("PUT", r"/lfs-objects/(?P<oid>[0-9a-f]{64})", "_lfs_put"),
     ("POST", r"/lfs-objects/verify", "_lfs_verify"),
-    ("GET|HEAD", rf"/{_REPO}/resolve/{_REV}/(?P<path>.+)", "_resolve"),
+    ("GET|HEAD", rf"{_FILES}{_REPO}/resolve/{_REV}/(?P<path>.+)", "_resolve"),
 ]
 _COMPILED = [(methods.split("|"), re.compile(pattern), name) for methods, pattern, name in _ROUTES]
 
@@ -133,7 +140,7 @@ class _Commit:
 
 @dataclass
 class _Repo:
-    repo_id: str
+    repo_id: str  # `org/name`, or `spaces/org/name` for a Space
     private: bool
     gated: Gated
     created: str
@@ -141,6 +148,13 @@ class _Repo:
     refs: dict[str, str] = field(default_factory=dict)
     commits: dict[str, _Commit] = field(default_factory=dict)
     prs: int = 0
+    sdk: str | None = None  # a Space's SDK
+    hardware: str | None = None  # a Space's requested hardware
+
+    @property
+    def name(self) -> str:
+        """The repo ID as the Hub writes it (`org/name`, also for a Space)."""
+        return self.repo_id.removeprefix("spaces/")
 
     def commit(self, rev: str) -> _Commit:
         """Resolve a branch, `refs/pr/N` or (short) sha; raise RevisionNotFound otherwise."""
@@ -383,14 +397,14 @@ class HubServer:
 
     def _readable(self, repo_id: str, user: str | None) -> _Repo:
         repo = self._repos.get(repo_id)
-        if repo is None or (repo.private and not self._can_write(user, repo_id.split("/")[0])):
+        if repo is None or (repo.private and not self._can_write(user, _namespace(repo_id))):
             raise _HubError(401 if user is None else 404, "RepoNotFound", "Repository not found")
         return repo
 
     def _writable(self, repo_id: str, user: str | None, *, pull_request: bool = False) -> _Repo:
         """The repo, if `user` may write to it (anyone signed in may open a pull request, as on the Hub)."""
         repo = self._readable(repo_id, user)
-        if not self._can_write(user, repo_id.split("/")[0]) and not (pull_request and user is not None):
+        if not self._can_write(user, _namespace(repo_id)) and not (pull_request and user is not None):
             raise _HubError(401 if user is None else 403, None, f"You don't have the rights to write to {repo_id}")
         return repo
 
@@ -414,6 +428,8 @@ class HubServer:
             for methods, pattern, name in _COMPILED:
                 if h.command in methods and (match := pattern.fullmatch(url.path)):
                     args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
+                    if args.pop("kind", "models") == "spaces":
+                        args["repo"] = f"spaces/{args['repo']}"
                     with self._lock:
                         reply = getattr(self, name)(req, **args)
                     break
@@ -516,19 +532,24 @@ class HubServer:
 
     def _create_repo(self, req: _Request) -> _Reply:
         payload = req.json()
-        if payload.get("type") not in (None, "model"):
-            raise _HubError(400, None, "This test server only hosts model repos")
+        kind = payload.get("type") or "model"
+        if kind not in ("model", "space"):
+            raise _HubError(400, None, "This test server hosts model and Space repos only")
+        if kind == "space" and payload.get("sdk") not in ("gradio", "docker", "static"):
+            raise _HubError(400, None, "A Space needs an sdk: gradio, docker or static")
         if req.user is None:
             raise _HubError(401, None, "You must be authenticated to create a repo")
         namespace = payload.get("organization") or req.user
         if not self._can_write(req.user, namespace):
             raise _HubError(403, None, f"You don't have the rights to create a repo under {namespace}")
         repo_id = f"{namespace}/{payload['name']}"
-        url = f"{self.endpoint}/{repo_id}"
-        if repo_id in self._repos:
-            raise _HubError(409, None, "You already created this model repo", url=url)
+        key = f"spaces/{repo_id}" if kind == "space" else repo_id
+        url = f"{self.endpoint}/{key}"
+        if key in self._repos:
+            raise _HubError(409, None, f"You already created this {kind} repo", url=url)
         private = payload["private"] if "private" in payload else payload.get("visibility") == "private"
-        repo = self._repos[repo_id] = _Repo(repo_id, bool(private), False, _now())
+        repo = self._repos[key] = _Repo(key, bool(private), False, _now(), sdk=payload.get("sdk"))
+        repo.hardware = payload.get("hardware") if kind == "space" else None
         files = {".gitattributes": self._blob(".gitattributes", _GITATTRIBUTES, lfs=False)}
         self._new_commit(repo, None, "main", files, "initial commit", req.user)
         return _json_reply({"url": url, "name": repo_id, "id": repo_id})
@@ -536,9 +557,54 @@ class HubServer:
     def _delete_repo(self, req: _Request) -> _Reply:
         payload = req.json()
         repo_id = f"{payload.get('organization') or req.user}/{payload['name']}"
-        self._writable(repo_id, req.user)
-        del self._repos[repo_id]
+        key = f"spaces/{repo_id}" if payload.get("type") == "space" else repo_id
+        self._writable(key, req.user)
+        del self._repos[key]
         return _json_reply({})
+
+    def _space_hardware(self, req: _Request, repo: str) -> _Reply:
+        r = self._writable(repo, req.user)
+        if r.sdk is None:
+            raise _HubError(404, None, f"{repo} is not a Space")
+        flavor = req.json().get("flavor")
+        if not isinstance(flavor, str) or not flavor:
+            raise _HubError(400, None, "A hardware flavor is required")
+        r.hardware = flavor
+        return _json_reply(self._runtime(r))
+
+    def _runtime(self, r: _Repo) -> dict[str, Any]:
+        """A Space's runtime as the Hub reports it (this server never builds or runs one)."""
+        return {"stage": "BUILDING", "hardware": {"current": None, "requested": r.hardware}, "storage": None}
+
+    def _list_models(self, req: _Request) -> _Reply:
+        q = {k: v[-1] for k, v in req.query.items()}
+        wanted_tags = set(req.query.get("filter", []))
+        found = []
+        for key, r in self._repos.items():
+            if key.startswith("spaces/") or (r.private and not self._can_write(req.user, _namespace(key))):
+                continue
+            if "author" in q and _namespace(key) != q["author"]:
+                continue
+            if "search" in q and q["search"].lower() not in key.lower():
+                continue
+            info = self._info(r, r.commit("main"))
+            if not wanted_tags <= set(info["tags"]):
+                continue
+            found.append(info)
+        sort = {"lastModified": "lastModified", "createdAt": "createdAt", "likes": "likes"}.get(q.get("sort", ""))
+        found.sort(key=lambda i: (i[sort or "downloads"], i["id"]), reverse=q.get("direction", "-1") == "-1")
+        if "limit" in q:
+            found = found[: int(q["limit"])]
+        listed = ("_id", "id", "modelId", "likes", "private", "downloads", "tags", "createdAt", "library_name")
+        items = []
+        for info in found:
+            item = dict(info) if req.flag("full") else {k: v for k, v in info.items() if k in listed}
+            if req.flag("cardData") and "cardData" in info:
+                item["cardData"] = info["cardData"]
+            elif not req.flag("cardData"):
+                item.pop("cardData", None)
+            items.append(item)
+        return _json_reply(items)
 
     def _validate_yaml(self, req: _Request) -> _Reply:
         try:
@@ -549,9 +615,12 @@ class HubServer:
 
     def _model_info(self, req: _Request, repo: str, rev: str = "main") -> _Reply:
         r = self._readable(repo, req.user)
-        c = r.commit(rev)
+        return _json_reply(self._info(r, r.commit(rev), blobs=req.flag("blobs")))
+
+    def _info(self, r: _Repo, c: _Commit, *, blobs: bool = False) -> dict[str, Any]:
+        """What the Hub says about a repo at a commit (with file sizes when `blobs`)."""
         siblings = [{"rfilename": p} for p in sorted(c.files)]
-        if req.flag("blobs") and self.sizes_in_info:
+        if blobs and self.sizes_in_info:
             for s in siblings:
                 blob = c.files[s["rfilename"]]
                 s.update(size=blob.size, blobId=blob.git_oid)
@@ -560,10 +629,10 @@ class HubServer:
         card = _card_data(c.files["README.md"].read()) if "README.md" in c.files else {}
         tags = card.get("tags") or []
         info = {
-            "_id": repo,
-            "id": repo,
-            "modelId": repo,
-            "author": repo.split("/")[0],
+            "_id": r.repo_id,
+            "id": r.name,
+            "modelId": r.name,
+            "author": _namespace(r.repo_id),
             "sha": c.sha,
             "lastModified": c.date,
             "createdAt": r.created,
@@ -579,7 +648,10 @@ class HubServer:
         if card:
             info["cardData"] = card
             info.update({k: card[k] for k in ("library_name", "pipeline_tag") if k in card})
-        return _json_reply(info)
+        if r.sdk is not None:  # a Space
+            info.update(sdk=r.sdk, runtime=self._runtime(r), subdomain=r.name.replace("/", "-"))
+            del info["modelId"]
+        return info
 
     def _tree(self, req: _Request, repo: str, rev: str, path: str = "") -> _Reply:
         r = self._readable(repo, req.user)
@@ -696,7 +768,7 @@ class HubServer:
         sha = self._new_commit(
             r, base.sha, ref, files, header.get("summary", ""), req.user or "", header.get("description", "")
         )
-        pr_url = f"{self.endpoint}/{repo}/discussions/{r.prs}" if create_pr else None
+        pr_url = f"{self.endpoint}/{repo}/discussions/{r.prs}" if create_pr else None  # repo: spaces/... for a Space
         return _json_reply(
             {
                 "success": True,
@@ -709,7 +781,7 @@ class HubServer:
 
     def _resolve(self, req: _Request, repo: str, rev: str, path: str) -> _Reply:
         r = self._readable(repo, req.user)
-        if r.gated and not (req.user in r.accepted or self._can_write(req.user, repo.split("/")[0])):
+        if r.gated and not (req.user in r.accepted or self._can_write(req.user, _namespace(repo))):
             raise _HubError(401 if req.user is None else 403, "GatedRepo", f"Access to model {repo} is restricted")
         c = r.commit(rev)
         headers = {"X-Repo-Commit": c.sha}
@@ -822,6 +894,11 @@ def hub_client_env(endpoint: str, home: Path, token: str | None = None) -> Itera
         stack.enter_context(mock.patch.object(hf_api.api, "endpoint", endpoint))
         stack.enter_context(mock.patch.object(_detect_agent, "_registry", _detect_agent._EMPTY_REGISTRY))
         yield
+
+
+def _namespace(key: str) -> str:
+    """The owner of a repo key (`org/name` or `spaces/org/name`)."""
+    return key.removeprefix("spaces/").split("/")[0]
 
 
 def _json_reply(data: Any, status: int = 200, headers: Mapping[str, str] = ()) -> _Reply:

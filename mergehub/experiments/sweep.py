@@ -217,7 +217,7 @@ def prepare_sweep(
     except MergehubError as e:
         bad = _first_unplannable(applied, variants, token)
         headline = f"Variant {bad.name} ({bad.label}): {e.headline}" if bad else e.headline
-        raise type(e)(headline, hint=e.hint, location=e.location, problems=e.problems) from e
+        raise type(e)(headline, hint=e.hint, location=e.location, problems=e.problems, remedy=e.remedy) from e
     texts = []
     for (_, variant_text), plan in zip(applied, plans):
         texts.append(_pin_text(variant_text, _pinned(plan)))

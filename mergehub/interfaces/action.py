@@ -45,6 +45,7 @@ quoted from a recipe, a Space's log or a library cannot be taken for a command.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import os
@@ -682,7 +683,8 @@ def dispatch_to_space(
     for line in lines[shown:]:
         log(f"[{space_id}] {line}")
     if not str(status).startswith("✅"):
-        reason = re.sub(r"^\W+", "", str(status)).replace("  \n", "\n").strip() or "no result"
+        shown = html.unescape(re.sub(r"\\(.)", r"\1", str(status).replace("&nbsp;", " ")))  # the page escapes its text
+        reason = re.sub(r"^\W+", "", shown).replace("  \n", "\n").strip() or "no result"
         raise PublishError(f"The Space {space_id} did not push: {reason}", hint="See the Space's log above.")
     return lines[-1] if lines else str(status)
 

@@ -223,6 +223,15 @@ def _parser() -> argparse.ArgumentParser:
     family.add_argument("--format", choices=("tree", "mermaid", "json"), default="tree")
     family.add_argument("--depth", type=int, default=5, help="generations to walk up (default: 5)")
 
+    space = commands.add_parser("space", help="the mergehub Space (web app)")
+    space_commands = space.add_subparsers(dest="space_command", required=True)
+    deploy = space_commands.add_parser(
+        "deploy", help="create or update a Space with the app and a wheel of this checkout; prints its URL"
+    )
+    deploy.add_argument("space_id", metavar="USER/SPACE")
+    deploy.add_argument("--hardware", help="request this hardware, e.g. cpu-upgrade, t4-small, zero-a10g")
+    deploy.add_argument("--private", action="store_true", help="create the Space private")
+
     experiments.add_commands(commands)
     workflow.add_commands(commands)
     commands.add_parser("methods", help="list the merge methods")
@@ -586,6 +595,17 @@ def _report(error: MergehubError, args: argparse.Namespace) -> None:
         print(f"hint: {error.hint}", file=sys.stderr)
 
 
+def _space(args: argparse.Namespace) -> int:
+    from mergehub.interfaces.space.deploy import deploy_space
+
+    deployed = deploy_space(args.space_id, hardware=args.hardware, private=args.private)
+    print(f"{'Created' if deployed.created else 'Updated'} {deployed.space_id} with {', '.join(deployed.files)}.")
+    if args.hardware:
+        print(f"Requested hardware: {args.hardware}.")
+    print(deployed.url)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (see the module's docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -600,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "card": _card,
                 "lineage": _lineage,
                 "extract-lora": _extract,
+                "space": _space,
                 **experiments.COMMANDS,
                 **workflow.COMMANDS,
             }

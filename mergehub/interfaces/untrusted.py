@@ -215,8 +215,12 @@ def check_untrusted_recipe(text: str, limits: Limits) -> Recipe:
     recipe = parse_recipe(text)  # refuses YAML aliases
     refs = recipe_references(recipe)
     check_counts(refs, sum(len(block[2] or []) for block in recipe.input_blocks()), limits)
-    for _, part in _parts(refs):  # a LoRA reference `model+adapter`: both on the Hub
-        check_hub_reference(str(part))
+    for ref, part in _parts(refs):  # a LoRA reference `model+adapter`: both on the Hub
+        try:
+            check_hub_reference(str(part))
+        except ModelReferenceError as e:  # said with its place in the recipe
+            where = recipe.location_of(ref) or ("tokenizer.source" if recipe.tokenizer else "tokenizer_source")
+            raise recipe.locate(e, where) from None
     return recipe
 
 

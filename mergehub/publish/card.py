@@ -293,6 +293,8 @@ def plan_card(
                     adapter_of=parents[-1].ref,
                 )
             )
+    if lineage is not None:  # the new model's node shows the license its card gets
+        lineage = lineage.with_license(lineage.root, resolve_license(parents)[0])
     card = merge_card(
         repo_id,
         plan,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,11 @@ class LineageGraph:
     def parents(self, model: str) -> tuple[LineageEdge, ...]:
         """The edges from `model` to its parents, in its card's order."""
         return tuple(e for e in self.edges if e.child == model)
+
+    def with_license(self, model: str, license_id: str) -> LineageGraph:
+        """The graph with `model`'s license set (a new merge's license is its card's, not read from the Hub)."""
+        nodes = tuple(replace(n, license=license_id) if n.id == model else n for n in self.nodes)
+        return replace(self, nodes=nodes)
 
     def to_json(self) -> str:
         """The graph as JSON, nodes sorted by id and edges by (child, parent)."""

@@ -16,7 +16,7 @@ from typing import Any
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, ModelInfo
 from huggingface_hub.errors import LocalTokenNotFoundError, RepositoryNotFoundError
 
-from mergehub.errors import MergehubError, PublishError
+from mergehub.errors import MergehubError, PublishError, Remedy
 from mergehub.output import remove_stale_directories
 from mergehub.sources.base import INDEX_NAME
 from mergehub.sources.hub import HTTPError
@@ -43,7 +43,9 @@ logger = logging.getLogger(__name__)
 
 
 @contextmanager
-def hub_errors(action: str, hint: str = "Check the network and your token, then rerun.") -> Iterator[None]:
+def hub_errors(
+    action: str, hint: str = "Check the network and your token, then rerun.", remedy: Remedy | None = None
+) -> Iterator[None]:
     """The one place where a failed Hub call while publishing (HTTP status, network, a local file) becomes a
     `PublishError`; `action` says what failed (`Uploading model-00001-of-00002.safetensors to alice/m`)."""
     try:
@@ -51,9 +53,11 @@ def hub_errors(action: str, hint: str = "Check the network and your token, then 
     except MergehubError:
         raise
     except LocalTokenNotFoundError as e:
-        raise PublishError("No Hugging Face token found.", hint="Log in with `hf auth login` or set HF_TOKEN.") from e
+        raise PublishError(
+            "No Hugging Face token found.", hint="Log in with `hf auth login` or set HF_TOKEN.", remedy="sign-in"
+        ) from e
     except (HTTPError, OSError) as e:
-        raise PublishError(f"{action} failed: {e}.", hint=hint) from e
+        raise PublishError(f"{action} failed: {e}.", hint=hint, remedy=remedy) from e
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,9 @@ class ShardUploader:
 
 
 def _username(api: HfApi) -> str:
-    with hub_errors("Reading the token's account", hint="Check HF_TOKEN (it needs write access) and the network."):
+    with hub_errors(
+        "Reading the token's account", hint="Check HF_TOKEN (it needs write access) and the network.", remedy="sign-in"
+    ):
         return api.whoami()["name"]
 
 
@@ -153,6 +159,7 @@ def prepare_repo(api: HfApi, repo_id: str, *, private: bool, force: bool) -> tup
         raise PublishError(
             f"{repo_id} already exists and was not made by mergehub.",
             hint="Choose another name, or pass --force to add this merge to it anyway.",
+            remedy="replace-repo",
         )
     return repo_id, False, ours
 
@@ -205,13 +212,19 @@ def commit_merge(
         return api.create_commit(repo_id, shard_operations + others + deletes, commit_message=message)
 
 
-def delete_created_repo(api: HfApi, repo_id: str) -> None:
-    """Delete a repo this run created, after a failure; if that fails too, say what was left behind (the first error
-    stands)."""
+def delete_created_repo(api: HfApi, repo_id: str, error: BaseException | None = None) -> bool:
+    """Delete a repo this run created, after a failure; returns whether it is gone. The failure `error` (re-raised
+    by the caller) gets a note saying which: that the repo was deleted, or where the empty repo that remains is."""
     try:
         api.delete_repo(repo_id, missing_ok=True)
     except Exception as cleanup:  # noqa: BLE001 - the caller re-raises the real error
         logger.warning("Could not delete %s after the failed push: %s", repo_id, cleanup)
+        if error is not None:
+            error.add_note(f"An empty repo remains: delete it at {api.endpoint.rstrip('/')}/{repo_id}/settings.")
+        return False
+    if error is not None:
+        error.add_note(f"The repo {repo_id} created for this merge was deleted.")
+    return True
 
 
 def staging_directory(out_dir: str | os.PathLike | None) -> tuple[Path, tempfile.TemporaryDirectory | None]:

@@ -199,6 +199,7 @@ class HubSource:
                 f"{self.label} is a gated repo and this token has not been granted access.",
                 hint=f"Accept its conditions at {self.endpoint}/{self.repo_id}, then use a token of that "
                 "account (HF_TOKEN).",
+                remedy="sign-in",
             ) from e
         except RevisionNotFoundError as e:
             raise SourceError(
@@ -209,13 +210,17 @@ class HubSource:
             raise SourceError(
                 f"{self.label}: repo {self.repo_id!r} not found, or it is private and the token cannot read it.",
                 hint="Check the repo ID; for a private repo log in (`hf auth login`) or set HF_TOKEN.",
+                remedy="sign-in",
             ) from e
         except EntryNotFoundError as e:
             raise SourceError(f"{self.label}: a file listed by the repo is missing: {e}.") from e
         except HfHubHTTPError as e:
             status = e.response.status_code if e.response is not None else None
-            hint = "Check HF_TOKEN: the server refused it." if status in (401, 403) else "Try again later."
-            raise SourceError(f"{self.label}: the Hub answered {status}: {e}.", hint=hint) from e
+            refused = status in (401, 403)
+            hint = "Check HF_TOKEN: the server refused it." if refused else "Try again later."
+            raise SourceError(
+                f"{self.label}: the Hub answered {status}: {e}.", hint=hint, remedy="sign-in" if refused else None
+            ) from e
         except _TRANSIENT as e:
             raise SourceError(
                 f"{self.label}: cannot reach {self.endpoint}: {e}.",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 import types
@@ -206,7 +207,7 @@ def test_user_message_is_message_and_hint_only():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_presets_round_trip_between_form_and_yaml(name):
-    form = preset_form(name)
+    form = preset_form(name, ["me/base", "me/one", "me/two", "me/three"])
     text, problems = form_to_yaml(form)
     assert not problems
     parse_recipe(text)  # a valid mergekit recipe
@@ -224,6 +225,18 @@ def test_presets_use_the_visitors_models(name):
     assert names <= {"me/base", "me/one", "me/two", "me/three"}
     if name.startswith("Passthrough"):
         assert [s.sources[0].layer_range for s in recipe.slices] == [(0, 22), (10, 32)]
+
+
+def test_presets_add_no_models_and_ask_for_the_missing_ones():
+    from mergehub.interfaces.space.presets import missing_models
+
+    form = preset_form("TIES of three models", ["me/base", "me/one"])
+    assert (form.base, form.models) == ("me/base", ["me/one", "", ""])
+    assert missing_models("TIES of three models", ["me/base", "me/one"]) == (
+        "Choose 2 more models for this preset (the empty model fields)."
+    )
+    assert missing_models("SLERP of two models", ["me/base", "me/one"]) == ""
+    assert preset_form("Passthrough frankenmerge").layer_ranges == ""
 
 
 def test_slerp_preset_sets_t_gradients_per_filter():
@@ -391,7 +404,9 @@ def test_gpu_seconds_grow_with_size_within_bounds():
     )
 
 
-def test_zerogpu_wraps_the_merge_with_a_duration_from_the_plan(monkeypatch):
+@pytest.fixture
+def zerogpu(monkeypatch) -> dict:
+    """A stand-in for the `spaces` package: what `spaces.GPU` was asked to wrap, and with which duration."""
     asked = {}
 
     def gpu(duration):
@@ -402,11 +417,18 @@ def test_zerogpu_wraps_the_merge_with_a_duration_from_the_plan(monkeypatch):
         return wrap
 
     monkeypatch.setitem(__import__("sys").modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    return asked
+
+
+def test_zerogpu_wraps_the_merge_with_a_duration_from_the_plan(zerogpu, monkeypatch):
+    asked = zerogpu
     assert space_job.job_runner() is space_job._merge_stream
     assert asked["fn"] is space_job._merge_stream
     assert asked["duration"]("r.yml", "x", False, "tok", "auto", "alive", 50 * 10**9) == space.estimate_gpu_seconds(
         50 * 10**9
     )
+    scored = asked["duration"]("r.yml", "x", False, "tok", "auto", "alive", 50 * 10**9, eval_tasks=("mergehub_facts",))
+    assert scored == 4 * space.estimate_gpu_seconds(50 * 10**9)  # scoring the merge and its parents takes longer
     monkeypatch.setitem(__import__("sys").modules, "spaces", None)  # not installed: run as is
     assert space_job.job_runner() is space_job._merge_stream
 
@@ -421,11 +443,13 @@ def test_model_search_is_anonymous_unless_signed_in(monkeypatch):
         return [types.SimpleNamespace(id="org/llama-a"), types.SimpleNamespace(id="org/llama-b")]
 
     monkeypatch.setattr(Api, "list_models", list_models)
-    assert space.search_models("llama") == ["org/llama-a", "org/llama-b"]
+    assert space.search_models("llama") == (["org/llama-a", "org/llama-b"], "")
     assert calls[-1][0] is False and calls[-1][1]["search"] == "llama" and calls[-1][1]["limit"] == 20
-    assert space.search_models("l") == [] and len(calls) == 1
+    assert space.search_models("l") == ([], "") and len(calls) == 1
+    monkeypatch.setattr(Api, "list_models", lambda self, **kwargs: [])
+    assert space.search_models("zzqx") == ([], "No models found for “zzqx”. Check the spelling, or type the full ID.")
     monkeypatch.setattr(Api, "list_models", lambda self, **kwargs: (_ for _ in ()).throw(OSError("offline")))
-    assert space.search_models("llama", "tok-alice") == []
+    assert space.search_models("llama", "tok-alice") == ([], "Search failed: offline. You can still type a model ID.")
 
 
 # -- against the local Hub ----------------------------------------------------------------------------------
@@ -477,7 +501,7 @@ def test_merge_errors_are_mergehubs_message_and_hint_without_the_token(seeded):
     assert all(token not in part for output in outputs for part in output)
 
 
-def test_cancel_mid_merge_leaves_no_repo(seeded, monkeypatch):
+def _cancel_mid_merge(name: str, monkeypatch) -> list[tuple[str, str, str]]:
     from mergehub import executor
 
     slow = executor.merge_job
@@ -490,15 +514,40 @@ def test_cancel_mid_merge_leaves_no_repo(seeded, monkeypatch):
     session = Session()
     session.arm()
     outputs = []
-    for output in space.merge(_slerp(), "cancelled", False, session, ALICE, refresh_seconds=0):
+    for output in space.merge(_slerp(), name, False, session, ALICE, refresh_seconds=0):
         outputs.append(output)
         if "tensors " in output[1] and not session.is_cancelled(session.job):
-            assert HfApi().repo_exists("alice/cancelled")  # created before the first tensor
+            assert HfApi().repo_exists(f"alice/{name}")  # created before the first tensor
             session.cancel()
-    status, log, _ = outputs[-1]
-    assert "Cancelled" in status and "nothing was pushed" in log
-    assert "tensors 39/39" not in log
-    assert not HfApi().repo_exists("alice/cancelled")
+    assert "tensors 39/39" not in outputs[-1][1]
+    return outputs
+
+
+def test_cancel_says_the_created_repo_was_deleted(seeded, monkeypatch):
+    status, log, _ = _cancel_mid_merge("gone", monkeypatch)[-1]
+    assert shown_text(status) == (
+        "⏹️ Cancelled: nothing was pushed. The repo alice/gone created for this merge was deleted."
+    )
+    assert not HfApi().repo_exists("alice/gone")
+
+
+def test_cancel_says_where_the_empty_repo_is_when_the_delete_is_refused(seeded, monkeypatch):
+    seeded.fail_next("/api/repos/delete", "500", times=20)
+    status, log, _ = _cancel_mid_merge("stuck", monkeypatch)[-1]
+    url = f"{seeded.endpoint}/alice/stuck/settings"
+    assert shown_text(status) == f"⏹️ Cancelled: nothing was pushed. An empty repo remains: delete it at [{url}]({url})."
+    assert log.splitlines()[-1] == f"Cancelled: nothing was pushed. An empty repo remains: delete it at {url}."
+    assert HfApi().repo_exists("alice/stuck")
+
+
+def test_replace_lets_a_merge_into_a_repo_mergehub_did_not_make(seeded):
+    seeded.add_repo("alice/mine", {"README.md": b"# My own model\n", "model.safetensors": b"not mergehub's"})
+    status, _, _ = list(space.merge(_slerp(), "mine", False, Session(), ALICE))[-1]
+    assert "Hint: Choose another name, or tick “Replace an existing repo I own” to add this merge to it." in (
+        shown_text(status)
+    )
+    status, _, _ = list(space.merge(_slerp(), "mine", False, Session(), ALICE, replace=True))[-1]
+    assert shown_text(status).startswith("✅ Pushed to [alice/mine](")
 
 
 def test_cancel_while_queued_never_starts(seeded):
@@ -537,17 +586,50 @@ def test_checks_work_anonymously_and_never_borrow_the_space_token(seeded, family
     assert "Plan failed" in space.dry_run(text, False)
 
 
+def shown_text(markdown: str) -> str:
+    """What a browser shows for the page's escaped Markdown (`text.plain` undone)."""
+    text = re.sub(r"\\(.)", r"\1", markdown.replace("  \n", "\n").replace("&nbsp;", " "))
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def test_status_text_is_escaped_and_whole():
+    from mergehub.interfaces.space.text import plain, status
+
+    raw = "Model '<server path>' is *not* allowed: [x](y) `z`\n  indented # 1. line_2 | a"
+    assert shown_text(plain(raw)) == raw
+    assert "<" not in plain(raw) and "*not*" not in plain(raw)
+    assert status("⏹️", "An empty repo remains: delete it at http://h:1/alice/x/settings.") == (
+        "⏹️ An empty repo remains: delete it at [http://h:1/alice/x/settings](http://h:1/alice/x/settings)\\."
+    )
+
+
 def test_warnings_show_next_to_the_plan_and_strict_refuses_them(seeded):
     text = _slerp() + "int8_mask: true\n"
     plan = space.dry_run(text, False)
     assert plan.index("Warning: int8_mask (line ") < plan.index("Tensors:") and "1 warning(s)" in plan
     assert "Plan failed" in space.dry_run(text, False, strict=True)
     status, log, _ = list(space.merge(text, "strict", False, Session(), ALICE, strict=True))[-1]
+    status = shown_text(status)
     assert (
         status.startswith("❌")
         and "strict" in status
         and "int8_mask" in status
         and not HfApi().repo_exists("alice/strict")
+    )
+
+
+def test_valid_recipe_only_after_the_plan_check_merge_would_run(seeded):
+    from mergehub.interfaces.space.lookups import plan_check
+
+    three = "merge_method: slerp\nbase_model: org/base\nmodels:\n- model: org/base\n- model: org/ft1\n"
+    three += "- model: org/ft2\nparameters: {t: 0.5}\n"
+    check_recipe_text(three)  # the schema alone accepts it
+    shown = shown_text(plan_check(three, False))
+    assert shown.startswith("❌ ") and "Valid recipe" not in shown
+    ties = "merge_method: ties\nbase_model: org/base\nmodels:\n- model: org/ft1\n  parameters: {density: 0.5}\n"
+    assert shown_text(plan_check(ties, False)).startswith("❌ ")
+    assert shown_text(plan_check(_slerp(), False)) == (
+        "✅ Valid recipe: the plan check passed (slerp, 2 models, 39 tensors, reads 1.45 MB)."
     )
 
 
@@ -564,6 +646,10 @@ def test_lineage_of_a_pushed_merge(seeded):
 @pytest.fixture
 def app(seeded, monkeypatch):
     """The Blocks app, built as on a laptop: gradio mocks the login with the local account (alice)."""
+    return _build_app(monkeypatch)
+
+
+def _build_app(monkeypatch):
     gr = pytest.importorskip("gradio")
     import gradio.oauth
 
@@ -618,8 +704,14 @@ def test_page_handlers_turn_presets_and_yaml_into_each_other(app):
     updates = yaml_fn.fn(MERGEKIT_STYLE)
     assert updates[next(c for c in updates if getattr(c, "label", None) == "Merge method")]["value"] == "ties"
     assert any(u.get("value") == "org/code" for u in updates.values() if isinstance(u, dict))
-    broken = yaml_fn.fn("merge_method: [")
-    assert "❌" in next(iter(broken.values()))
+    assert list(yaml_fn.fn("merge_method: [").values()) == [""]  # the plan note says what is wrong
+    changed = _handler(app, "on_recipe_changed").fn("merge_method: [", "❌ Merging failed before.")
+    assert [shown_text(v) for v in changed.values()] == [
+        "❌ The recipe is not valid YAML at line 1, column 16: expected the node content, but found the end of the "
+        "text (in the flow node).\n    merge_method: [\n" + " " * 19 + "^\nAt line 1 of the recipe.\n"
+        "Hint: Check indentation and quoting.",
+        "",  # the previous merge's error goes when the recipe changes
+    ]
 
 
 def test_frankenmerge_preset_reads_the_layer_count_of_the_visitors_model(app):
@@ -630,6 +722,23 @@ def test_frankenmerge_preset_reads_the_layer_count_of_the_visitors_model(app):
     updates = frankenmerge.fn(values, None)
     text = next(u for c, u in updates.items() if getattr(c, "language", None) == "yaml")
     assert [s.sources[0].layer_range for s in parse_recipe(text).slices] == [(0, 3), (1, 4)]  # org/base has 4 layers
+
+
+def test_form_edits_keep_a_header_comment_and_say_when_they_would_lose_others(app):
+    form_input = next(fn for fn in app.fns.values() if fn.name == "on_form_input")
+    values = _values(form_input)
+    recipe_box = next(c for c in values if getattr(c, "language", None) == "yaml")
+    model_1 = next(c for c in values if getattr(c, "label", None) == "Model 1")
+    values[recipe_box] = "# my favourite merge\n" + _slerp()
+    values[model_1] = "org/ft2"
+    updates = form_input.fn(values)
+    assert updates[recipe_box].startswith("# my favourite merge\nmerge_method: slerp\n")
+    values[recipe_box] = _slerp().replace("dtype: bfloat16", "dtype: bfloat16  # smaller")
+    (note,) = form_input.fn(values).values()
+    assert shown_text(note) == (
+        "⚠️ The form cannot keep the comments on line(s) 10 of this recipe, so it does not rewrite it. Edit the YAML "
+        "(or remove what the form cannot keep), or pick a preset or a method to start over from the form."
+    )
 
 
 def test_a_failed_plan_says_where_in_the_recipe_from_the_error_fields(seeded):
@@ -674,7 +783,7 @@ def test_extract_lora_tab_checks_dry_runs_and_pushes_an_adapter(seeded, app):
     assert "Plan failed" in space.extraction_dry_run("org/base", "org/missing", 4, None, False, "tok-alice")
     outputs = list(space.extract("org/base", "org/ft1", 4, None, False, "ft1-lora", False, Session(), ALICE))
     status, log, card = outputs[-1]
-    assert status.startswith("✅ Pushed to [alice/ft1-lora]"), status
+    assert shown_text(status).startswith("✅ Pushed to [alice/ft1-lora]("), status
     assert {"adapter_model.safetensors", "adapter_config.json"} <= set(HfApi().list_repo_files("alice/ft1-lora"))
     assert (
         "Plan: 28 modules as LoRA of rank up to 4" in log
@@ -686,3 +795,156 @@ def test_extract_lora_tab_checks_dry_runs_and_pushes_an_adapter(seeded, app):
     assert "Sign in with Hugging Face to extract" in status
     handler = _handler(app, "on_extract")
     assert handler.concurrency_limit == 1 and handler.types_generator and handler.api_name == "extract_lora"
+
+
+def _shown(text: str) -> str:
+    try:
+        check_recipe_text(text)
+    except (RecipeError, ModelReferenceError) as e:
+        return user_message(e)
+    raise AssertionError("the recipe was accepted")
+
+
+def test_yaml_errors_say_line_and_column_in_words():
+    assert _shown("merge_method: linear\nmodels: {a: 1, b: 2: 3}\n") == (
+        "The recipe is not valid YAML at line 2, column 20: expected ',' or '}', but got ':' "
+        "(in the flow mapping that starts at line 2, column 9).\n    models: {a: 1, b: 2: 3}\n"
+        + " " * 23
+        + "^\nAt line 2 of the recipe.\nHint: Check indentation and quoting."
+    )
+
+
+def test_a_server_path_is_named_with_its_place_in_the_recipe():
+    assert _shown("merge_method: linear\nmodels:\n- model: /data/x\n") == (
+        "Model '<server path>' is not allowed here: it looks like a path on the server.\n"
+        "At line 3 (models[0].model) of the recipe.\n"
+        "Hint: Use a Hub model ID like `org/name`, or `org/name@revision` for a branch, tag or commit."
+    )
+
+
+@pytest.mark.parametrize(
+    ("remedy", "words"),
+    [
+        ("sign-in", "Sign in with Hugging Face (top right)"),
+        ("replace-repo", "tick “Replace an existing repo I own”"),
+        ("strict", "Untick “Strict”"),
+    ],
+)
+def test_hints_are_worded_for_the_page(remedy, words):
+    error = PublishError("It failed.", hint="Pass --force or run `hf auth login`.", remedy=remedy)
+    shown = user_message(error)
+    assert words in shown and "--force" not in shown and "hf auth" not in shown
+
+
+@pytest.fixture
+def talking(hub, family):
+    """org/base and org/ft1 on the local Hub with a WordLevel tokenizer and a chat template: models that can talk."""
+    from tests.helpers import WORDS, make_tokenizer
+
+    words = WORDS + [f"x{i}" for i in range(256 - len(WORDS))]  # one word per row of the tiny models' embeddings
+    tokenizer = make_tokenizer(words, template="{% for m in messages %}{{ m['content'] }} {% endfor %}")
+    for name, directory in zip(("base", "ft1"), family[:2], strict=True):
+        hub.add_repo(f"org/{name}", {**{p.name: p for p in directory.iterdir()}, **tokenizer})
+    return hub
+
+
+def test_evaluation_scores_land_in_the_card_with_deltas(talking):
+    pytest.importorskip("lm_eval")
+    outputs = list(
+        space.merge(_slerp(), "scored", False, Session(), ALICE, eval_tasks=("mergehub_arithmetic",), eval_limit=500)
+    )
+    status, log, card = outputs[-1]
+    assert shown_text(status).startswith("✅ Pushed to [alice/scored](")
+    assert "Then scoring the merge and its parents on mergehub_arithmetic (100 documents per task)." in log
+    assert "Scores are in the card's Evaluation section and model-index." in log
+    assert "## Evaluation" in card and "Compared with the parents (Δ = merged − parent):" in card
+    assert re.search(r"\| mergehub_arithmetic \| exact_match \| +\d\.\d{4} \| +\d\.\d{4} \| +[+-]\d\.\d{4} \|", card)
+    assert "model-index" in card
+    from mergehub.interfaces.space.lookups import my_merges
+
+    (merge,) = my_merges("alice", "tok-alice")  # My merges shows the scores from the card
+    assert len(merge.scores) == 1 and re.fullmatch(r"\S+ exact_match \d\.\d{4}", merge.scores[0])
+
+
+def test_try_it_streams_the_reply_token_by_token(talking):
+    from mergehub.interfaces.space.chat import reply_stream
+
+    list(space.merge(_slerp(), "chatty", False, Session(), ALICE))
+    replies = list(reply_stream("alice/chatty", [], "hello world", token="tok-alice", max_new_tokens=6, temperature=0))
+    assert len(replies) >= 2 and all(later.startswith(earlier) for earlier, later in zip(replies, replies[1:]))
+    assert replies[-1].strip() and not replies[-1].startswith("❌")
+    again = list(reply_stream("alice/chatty", [], "hello world", token="tok-alice", max_new_tokens=6, temperature=0))
+    assert again[-1] == replies[-1]  # greedy at temperature 0
+
+
+def test_try_it_says_why_it_will_not_talk(talking, monkeypatch):
+    from mergehub.interfaces.space import chat
+
+    assert list(chat.reply_stream("org/base", [], "  ")) == [
+        "❌ Write a message first.\nHint: Type a prompt, then press Send."
+    ]
+    monkeypatch.setattr(chat, "MAX_CPU_BYTES", 1000)
+    (shown,) = chat.reply_stream("org/base", [], "hi")
+    assert shown == (
+        "❌ org/base has 727.21 KB of weights; the chat runs models up to 1.00 KB on this Space's CPU (it has no GPU)."
+        "\nHint: Try a smaller model, or run it on your own machine with transformers."
+    )
+    (shown,) = chat.reply_stream("org/nothing", [], "hi")
+    assert (
+        shown.startswith("❌ Cannot read org/nothing on the Hub:") and "Sign in with Hugging Face (top right)" in shown
+    )
+
+
+def test_my_merges_lists_the_users_mergehub_repos_with_their_recipe(seeded):
+    from mergehub.interfaces.space.lookups import merge_recipe, my_merges, my_merges_markdown
+
+    assert my_merges("alice", "tok-alice") == []
+    assert my_merges_markdown([], seeded.endpoint).startswith("No merges yet")
+    list(space.merge(_slerp(), "first", False, Session(), ALICE))
+    seeded.add_repo("alice/not-a-merge", {"README.md": b"# mine\n"})
+    (merge,) = my_merges("alice", "tok-alice")
+    assert (merge.repo_id, merge.method, merge.parents, merge.scores) == (
+        "alice/first",
+        "slerp",
+        ("org/base", "org/ft1"),
+        (),
+    )
+    shown = my_merges_markdown([merge], seeded.endpoint)
+    assert shown.splitlines()[0] == "| Merge | Date | Method | Parents | Scores |"
+    assert shown.splitlines()[2].startswith(f"| [alice/first]({seeded.endpoint}/alice/first) | ")
+    assert shown.splitlines()[2].endswith(" | slerp | org/base, org/ft1 | not evaluated |")
+    assert parse_recipe(merge_recipe("alice/first", "tok-alice")).merge_method == "slerp"
+
+
+def test_the_cards_lineage_gives_the_new_model_its_cards_license(seeded):
+    from huggingface_hub import ModelCard
+
+    list(space.merge(_slerp(), "licensed", False, Session(), ALICE))
+    card = ModelCard.load("alice/licensed")
+    mermaid = card.text.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    root = next(line for line in mermaid.splitlines() if '["alice/licensed' in line)
+    assert card.data.license and root.endswith(f'["alice/licensed<br/>{card.data.license}"]')
+    assert "license unknown" not in root
+
+
+def test_zerogpu_wraps_the_chat_with_a_duration_from_the_model_size(talking, zerogpu):
+    from mergehub.interfaces.space import chat
+
+    asked = zerogpu
+    assert chat.generator() is chat._generate
+    assert asked["duration"]("org/base", [], "hi", 128, 0.7, False) == chat.gpu_seconds(744664, 128) == 26
+    assert chat.gpu_seconds(16 * 10**9, 512) == 125
+
+
+def test_compare_sends_the_prompt_to_each_parent(talking, monkeypatch):
+    list(space.merge(_slerp(), "compared", False, Session(), ALICE))
+    send = _handler(_build_app(monkeypatch), "on_send")
+    outputs = list(send.fn("alice/compared", "hello", [], 8, 0, True, ALICE))
+    history, cleared, _ = outputs[0]
+    assert [m["role"] for m in history] == ["user", "assistant"] and cleared == ""
+    parents = shown_text(outputs[-1][2]).split("\n\n")
+    assert parents[0] == "The same prompt to each parent:"
+    assert [p.split("**: ")[0] for p in parents[1:]] == ["**org/base", "**org/ft1"]
+    assert all(len(p.split("**: ")[1]) > 1 for p in parents[1:])
+    (_, _, said) = list(send.fn("org/base", "hello", [], 8, 0, True, ALICE))[-1]
+    assert shown_text(said) == "⚠️ The model's card names no parents to compare with."

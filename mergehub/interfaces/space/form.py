@@ -366,3 +366,28 @@ def form_with_method(form: Form, method: str) -> Form:
         dtype=form.dtype,
         base_position=form.base_position,
     )
+
+
+def _comment_start(line: str) -> int | None:
+    """Where a YAML comment starts in `line` (a `#` at the start or after a space, outside quotes), if any."""
+    quote = None
+    for i, char in enumerate(line):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"" and (i == 0 or line[i - 1] in " :[{,-"):
+            quote = char
+        elif char == "#" and (i == 0 or line[i - 1] in " \t"):
+            return i
+    return None
+
+
+def comments(text: str) -> tuple[str, list[int]]:
+    """A recipe's leading comment block (kept when the form rewrites the recipe), and the line numbers of the other
+    comments (which a rewrite would lose)."""
+    lines = text.splitlines()
+    head = 0
+    while head < len(lines) and (not lines[head].strip() or lines[head].lstrip().startswith("#")):
+        head += 1
+    header = "\n".join(lines[:head]).strip("\n")
+    rest = [n + 1 for n, line in enumerate(lines) if n >= head and _comment_start(line) is not None]
+    return (header + "\n" if header and "#" in header else ""), rest

@@ -3,6 +3,7 @@ ZeroGPU."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import queue
@@ -28,6 +29,8 @@ from mergehub.interfaces.space.safety import (
     scrub,
     user_message,
 )
+from mergehub.interfaces.space.text import DONE, FAILED, LOCKED, STOPPED, WORKING, link
+from mergehub.interfaces.space.text import status as status_line
 from mergehub.units import format_duration, format_size
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ class Session:
     started: int = 0
     cancelled: int = 0
     alive: str | None = None
+    pushed: str | None = None  # the repo of the last merge pushed
 
     def arm(self) -> int:
         """Number the next job (when Merge is clicked, before the job waits in the queue)."""
@@ -70,6 +74,16 @@ class Session:
     def is_cancelled(self, job: int) -> bool:
         """Whether job number `job` was cancelled."""
         return self.cancelled >= job
+
+
+EVAL_TASKS = ("mergehub_arithmetic", "mergehub_facts", "arc_easy", "hellaswag")
+"""The tasks the page offers: mergehub's offline tasks, then standard lm-eval tasks (their data is downloaded)."""
+
+
+def capped_eval_limit(nbytes: int, asked: int) -> int:
+    """Documents per task for a merge of `nbytes` of weights: what the visitor asked, capped by model size."""
+    cap = 100 if nbytes <= 1e9 else 50 if nbytes <= 4e9 else 20
+    return max(1, min(int(asked), cap))
 
 
 def estimate_gpu_seconds(nbytes: int) -> int:
@@ -98,7 +112,8 @@ def _stream(
             cancelled = should_stop() and isinstance(e, Cancelled)
             if not isinstance(e, MergehubError):
                 logger.error("job failed: %s: %s", type(e).__name__, scrub(str(e), [token]))
-            events.put(("error", {"message": user_message(e, [token]), "cancelled": cancelled}))
+            notes = [scrub(n, [token]) for n in getattr(e, "__notes__", ())]  # what happened to the repo
+            events.put(("error", {"message": user_message(e, [token]), "cancelled": cancelled, "notes": notes}))
 
     thread = threading.Thread(target=run, name="mergehub-space-job", daemon=True)
     thread.start()
@@ -127,12 +142,23 @@ def _pushed(result: Any, pushed: api.PushResult) -> dict:
 
 
 def _merge_stream(
-    plan_json: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int
+    plan_json: str,
+    repo_id: str,
+    private: bool,
+    token: str,
+    device: str,
+    alive_path: str,
+    nbytes: int,
+    replace: bool = False,
+    eval_tasks: tuple[str, ...] = (),
+    eval_limit: int = 20,
 ) -> Iterator[tuple[str, Any]]:
     """`push_merge` of the plan the page showed, as a `_stream` of events.
 
     Arguments are plain values (the plan as JSON) so that ZeroGPU can run this in its GPU worker; the models
-    are read at the commits the plan pinned.
+    are read at the commits the plan pinned. `replace` lets the merge go into an existing repo mergehub did not
+    make (`--force`); `eval_tasks` are scored on the merge and its parents (`eval_limit` documents each) before
+    the commit, into the card.
     """
 
     def work(should_stop: Callable[[], bool], on_progress: Callable[[Any], None]) -> dict:
@@ -141,6 +167,9 @@ def _merge_stream(
             repo_id,
             token=token,
             private=private,
+            force=replace,
+            eval_tasks=eval_tasks,
+            eval_options={"parents": True, "limit": eval_limit, "device": device},
             device=device,
             on_progress=on_progress,
             should_stop=should_stop,
@@ -184,8 +213,11 @@ def job_runner(
     except ImportError:
         return stream
 
-    def duration(job: str, repo_id: str, private: bool, token: str, device: str, alive_path: str, nbytes: int) -> int:
-        return estimate_gpu_seconds(nbytes)
+    def duration(*args: Any, **kwargs: Any) -> int:  # called with `stream`'s arguments
+        bound = inspect.signature(stream).bind(*args, **kwargs)
+        bound.apply_defaults()
+        scoring = bool(bound.arguments.get("eval_tasks"))
+        return estimate_gpu_seconds(bound.arguments["nbytes"]) * (1 + 3 * scoring)
 
     return spaces.GPU(duration=duration)(stream)
 
@@ -242,10 +274,14 @@ def follow(
     *,
     verb: str,
     refresh_seconds: float = 0.3,
+    scored: bool = False,
+    on_pushed: Callable[[str], None] = lambda repo_id: None,
 ) -> Iterator[tuple[str, str, str]]:
     """Follow a job's events, yielding (status, log, card): progress, then the pushed repo and its card, or why not.
 
-    `verb` names the job in its status (`Merging`, `Extracting`); `cancelled` says whether Cancel was clicked.
+    `verb` names the job in its status (`Merging`, `Extracting`); `cancelled` says whether Cancel was clicked;
+    `scored` says whether evaluation tasks were asked for (the log then says whether the card has the scores).
+    Cancel says what the push reported about the repo (its notes), never more.
     """
     started = last = time.monotonic()
     live = ""
@@ -258,36 +294,45 @@ def follow(
                 log.append(live)
                 live = "Committing to the Hub..."
         elif kind == "error":
+            notes = payload.get("notes", [])
             if payload["cancelled"]:
                 if live:
                     log.append(live)
-                log.append("Cancelled: nothing was pushed, and a repo created for this job was deleted.")
-                yield out("⏹️ Cancelled: nothing was pushed.")
+                said = " ".join(["Cancelled: nothing was pushed.", *notes])
+                log.append(said)
+                yield out(status_line(STOPPED, said))
             else:
-                log.append("Failed: " + payload["message"])
-                yield out("❌ " + payload["message"].replace("\n", "  \n"))
+                message = "\n".join([payload["message"], *notes])
+                log.append("Failed: " + message)
+                yield out(status_line(FAILED, message))
             return
         elif kind == "done":
             url = _repo_url(payload["repo_id"])
+            on_pushed(payload["repo_id"])
             log.append(payload["figures"])
-            log.append(f"Pushed commit {payload['commit_sha'][:10]}: {url}")
-            card = _render_card(_read_card(payload["repo_id"], payload["commit_sha"], token, scratch)).replace(
-                token, "***"
-            )
-            yield out(f"✅ Pushed to [{payload['repo_id']}]({url})", card)
+            text = _read_card(payload["repo_id"], payload["commit_sha"], token, scratch)
+            if scored:
+                log.append(
+                    "Scores are in the card's Evaluation section and model-index."
+                    if "## Evaluation" in text
+                    else "The evaluation failed, so the card has no scores (the merge itself was pushed)."
+                )
+            log.append(f"Pushed commit {payload['commit_sha'][:10]}: {url}")  # the last line: the Action reads it
+            card = _render_card(text).replace(token, "***")
+            yield out(status_line(DONE, "Pushed to ", trusted=link(payload["repo_id"], url)), card)
             return
         now = time.monotonic()
         if now - last >= refresh_seconds:
             last = now
             if cancelled():
                 alive.unlink(missing_ok=True)
-            yield out(f"⏳ {verb}...", live=live)
+            yield out(status_line(WORKING, f"{verb}..."), live=live)
 
 
 Prepare = Callable[[str, list[str], Out], Iterator[tuple[str, str, str]]]
 """A job's checks and plan: `prepare(token, log, out)` yields statuses and returns (the job's first argument for its
-runner: a plan's JSON, an extraction's file text; the repo to push to; the bytes it reads and writes); it raises on
-any problem."""
+runner: a plan's JSON, an extraction's file text; the repo to push to; the bytes it reads and writes; optionally a
+tuple of the runner's further arguments); it raises on any problem."""
 
 
 def run_job(
@@ -302,21 +347,22 @@ def run_job(
     refresh_seconds: float,
     verb: str,
     action: str,
+    scored: bool = False,
 ) -> Iterator[tuple[str, str, str]]:
     """A button's job (Merge, Extract), yielding (status, log, model card): sign-in, `prepare`, then the run in
     `runner`, followed live, with Cancel (`verb` and `action` name the job: `Merging`, `merge`). Errors show
     mergehub's message and hint, scrubbed of tokens and server paths."""
     token = read_token(oauth_token)
+    session = session if session is not None else Session()
+    job = session.begin()  # the job armed by the click is taken, run or not (Cancel then finds nothing waiting)
     if not isinstance(token, str):
         yield (
-            f"🔒 **Sign in with Hugging Face to {action}**: the result is pushed to your account. "
+            f"{LOCKED} **Sign in with Hugging Face to {action}**: the result is pushed to your account. "
             "Checks and the dry run work without signing in.",
             "",
             "",
         )
         return
-    session = session if session is not None else Session()
-    job = session.begin()
     log: list[str] = []
 
     def out(status: str, card: str = "", live: str = "") -> tuple[str, str, str]:
@@ -324,16 +370,18 @@ def run_job(
 
     if session.is_cancelled(job):
         log.append("Cancelled before it started.")
-        yield out("⏹️ Cancelled: nothing was pushed.")
+        yield out(status_line(STOPPED, "Cancelled: nothing was pushed."))
         return
     scratch = Path(tempfile.mkdtemp(prefix="mergehub-space-"))
     alive = scratch / "alive"
     alive.touch()
     session.alive = str(alive)
     try:
-        argument, repo_id, nbytes = yield from prepare(token, log, out)
-        yield out(f"⏳ {verb}...")
-        events = runner(argument, repo_id, bool(private), token, device, str(alive), nbytes)
+        argument, repo_id, nbytes, *extra = yield from prepare(token, log, out)
+        yield out(status_line(WORKING, f"{verb}..."))
+        events = runner(
+            argument, repo_id, bool(private), token, device, str(alive), nbytes, *(extra[0] if extra else ())
+        )
         yield from follow(
             events,
             log,
@@ -345,13 +393,15 @@ def run_job(
             scratch,
             verb=verb,
             refresh_seconds=refresh_seconds,
+            scored=scored,
+            on_pushed=lambda repo_id: setattr(session, "pushed", repo_id),
         )
     except Exception as e:  # noqa: BLE001 - mergehub's message and hint; anything else only in the server log
         if not isinstance(e, MergehubError):
             logger.error("%s failed: %s: %s", verb.lower(), type(e).__name__, scrub(str(e), [token]))
         message = user_message(e, [token])
         log.append("Failed: " + message)
-        yield out("❌ " + message.replace("\n", "  \n"))
+        yield out(status_line(FAILED, message))
     finally:
         if session.alive == str(alive):
             session.alive = None
@@ -370,10 +420,16 @@ def merge(
     device: str = "auto",
     refresh_seconds: float = 0.3,
     strict: bool = False,
+    replace: bool = False,
+    eval_tasks: tuple[str, ...] = (),
+    eval_limit: int = 20,
 ) -> Iterator[tuple[str, str, str]]:
     """The Merge button: check, plan, merge and push, yielding (status, log, model card) as it goes.
 
-    With `strict`, a recipe whose plan has warnings (keys or parameters that would be ignored) is refused.
+    With `strict`, a recipe whose plan has warnings (keys or parameters that would be ignored) is refused; with
+    `replace`, the merge may go into an existing repo of the user's that mergehub did not make; `eval_tasks`
+    (from `EVAL_TASKS`) score the merge and its parents on at most `eval_limit` documents each (capped by size).
+    Every status is plain text (escaped); Cancel reports what happened to a repo created for the merge.
 
     The last log line of a successful merge is the link to the new repo. Errors show mergehub's
     message and hint, scrubbed of tokens and server paths.
@@ -384,7 +440,7 @@ def merge(
         refuse_local_shadows(recipe)
         repo_id = check_repo_name(repo_name)
         log.append(f"Checking {len(recipe.referenced_models())} model(s) from their configs and headers...")
-        yield out("⏳ Planning...")
+        yield out(status_line(WORKING, "Planning..."))
         plan = api.plan_merge(recipe, token=token, strict=strict)
         log.append(
             f"Plan: {plan.method} merge into {len(plan.jobs)} tensors; "
@@ -392,8 +448,16 @@ def merge(
         )
         log += [f"Warning: {w}" for w in plan.warnings]
         check_size(plan, "merge")
+        unknown = [t for t in eval_tasks if t not in EVAL_TASKS]
+        if unknown:
+            raise RecipeError(f"Unknown evaluation task {unknown[0]!r}.", hint=f"Tick among: {', '.join(EVAL_TASKS)}.")
+        limit = capped_eval_limit(plan.write_bytes, eval_limit) if eval_tasks else 0
         log.append(f"Merging into {repo_id} ({'private' if private else 'public'}); shards upload as they are written.")
-        return plan.to_json(), repo_id, plan.read_bytes + plan.write_bytes
+        if eval_tasks:
+            log.append(
+                f"Then scoring the merge and its parents on {', '.join(eval_tasks)} ({limit} documents per task)."
+            )
+        return plan.to_json(), repo_id, plan.read_bytes + plan.write_bytes, (bool(replace), tuple(eval_tasks), limit)
 
     yield from run_job(
         prepare,
@@ -406,6 +470,7 @@ def merge(
         refresh_seconds=refresh_seconds,
         verb="Merging",
         action="merge",
+        scored=bool(eval_tasks),
     )
 
 

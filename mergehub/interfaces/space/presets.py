@@ -8,32 +8,35 @@ from mergehub.errors import RecipeError
 from mergehub.interfaces.space.form import Form, SharedValue
 from mergehub.recipe import repo_name
 
-EXAMPLE_MODELS = (
-    "Qwen/Qwen2.5-0.5B",
-    "Qwen/Qwen2.5-0.5B-Instruct",
-    "Qwen/Qwen2.5-Coder-0.5B",
-    "Qwen/Qwen2.5-Coder-0.5B-Instruct",
-)
-"""Models of one architecture (24 layers) that fill a preset when the form has too few."""
+EXAMPLE_MODELS = ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B-Instruct")
+"""The two models (24 layers each) of the page's first recipe; presets never add models."""
 EXAMPLE_LAYERS = 24
 """The layer count of the example models."""
 PRESETS = ("SLERP of two models", "TIES of three models", "DARE-TIES", "Passthrough frankenmerge")
 """The presets' names, as their buttons show them."""
+PRESET_MODELS = {"SLERP of two models": 2, "TIES of three models": 4, "DARE-TIES": 3, "Passthrough frankenmerge": 1}
+"""How many models (the base included) each preset merges."""
 
 
 def _pick_models(models: Sequence[str], count: int) -> list[str]:
-    """The first `count` distinct models given, topped up with example models."""
-    picked = list(dict.fromkeys(m.strip() for m in models if m and m.strip()))
-    for example in EXAMPLE_MODELS:
-        if len(picked) >= count:
-            break
-        if example not in picked:
-            picked.append(example)
-    return picked[:count]
+    """The first `count` distinct models given, then empty slots for the ones still to choose."""
+    picked = list(dict.fromkeys(m.strip() for m in models if m and m.strip()))[:count]
+    return picked + [""] * (count - len(picked))
+
+
+def missing_models(name: str, models: Sequence[str]) -> str:
+    """What the page asks for after a preset: the models still to choose, or "" when there are enough."""
+    chosen = len(dict.fromkeys(m.strip() for m in models if m and m.strip()))
+    missing = PRESET_MODELS.get(name, 0) - chosen
+    if missing <= 0:
+        return ""
+    if name == "Passthrough frankenmerge":
+        return "Choose the models to stack: write `org/model START-END` lines in Layer ranges."
+    return f"Choose {missing} more model{'s' if missing > 1 else ''} for this preset (the empty model fields)."
 
 
 def preset_form(name: str, models: Sequence[str] = (), layers: int = EXAMPLE_LAYERS) -> Form:
-    """A preset recipe as a form, on the given models (base first), topped up with example models.
+    """A preset recipe as a form, on the given models (base first); slots without a model stay empty.
 
     Raises:
         RecipeError: `name` is not one of `PRESETS`.
@@ -70,7 +73,9 @@ def preset_form(name: str, models: Sequence[str] = (), layers: int = EXAMPLE_LAY
         )
     if name == "Passthrough frankenmerge":
         given = [m.strip() for m in models if m and m.strip()]
-        first, second = given * 2 if len(given) == 1 else _pick_models(given, 2)
+        if not given:
+            return Form(method="passthrough", layer_ranges="", dtype="bfloat16")
+        first, second = given * 2 if len(given) == 1 else given[:2]
         layers = max(int(layers), 3)
         cut_low, cut_high = layers // 3, layers - layers // 3
         return Form(

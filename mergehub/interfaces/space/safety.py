@@ -8,7 +8,7 @@ anonymous (`token=False`), so the Space never lends its own credentials to a vis
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mergehub.errors import MergehubError, PublishError
@@ -133,16 +133,22 @@ def scrub(text: str, secrets: Sequence[str | bool | None] = ()) -> str:
     return _ABSOLUTE_PATH.sub(_PATH_SHOWN, text)
 
 
+PAGE_HINTS: Mapping[str, str] = {
+    "sign-in": "Sign in with Hugging Face (top right) with an account that may read this repo; for a gated model, "
+    "accept its conditions on its Hub page first.",
+    "replace-repo": "Choose another name, or tick “Replace an existing repo I own” to add this merge to it.",
+    "strict": "Untick “Strict” to merge anyway (the card records what was ignored), or fix what the warnings name.",
+}
+"""The page's words for an error's `remedy` (the CLI's hints name flags and commands a visitor cannot use)."""
+
+
 def user_message(error: BaseException, secrets: Sequence[str | bool | None] = ()) -> str:
-    """What the page shows for an error: mergehub's message, where it is in the recipe, and hint, scrubbed; nothing
-    else leaks."""
+    """What the page shows for an error, as plain text: mergehub's message, where it is in the recipe, and the hint
+    in the page's words, scrubbed; nothing else leaks."""
     if isinstance(error, MergehubError):
         where = error.where()
-        text = (
-            error.message
-            + (f"\nAt {where} of the recipe." if where else "")
-            + (f"\nHint: {error.hint}" if error.hint else "")
-        )
+        hint = PAGE_HINTS.get(error.remedy or "", error.hint)
+        text = error.message + (f"\nAt {where} of the recipe." if where else "") + (f"\nHint: {hint}" if hint else "")
     else:
         text = f"The server failed unexpectedly ({type(error).__name__}). Try again; if it keeps failing, report it."
     return scrub(text, secrets)
