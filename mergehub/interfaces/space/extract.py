@@ -10,6 +10,7 @@ from mergehub import api
 from mergehub.errors import ModelReferenceError, RecipeError
 from mergehub.interfaces.space.job import Out, Session, check_size, extract_stream, run_job
 from mergehub.interfaces.space.safety import check_model_reference, check_repo_name, scrub, user_message
+from mergehub.interfaces.space.text import WORKING, status
 from mergehub.recipe import ModelRef
 from mergehub.units import format_size
 
@@ -89,7 +90,7 @@ def extract(
         spec = extraction_spec(base, model, rank, rank_energy, embed_lora)
         repo_id = check_repo_name(repo_name)
         log.append(f"Checking {spec.base} and {spec.model} from their configs and headers...")
-        yield out("⏳ Planning...")
+        yield out(status(WORKING, "Planning..."))
         plan = api.plan_extraction(str(spec.base), str(spec.model), spec.options, token=token)
         modules = sum(job.method == "extract_lora" for job in plan.jobs)
         saved = len(plan.config["modules_to_save"])
