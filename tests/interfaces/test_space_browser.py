@@ -1,7 +1,7 @@
 """The Space in a real browser: the page loads, a preset fills the YAML, the YAML fills the form, Merge asks to sign in,
 messages show whole, a signed-in merge is scored, listed, talked to and cancelled, and the page fits a phone.
 
-Needs chromium (`apt-get install -y chromium`) and playwright (`pip install playwright`); slow (`make test-all`).
+Needs chromium (`make test` installs it when missing) and playwright (in the dev extra); part of the default suite.
 Screenshots are saved under each test's temporary directory.
 """
 
@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
