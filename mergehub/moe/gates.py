@@ -285,9 +285,9 @@ def _prompt_states(
         for prompts, key in keys.items():
             if (state := cache.get(key)) is not None:
                 states[prompts] = state
-    todo = [prompts for prompts in keys if prompts not in states]
-    if todo:
-        batches = [base.tokenize(prompts) for prompts in todo]
+    uncached = [prompts for prompts in keys if prompts not in states]
+    if uncached:
+        batches = [base.tokenize(prompts) for prompts in uncached]
         if spec.runs_base:
             from mergehub.moe.forward import hidden_states
 
@@ -303,7 +303,7 @@ def _prompt_states(
         else:
             embedding = base.source.read(_embedding_name(base.source))
             computed = [_cheap_embedding(embedding, batch, spec.num_layers) for batch in batches]
-        for prompts, state in zip(todo, computed):
+        for prompts, state in zip(uncached, computed):
             states[prompts] = state
             if cache is not None and identity is not None:
                 cache.put(keys[prompts], state)
