@@ -9,9 +9,12 @@ Readers count the NaN and Inf values of each input they fetched, the writer thos
 output, on tensors already in memory.
 
 On the CPU, each of these threads runs torch with one thread of its own (`merge_threads`): the
-kernels are memory-bound, and a second torch thread per caller spin-waits for a core the reader,
-the writer or another process holds (measured under load: a chunk's median time went from 1.3 ms to
-130 ms). `OMP_NUM_THREADS` sets another count.
+elementwise kernels are memory-bound, and a second torch thread per caller spin-waits for a core the
+reader, the writer or another process holds (measured under load: a chunk's median time went from
+1.3 ms to 130 ms). Kernels that are not elementwise (sorting, ranking, SVD: the TIES family, slerp,
+extraction) are compute-bound and get every usable core (`compute_threads`): on 2 cores della's
+kernel ran in 0.62 s instead of 1.09 s, ties in 0.105 s instead of 0.151 s. `OMP_NUM_THREADS` sets
+one count for all.
 
 Reader and writer threads are daemons: when the merge stops (an error, Ctrl-C, SIGTERM) the
 executor does not wait for a read stuck in the network.
@@ -47,6 +50,7 @@ from mergehub.writer import TensorSink
 T = TypeVar("T")
 
 __all__ = [
+    "compute_threads",
     "merge_threads",
     "Progress",
     "ExecutionStats",
@@ -134,6 +138,16 @@ def merge_threads() -> int:
         return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
     except ValueError:
         return 1
+
+
+def compute_threads() -> int:
+    """Torch threads for a compute-bound kernel on the CPU: `OMP_NUM_THREADS` when set, else every usable core."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return merge_threads()
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _fix_mmap_threshold() -> None:
@@ -388,7 +402,8 @@ def execute(
     of `prefetch_bytes` each), up to `prefetch_bytes` ahead of the tensor being merged (default:
     `read_ahead_bytes` of the plan, which its `peak_memory_bytes` counts on). The weight files the plan marks
     as verified are hashed by their sources as they stream, and must all match. On the CPU, torch runs
-    `threads` threads (default: `merge_threads()`) in each of the merging, reading and writing threads.
+    `threads` threads (default: `merge_threads()`) in each of the merging, reading and writing threads, and as
+    many for a kernel that is not elementwise (default: `compute_threads()`).
 
     Raises:
         PlanError: a model of the plan has no source, or one at another commit than planned.
@@ -424,7 +439,8 @@ def execute(
         for name, count in future.result() if future is not None else ():
             record(NonFinite(name, count))
 
-    caller_threads, threads = torch.get_num_threads(), threads or merge_threads()
+    caller_threads, heavy_threads = torch.get_num_threads(), threads or compute_threads()
+    threads = threads or merge_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
     try:
@@ -446,7 +462,12 @@ def execute(
                 for i in job.inputs:  # drop the batch's reference once no later job needs the tensor
                     if last_use.get((i.model, i.name)) == k:
                         tensors[i.model].pop(i.name, None)
-                outputs, reported = run_job(job, inputs, plan, method=methods[job.method], device=device)
+                method = methods[job.method]
+                if device.type == "cpu" and not method.elementwise:
+                    torch.set_num_threads(heavy_threads)
+                outputs, reported = run_job(job, inputs, plan, method=method, device=device)
+                if device.type == "cpu" and not method.elementwise:
+                    torch.set_num_threads(threads)
                 del inputs
                 if reported:
                     measures[job.name] = reported

@@ -132,3 +132,35 @@ def test_sources_are_matched_to_the_plan_by_key_not_by_position(family, write_re
                 plan, tmp_path / "missing", sources={ref: s for ref, s in sources.items() if str(ref) != str(family[0])}
             )
     assert not (tmp_path / "missing").exists()
+
+
+def test_compute_bound_kernels_get_every_core_and_elementwise_ones_one(family, write_recipe, tmp_path, monkeypatch):
+    import mergehub.executor as executor
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(executor, "compute_threads", lambda: 3)
+    original, seen = executor.run_job, set()
+
+    def recording(job, *args, **kwargs):
+        seen.add((job.method, torch.get_num_threads()))
+        return original(job, *args, **kwargs)
+
+    monkeypatch.setattr(executor, "run_job", recording)
+    slerp = {
+        "merge_method": "slerp",
+        "base_model": str(family[0]),
+        "models": [{"model": str(family[0])}, {"model": str(family[1])}],
+        "parameters": {"t": 0.5},
+    }
+    run_merge(write_recipe(slerp), tmp_path / "slerp")
+    run_merge(write_recipe(_recipe(family)), tmp_path / "linear")
+    assert seen == {("slerp", 3), ("linear", 1)}
+
+
+def test_omp_num_threads_sets_the_compute_threads_too(monkeypatch):
+    from mergehub.executor import compute_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert compute_threads() == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert compute_threads() >= 1
