@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import resource
 import sys
@@ -276,15 +277,20 @@ def _run_kernel(
 
 
 def count_non_finite(tensor: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> int:
-    """How many NaN and Inf values a tensor holds (0 for integer tensors), checked in chunks to bound scratch memory."""
+    """How many NaN and Inf values a tensor holds (0 for integer tensors), checked in chunks to bound scratch memory.
+
+    A chunk whose sum is finite holds neither (a NaN or an Inf makes any sum NaN or infinite), and summing is
+    about ten times cheaper than testing each value; only a chunk whose sum is not finite is counted value by value.
+    """
     if not tensor.dtype.is_floating_point or tensor.numel() == 0:
         return 0
     flat = tensor.reshape(-1)
+    wide = torch.float64 if tensor.dtype == torch.float64 else torch.float32
     count = 0
     for chunk in flat.split(chunk_elements):
-        finite = torch.isfinite(chunk)
-        if not bool(finite.all()):
-            count += chunk.numel() - int(finite.sum())
+        if math.isfinite(chunk.sum(dtype=wide).item()):
+            continue
+        count += chunk.numel() - int(torch.isfinite(chunk).sum())
     return count
 
 
