@@ -97,6 +97,7 @@ __all__ = [
     "EXTRACTION_FILE",
     "PLAN_FORMAT",
     "READ_AHEAD_LIMITS",
+    "RETAINED_HEAP_BYTES",
     "RUNTIME_BYTES",
     "CHUNK_ELEMENTS",
 ]
@@ -111,6 +112,9 @@ READ_AHEAD_LIMITS = (32 * 2**20, 256 * 2**20)
 RUNTIME_BYTES = 48 * 2**20
 """What a merge holds beyond its tensors once running: torch's kernels and thread pools on first use, in the
 merging, reading and writing threads (measured: 45-50 MiB above the import of mergehub.api)."""
+RETAINED_HEAP_BYTES = 64 * 2**20
+"""Free memory that malloc may keep on top of the merging thread's heap for the next chunk-sized scratch tensors,
+instead of returning it to the system (glibc's trim threshold, set by the executor)."""
 CHUNK_ELEMENTS = 1 << 18
 """Elements per chunk of an elementwise merge: a cache-sized piece, widened into buffers allocated once."""
 """The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
@@ -1169,15 +1173,16 @@ def read_ahead_bytes(read_bytes: int) -> int:
 
 
 def peak_memory(jobs: Sequence[TensorJob]) -> int:
-    """Bytes a merge holds at its peak above the import of mergehub: the runtime, the inputs read ahead (or the
-    current job's, when larger), the job's working memory, and the previous output, still with the writer."""
+    """Bytes a merge holds at its peak above the import of mergehub: the runtime and the heap it keeps, the inputs
+    read ahead (or the current job's, when larger), the job's working memory, and the previous output, still with
+    the writer."""
     total = sum(job.read_bytes for job in jobs)
     read_ahead = min(read_ahead_bytes(total), total)
     peak = previous = 0
     for job in jobs:
         peak = max(peak, max(read_ahead, job.read_bytes) + _job_memory(job) + previous)
         previous = DTYPES[job.dtype].itemsize * math.prod(job.shape)
-    return RUNTIME_BYTES + peak
+    return RUNTIME_BYTES + RETAINED_HEAP_BYTES + peak
 
 
 def _job_memory(job: TensorJob) -> int:
