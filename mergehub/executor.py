@@ -208,8 +208,9 @@ def merge_job(
     Elementwise methods run on flat chunks of at most `chunk_elements`, so a large tensor never
     has a float32 copy of a whole input.
     """
+    out_dtype = DTYPES[job.dtype]
     if not job.inputs:  # a constant the output format needs (zeros)
-        return _run_kernel(method, job, [], device, plan.seed).to(DTYPES[job.dtype]).cpu()
+        return _run_kernel(method, job, [], device, plan.seed).to(out_dtype).cpu()
     if not DTYPES[job.dtype].is_floating_point:
         return inputs[0]
     staged = [t.to(device, non_blocking=True) for t in inputs]
@@ -219,9 +220,8 @@ def merge_job(
         labels = [i.model for i in job.inputs]
         base = labels[job.base_index] if job.base_index is not None else None
         staged = align_rows(staged, labels, plan.vocab, base=base)
-    out_dtype = DTYPES[job.dtype]
     if not method.elementwise or staged[0].numel() <= chunk_elements or len({t.shape for t in staged}) > 1:
-        return _run_kernel(method, job, staged, device, plan.seed).to(out_dtype).cpu()
+        return _run_kernel(method, job, staged, device, plan.seed, out_dtype).to(out_dtype).cpu()
     return _merge_in_chunks(method, job, staged, plan.seed, out_dtype, chunk_elements)
 
 
@@ -270,13 +270,20 @@ def run_job(
 
 
 def _run_kernel(
-    method: MethodSpec, job: TensorJob, tensors: list[torch.Tensor], device: torch.device, seed: int
+    method: MethodSpec,
+    job: TensorJob,
+    tensors: list[torch.Tensor],
+    device: torch.device,
+    seed: int,
+    out_dtype: torch.dtype | None = None,
 ) -> Any:
     """Call the method's kernel on the tensors in the compute dtype (or as stored, for a kernel that widens them
-    itself), naming the tensor in any error."""
+    itself, which then writes its result in `out_dtype`), naming the tensor in any error."""
+    extra: dict[str, Any] = {}
     if not method.widens:
         tensors = [t.to(widen_dtype(tensors)) for t in tensors]
-    extra = {}
+    elif out_dtype is not None:
+        extra["out_dtype"] = out_dtype
     if method.random:
         extra["generator"] = torch.Generator(device=device).manual_seed(tensor_seed(seed, job.name))
     try:

@@ -13,6 +13,7 @@ are float 0/1 rows built by in-place comparisons.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,13 +25,17 @@ from mergehub.errors import MergeMethodError
 Positions = slice | torch.Tensor
 Score = Callable[[Positions, torch.Tensor | None], torch.Tensor]
 """Scores at flat positions (a chunk's slice or a tensor of indices), written into `out` when given."""
-Mask = Callable[[slice, torch.Tensor], torch.Tensor]
-"""0/1 multipliers for a chunk's positions, computed in the given (2, chunk length) scratch rows."""
+Mask = Callable[..., torch.Tensor]
+"""0/1 multipliers for a chunk's positions, computed in the given (2, chunk length) scratch rows:
+`mask(positions, rows)`, or `mask(positions, rows, scored=True)` when `rows[0]` already holds the chunk's
+scores (a mask that ranks no scores ignores it)."""
 
 CPU_CHUNK = 1 << 18
 CUDA_CHUNK = 1 << 24
 SAMPLE_SIZE = 1 << 16
 SAMPLE_STRIDE = 2654435761  # a large odd multiplier: spreads sample positions over the tensor
+FEW_VALUES = 4
+"""Up to this many distinct sampled scores in a bracket, selection counts the scores at each instead of gathering."""
 FLOAT32_EPS = 2.0**-23
 
 
@@ -89,7 +94,13 @@ class Widened:
         self.stored, self.dtype, self.device = stored.reshape(-1), dtype, stored.device
 
     def __getitem__(self, positions: Positions) -> torch.Tensor:
+        if isinstance(positions, torch.Tensor):  # index_select gathers several times faster than indexing
+            return self.stored.index_select(0, positions).to(self.dtype)
         return self.stored[positions].to(self.dtype)
+
+    def into(self, positions: slice, out: torch.Tensor) -> torch.Tensor:
+        """The chunk `positions`, widened into the scratch row `out` (no allocation)."""
+        return out.copy_(self.stored[positions])
 
     def numel(self) -> int:
         """How many elements the tensor holds."""
@@ -150,9 +161,15 @@ def rows_for(work: torch.Tensor, positions: slice) -> torch.Tensor:
     return work[:, : positions.stop - positions.start]
 
 
-def delta_magnitude(tensor: torch.Tensor, base: torch.Tensor) -> Score:
-    """The score `|tensor - base|` of flat tensors, by position."""
-    return lambda positions, out=None: torch.sub(tensor[positions], base[positions], out=out).abs_()
+def delta_magnitude(tensor: Widened, base: Widened) -> Score:
+    """The score `|tensor - base|` of flat widened tensors, by position."""
+
+    def score(positions: Positions, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None or not isinstance(positions, slice):
+            return torch.sub(tensor[positions], base[positions], out=out).abs_()
+        return tensor.into(positions, out).sub_(base.stored[positions]).abs_()
+
+    return score
 
 
 # Exact selection by rank
@@ -173,41 +190,78 @@ def order_statistic(score: Score, like: torch.Tensor, rank: int) -> Bound:
     """The element at `rank` (from 0) of the stable ascending sort of `score` over the positions of `like`.
 
     `like` is a flat tensor with the scores' size, dtype and device. A spread sample brackets
-    the value, one pass counts the scores below the bracket and gathers the few inside it,
-    and `kthvalue` picks among those; a bracket that misses falls back to every score. The
-    position of a tied element is looked up only when its value is not 0 (for magnitudes,
-    entries of 0 are the same whether kept or dropped).
+    the value. When the sample holds only a few values inside the bracket (scores of bfloat16
+    weights come in few distinct values, each many times), one pass counts the scores below
+    and at each of them; otherwise one pass counts the scores below the bracket and gathers
+    the few inside it, and `kthvalue` picks among those. A bracket that misses falls back to
+    every score. The position of a tied element is looked up only when its value is not 0
+    (for magnitudes, entries of 0 are the same whether kept or dropped).
     """
-    low, high = _sample_bracket(score, like.numel(), rank, like.device)
-    found = _select_in_bracket(score, like, rank, low, high)
+    bracket = _sample_bracket(score, like.numel(), rank, like.device)
+    found = _count_at_values(score, like, rank, bracket.values) if bracket.values else None
+    if found is None:
+        found = _select_in_bracket(score, like, rank, bracket.low, bracket.high)
     if found is None:
         found = _select_in_bracket(score, like, rank, -math.inf, math.inf)
     assert found is not None
     return found
 
 
-def _sample_bracket(score: Score, numel: int, rank: int, device: torch.device) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Bracket:
+    """Values that a sample puts below and above the score sought, and the sample's own values between them when
+    they are few."""
+
+    low: float
+    high: float
+    values: tuple[float, ...] = ()
+
+
+def _sample_bracket(score: Score, numel: int, rank: int, device: torch.device) -> Bracket:
     """Values that a spread sample of scores puts safely below and above the score at `rank`."""
     if numel <= SAMPLE_SIZE:
-        return -math.inf, math.inf
-    positions = torch.arange(SAMPLE_SIZE, dtype=torch.int64, device=device).mul_(SAMPLE_STRIDE).remainder_(numel)
-    sample = score(positions, None)
+        return Bracket(-math.inf, math.inf)
+    sample = score(_sample_positions(numel, device), None)
     fraction = rank / numel
     margin = 6 * math.sqrt(SAMPLE_SIZE * fraction * (1 - fraction)) + 16
     below, above = math.floor(fraction * SAMPLE_SIZE - margin), math.ceil(fraction * SAMPLE_SIZE + margin)
     low = torch.kthvalue(sample, below + 1).values.item() if below >= 0 else -math.inf
     high = torch.kthvalue(sample, above + 1).values.item() if above < SAMPLE_SIZE else math.inf
-    return low, high
+    inside = sample[(sample >= low) & (sample <= high)].unique()
+    return Bracket(low, high, tuple(inside.tolist()) if inside.numel() <= FEW_VALUES else ())
+
+
+def _count_at_values(score: Score, like: torch.Tensor, rank: int, values: Sequence[float]) -> Bound | None:
+    """The element at `rank` when its value is one of `values` (ascending), else None: one pass counts, chunk by
+    chunk, the scores below and up to each value."""
+    work = scratch(2, like)
+    counts = []  # per chunk: scores < values[0], <= values[0], < values[1], ...
+    for positions in chunk_slices(like.numel(), like.device):
+        scores, flags = rows_for(work, positions)
+        score(positions, scores)
+        comparisons = [(compare, value) for value in values for compare in (torch.lt, torch.le)]
+        counts.append([int(compare(scores, value, out=flags).sum().item()) for compare, value in comparisons])
+    for index, value in enumerate(values):
+        less, at_most = (sum(chunk[2 * index + k] for chunk in counts) for k in (0, 1))
+        if less <= rank < at_most:
+            equal = [chunk[2 * index + 1] - chunk[2 * index] for chunk in counts]
+            return _tied_bound(score, like, value, rank - less, equal)
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _sample_positions(numel: int, device: torch.device) -> torch.Tensor:
+    """`SAMPLE_SIZE` flat positions spread over `numel` by a multiplicative hash, ascending (they gather 10x faster)."""
+    positions = torch.arange(SAMPLE_SIZE, dtype=torch.int64, device=device).mul_(SAMPLE_STRIDE).remainder_(numel)
+    return positions.sort().values
 
 
 def _select_in_bracket(score: Score, like: torch.Tensor, rank: int, low: float, high: float) -> Bound | None:
-    """The element at `rank`, or None when its value is not within [low, high].
-
-    A bracket of one value is only counted; a wider one gathers its scores and their positions.
-    """
+    """The element at `rank`, or None when its value is not within [low, high]: one pass counts the scores below
+    `low` and gathers those inside, with their positions."""
     everything = low == -math.inf and high == math.inf
     work = scratch(3, like)
-    below = inside = 0
+    below = 0
     values_inside, positions_inside = [], []
     for positions in chunk_slices(like.numel(), like.device):
         values, keep, upper = rows_for(work, positions)
@@ -217,15 +271,9 @@ def _select_in_bracket(score: Score, like: torch.Tensor, rank: int, low: float, 
             continue
         torch.ge(values, low, out=keep)
         below += values.numel() - int(keep.sum().item())
-        keep.mul_(torch.le(values, high, out=upper))
-        if low == high:
-            inside += int(keep.sum().item())
-            continue
-        found = keep.bool().nonzero().view(-1)
+        found = keep.mul_(torch.le(values, high, out=upper)).bool().nonzero().view(-1)
         values_inside.append(values[found])
         positions_inside.append(found.add_(positions.start))
-    if low == high:
-        return _tied_bound(score, like, low, rank - below, inside) if below <= rank < below + inside else None
     candidates = torch.cat(values_inside)
     if not below <= rank < below + candidates.numel():
         return None
@@ -238,17 +286,18 @@ def _select_in_bracket(score: Score, like: torch.Tensor, rank: int, low: float, 
     return Bound(value.item(), int(position))
 
 
-def _tied_bound(score: Score, like: torch.Tensor, value: float, occurrence: int, count: int) -> Bound:
-    """The bound at the `occurrence`-th (from 0) of the `count` scores equal to `value`."""
-    if count == 1 or value == 0:
+def _tied_bound(score: Score, like: torch.Tensor, value: float, occurrence: int, counts: list[int]) -> Bound:
+    """The bound at the `occurrence`-th (from 0) of the scores equal to `value`, of which chunk k holds `counts[k]`.
+
+    Only the chunk holding that occurrence is scored again.
+    """
+    if sum(counts) == 1 or value == 0:
         return Bound(value)
-    work = scratch(1, like)
-    for positions in chunk_slices(like.numel(), like.device):
-        (values,) = rows_for(work, positions)
-        equal = score(positions, values).eq_(value)
-        here = int(equal.sum().item())
+    for positions, here in zip(chunk_slices(like.numel(), like.device), counts):
         if occurrence < here:
-            return Bound(value, positions.start + int(equal.bool().nonzero()[occurrence]))
+            (values,) = rows_for(scratch(1, like), positions)
+            equal = score(positions, values).eq_(value)
+            return Bound(value, positions.start + int(equal.nonzero()[occurrence]))
         occurrence -= here
     raise AssertionError("fewer ties than counted")
 
@@ -285,9 +334,10 @@ def rank_band_mask(score: Score, like: torch.Tensor, start: int, stop: int) -> M
     low = order_statistic(score, like, start) if start > 0 else None
     high = order_statistic(score, like, stop - 1) if stop < numel else None
 
-    def mask(positions: slice, rows: torch.Tensor) -> torch.Tensor:
+    def mask(positions: slice, rows: torch.Tensor, scored: bool = False) -> torch.Tensor:
         values, spare = rows
-        score(positions, values)
+        if not scored:
+            score(positions, values)
         if low is None:
             return _at_most(values, high, positions.start, out=values)
         keep = _at_least(values, low, positions.start, out=spare)
@@ -296,7 +346,7 @@ def rank_band_mask(score: Score, like: torch.Tensor, start: int, stop: int) -> M
     return mask
 
 
-def drop_all(positions: slice, rows: torch.Tensor) -> torch.Tensor:
+def drop_all(positions: slice, rows: torch.Tensor, scored: bool = False) -> torch.Tensor:
     """The mask that keeps nothing."""
     return rows[0].zero_()
 
@@ -312,7 +362,7 @@ def materialize(mask: Mask, like: torch.Tensor) -> Mask:
 
 def stored_mask(keep: torch.Tensor) -> Mask:
     """The mask that reads a precomputed flat boolean tensor, copied as 0/1 bytes (a fast conversion)."""
-    return lambda positions, rows: rows[0].copy_(keep[positions].view(torch.uint8))
+    return lambda positions, rows, scored=False: rows[0].copy_(keep[positions].view(torch.uint8))
 
 
 # Sparsification of task vectors (mergekit's `sparsify` methods)
@@ -342,20 +392,29 @@ def outlier_mask(score: Score, like: torch.Tensor, density: float, gamma: float)
 def random_mask(like: torch.Tensor, density: float, generator: torch.Generator) -> Mask | None:
     """DARE: keep each position independently with probability `density` (to within 2**-32).
 
-    Each position compares one uniform 32-bit word with a threshold; the words come in pairs
-    from 64-bit draws, the cheapest random bits torch generates on CPU.
+    Each position compares one uniform 32-bit word with a threshold (`_random_words`).
     """
     if density >= 1:
         return None
-    threshold = min(max(round(density * 2**32), 0), 2**32 - 1) - 2**31  # P(signed word < threshold)
+    threshold = int(_word_thresholds(torch.tensor(density, dtype=torch.float64)))
     keep = torch.empty(like.numel(), dtype=torch.bool, device=like.device)
     (flags,) = scratch(1, like, torch.float32)
     words = torch.empty((flags.numel() + 1) // 2, dtype=torch.int64, device=like.device)
     for positions in chunk_slices(like.numel(), like.device):
         length = positions.stop - positions.start
-        draws = words[: (length + 1) // 2].random_(-(2**63), None, generator=generator).view(torch.int32)
-        keep[positions] = torch.lt(draws[:length], threshold, out=flags[:length])
+        keep[positions] = torch.lt(_random_words(words, length, generator), threshold, out=flags[:length])
     return stored_mask(keep)
+
+
+def _random_words(buffer: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` uniform signed 32-bit words, drawn in pairs as 64-bit words into the int64 `buffer` (the cheapest
+    random bits torch generates on CPU)."""
+    return buffer[: (count + 1) // 2].random_(-(2**63), None, generator=generator).view(torch.int32)[:count]
+
+
+def _word_thresholds(probability: torch.Tensor) -> torch.Tensor:
+    """The int32 thresholds that a uniform signed 32-bit word is below with each `probability` (to within 2**-32)."""
+    return (probability.double() * 2**32).round_().clamp_(0, 2**32 - 1).sub_(2**31).to(torch.int32)
 
 
 def magprune_mask(
@@ -371,7 +430,8 @@ def magprune_mask(
     Rows run along dim 1 (a 1-D tensor is one row), magnitudes are computed in `dtype` (default:
     the tensors'). Ranks 0..n-1 map to probabilities `density - epsilon` .. `density + epsilon`
     (equal magnitudes take consecutive ranks in a fixed order); a row of one entry keeps it with
-    probability `density` (mergekit 0.1.5 divides 0 by 0 there and fails).
+    probability `density` (mergekit 0.1.5 divides 0 by 0 there and fails). Each entry compares a
+    uniform 32-bit word with its rank's threshold, as `random_mask` does.
 
     Raises:
         MergeMethodError: `density - epsilon` or `density + epsilon` is outside (0, 1).
@@ -388,12 +448,15 @@ def magprune_mask(
     dtype = dtype or tensor.dtype
     rows, base_rows = _as_rows(tensor), _as_rows(base)
     keep = torch.empty(rows.shape, dtype=torch.bool, device=tensor.device)
-    probability = _rank_probabilities(rows.shape[1], density, epsilon, tensor.device)
-    for block in _row_blocks(rows.shape, tensor.device):
+    thresholds = _word_thresholds(_rank_probabilities(rows.shape[1], density, epsilon, tensor.device))
+    blocks = _row_blocks(rows.shape, tensor.device)
+    words = torch.empty((blocks[0].stop * rows.shape[1] + 1) // 2, dtype=torch.int64, device=tensor.device)
+    for block in blocks:
         magnitude = (rows[block].to(dtype) - base_rows[block].to(dtype)).abs_()
         order = _sort_key(magnitude).argsort(dim=1)
-        kept = torch.rand(magnitude.shape, generator=generator, dtype=torch.float32, device=tensor.device)
-        keep[block] = torch.empty_like(kept).scatter_(1, order, kept.lt_(probability)).bool()
+        draws = _random_words(words, magnitude.numel(), generator).view(magnitude.shape)
+        kept = torch.lt(draws, thresholds, out=magnitude)  # in rank order: magnitudes are no longer needed
+        keep[block] = torch.empty_like(kept).scatter_(1, order, kept).bool()
     return stored_mask(_from_rows(keep, tensor.shape).reshape(-1))
 
 

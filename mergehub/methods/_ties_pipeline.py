@@ -103,6 +103,8 @@ class Sparsifier:
     random: bool = False
     elementwise: bool = False
     """Nothing is pruned, so each output entry depends only on the same entry of the inputs."""
+    ranks_magnitudes: bool = False
+    """The masks rank `|task vector|`, which the merge has at hand: it passes them instead of having them recomputed."""
 
 
 def _keep_all(v: TaskVectors) -> list[Mask | None]:
@@ -135,11 +137,11 @@ def _most_varied(v: TaskVectors) -> list[Mask | None]:
 
 KEEP_ALL = Sparsifier((DENSITY,), _keep_all, elementwise=True)
 """Nothing pruned; `density` is accepted for mergekit compatibility and changes nothing."""
-MAGNITUDE = Sparsifier((DENSITY,), _largest)
+MAGNITUDE = Sparsifier((DENSITY,), _largest, ranks_magnitudes=True)
 """TIES: keep exactly `max(1, int(density * numel))` largest magnitudes, equal ones ranked by position."""
 RANDOM = Sparsifier((DENSITY,), _random, random=True)
 """DARE: keep each entry with probability `density`."""
-BREADCRUMBS = Sparsifier((DENSITY, ParamSpec("gamma", float, "non_base", 0.01)), _band)
+BREADCRUMBS = Sparsifier((DENSITY, ParamSpec("gamma", float, "non_base", 0.01)), _band, ranks_magnitudes=True)
 """Drop the `gamma` largest magnitudes, then the smallest down to `density`.
 
 As in mergekit 0.1.5, `int(gamma * numel) == 0` drops no outliers and `int(density * numel) == 0` keeps nothing.
@@ -252,6 +254,7 @@ class _Pipeline:
         self.__signature__ = inspect.Signature(
             [inspect.Parameter("tensors", inspect.Parameter.POSITIONAL_ONLY)]
             + [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY) for k in keywords]
+            + [inspect.Parameter("out_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)]
         )
 
     def __repr__(self) -> str:
@@ -264,8 +267,9 @@ class _Pipeline:
         wide = [Widened(t, widen_dtype(tensors)) for t in flat]
         base, others = wide[base_index], non_base(wide, base_index)
         shape = tensors[base_index].shape
+        out_dtype = arguments.get("out_dtype") or base.dtype
         if not others or base.numel() == 0:
-            return tensors[base_index].to(base.dtype, copy=True)
+            return tensors[base_index].to(out_dtype, copy=True)
         values = {
             p.argument: arguments[p.argument] if p.scope == "shared" else non_base(arguments[p.argument], base_index)
             for p in self.params
@@ -273,36 +277,50 @@ class _Pipeline:
         steps = TaskVectors(others, base, shape, values, arguments.get("generator"))
         masks = self.sparsify.masks(steps)
         combination = self.weighting.combination(steps, masks)
-        return _merge(base, others, masks, combination, self.consensus).view(shape)
+        merge = _Merge(base, others, masks, combination, self.consensus, self.sparsify.ranks_magnitudes)
+        return merge.run(out_dtype).view(shape)
 
 
-def _merge(
-    base: Widened,
-    others: list[Widened],
-    masks: list[Mask | None],
-    combination: Combination,
-    consensus: bool,
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Merge:
     """Steps 2 and 3 on flat tensors: the merged task vectors added to the base.
 
     Each task vector is masked, rescaled and weighted in mergekit's order; with `consensus`
     only entries agreeing with the elected sign are summed; the sum is divided by the
-    (agreeing) weights when normalized, then scaled.
+    (agreeing) weights when normalized, then scaled. Each chunk of each input is widened once.
     """
-    c = combination
-    weigh_first = c.weigh_votes or not consensus
-    work = scratch(len(others) + 3, base)
-    out = torch.empty(base.numel(), dtype=base.dtype, device=base.device)
-    for positions in chunk_slices(base.numel(), base.device):
-        rows = rows_for(work, positions)
-        deltas, spare = rows[: len(others)], rows[len(others) :]
-        b = base[positions]
+
+    base: Widened
+    others: list[Widened]
+    masks: list[Mask | None]
+    combination: Combination
+    consensus: bool
+    scored: bool
+    """The masks rank the task vectors' magnitudes, so they are given them."""
+
+    def run(self, out_dtype: torch.dtype) -> torch.Tensor:
+        """The merged flat tensor, in `out_dtype`."""
+        base, count = self.base, len(self.others)
+        work = scratch(count + 4, base)
+        out = torch.empty(base.numel(), dtype=out_dtype, device=base.device)
+        for positions in chunk_slices(base.numel(), base.device):
+            rows = rows_for(work, positions)
+            b = base.into(positions, rows[count])
+            out[positions] = self._mixed(positions, rows[:count], b, rows[count + 1 :]).add_(b)
+        return out
+
+    def _mixed(self, positions: slice, deltas: torch.Tensor, b: torch.Tensor, spare: torch.Tensor) -> torch.Tensor:
+        """The chunk's merged task vector, computed in `deltas` and the three `spare` rows."""
+        c, consensus = self.combination, self.consensus
+        weigh_first = c.weigh_votes or not consensus
         last = keep = None
-        for delta, tensor, mask, factor, weight in zip(deltas, others, masks, c.factors, c.weights):
-            torch.sub(tensor[positions], b, out=delta)
+        for delta, tensor, mask, factor, weight in zip(deltas, self.others, self.masks, c.factors, c.weights):
+            tensor.into(positions, delta).sub_(b)
             if mask is not None:
-                if mask is not last:  # a mask shared by every task vector (SCE's) is computed once per chunk
-                    keep, last = mask(positions, spare[:2]), mask
+                if mask is not last:  # SCE's mask, shared by every task vector, is computed once per chunk
+                    if self.scored:
+                        torch.abs(delta, out=spare[0])
+                    keep, last = mask(positions, spare[:2], scored=self.scored), mask
                 delta.mul_(keep)
                 if factor != 1:
                     delta.mul_(factor)
@@ -321,8 +339,7 @@ def _merge(
             mixed.div_(divisor)
         if c.scale != 1:
             mixed.mul_(c.scale)
-        torch.add(mixed, b, out=out[positions])
-    return out
+        return mixed
 
 
 def task_vector_method(

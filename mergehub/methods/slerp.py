@@ -20,6 +20,7 @@ def slerp(
     *,
     base_index: int | None,
     t: float,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Interpolate from the base (t=0) to the other model (t=1) along the great circle.
 
@@ -27,6 +28,7 @@ def slerp(
     float64 total) as is the result, so no input is ever widened whole; nearly colinear
     pairs (|dot| > 0.9995) fall back to linear interpolation, and so do tensors whose angle
     cannot be computed (NaN or Inf values): those values stay where they are, for the merge to report.
+    The result is in `out_dtype` (default: the float32 or float64 it is computed in).
     """
     check_same_shape(tensors)
     v0, v1 = (t.reshape(-1) for t in base_and_other(tensors, base_index, "slerp"))
@@ -48,7 +50,7 @@ def slerp(
         theta = math.acos(max(-1.0, min(1.0, dot)))
         s0 = math.sin((1 - t) * theta) / math.sin(theta)
         s1 = math.sin(t * theta) / math.sin(theta)
-    result = torch.empty(tensors[0].shape, dtype=work.dtype, device=v0.device)
+    result = torch.empty(tensors[0].shape, dtype=out_dtype or work.dtype, device=v0.device)
     flat = result.view(-1)
     for positions in chunks:
         a, b = _widened(work, positions, v0, v1)

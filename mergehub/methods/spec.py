@@ -80,7 +80,7 @@ class MethodSpec:
     """Each output element depends only on the same element of the inputs, so tensors may be merged in chunks."""
     widens: bool = False
     """The kernel takes float inputs in their stored dtypes and widens them chunk by chunk (to float32, or float64
-    if an input is), so its caller makes no whole widened copies."""
+    if an input is), so its caller makes no whole widened copies; it writes its result in `out_dtype` when given."""
     stacks_layers: bool = False
 
     def param(self, name: str) -> ParamSpec | None:

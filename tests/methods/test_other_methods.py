@@ -1,4 +1,5 @@
-"""Hand-computed checks of model_stock, nuslerp, multislerp, karcher, nearswap, arcee_fusion, ram and ramplus_tl."""
+"""Hand-computed checks of model_stock, nuslerp, multislerp, karcher, nearswap, arcee_fusion, ram and ramplus_tl;
+slerp's result written in the output dtype."""
 
 from __future__ import annotations
 
@@ -360,3 +361,13 @@ def test_methods_run_on_cuda(name: str) -> None:
     on_gpu = run(name, [t.cuda() for t in tensors])
     assert on_gpu.is_cuda
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_slerp_writes_the_output_dtype_as_casting_its_float32_result(out_dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(4)
+    stored = [torch.randn(700, 600, generator=g).to(torch.bfloat16) for _ in range(2)]
+    kernel = get_method("slerp").kernel
+    cast = kernel(stored, base_index=0, t=0.3, out_dtype=None).to(out_dtype)
+    written = kernel(stored, base_index=0, t=0.3, out_dtype=out_dtype)
+    assert written.dtype == out_dtype and torch.equal(written, cast)

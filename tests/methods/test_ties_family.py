@@ -41,6 +41,8 @@ def call(name: str, tensors: list[torch.Tensor], seed: int = 0, **params: Any) -
         if param.scope == "non_base":
             value = per_model(0, *(value if isinstance(value, list) else [value] * (len(tensors) - 1)))
         kwargs[param.argument] = value
+    if "out_dtype" in params:
+        kwargs["out_dtype"] = params["out_dtype"]
     return spec.kernel(tensors, base_index=0, **kwargs)
 
 
@@ -168,7 +170,7 @@ def test_breadcrumbs_keeps_exactly_its_band_when_magnitudes_tie(density: float, 
 
 def test_selection_falls_back_to_every_score_when_the_sample_misleads(monkeypatch: pytest.MonkeyPatch) -> None:
     values = torch.randn(300_000, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(_primitives, "_sample_bracket", lambda *args: (5.0, 6.0))
+    monkeypatch.setattr(_primitives, "_sample_bracket", lambda *args: _primitives.Bracket(5.0, 6.0, (5.0, 6.0)))
 
     def score(positions: slice | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         return values[positions].clone() if out is None else out.copy_(values[positions])
@@ -385,6 +387,19 @@ def test_stored_bfloat16_inputs_merge_as_their_float32_widening(name: str) -> No
     widened = call(name, [t.float() for t in stored], **params)
     merged = call(name, stored, **params)
     assert merged.dtype == torch.float32 and torch.equal(merged, widened)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_results_written_in_the_output_dtype_equal_casting_the_float32_result(
+    name: str, out_dtype: torch.dtype
+) -> None:
+    """The executor asks for its output dtype, which the kernel writes chunk by chunk: the same bits as casting."""
+    stored = [t.to(torch.bfloat16) for t in models(2, LARGE)]
+    params = {"weight": [0.5, -0.3], "density": 0.4} if name != "sce" else {"select_topk": 0.4}
+    cast = call(name, stored, **params).to(out_dtype)
+    written = call(name, stored, **params, out_dtype=out_dtype)
+    assert written.dtype == out_dtype and written.shape == LARGE and torch.equal(written, cast)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
