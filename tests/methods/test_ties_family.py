@@ -168,6 +168,34 @@ def test_breadcrumbs_keeps_exactly_its_band_when_magnitudes_tie(density: float, 
     assert int(torch.count_nonzero(merged - base)) == int(density * base.numel())
 
 
+@pytest.mark.parametrize("distinct", [1, 3, 4, 10_000])
+@pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5, 0.99, 1.0])
+def test_selection_among_few_distinct_scores_finds_the_stable_sorts_element(
+    distinct: int, fraction: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scores of bfloat16 task vectors take few values, many times each: counting per value finds the same
+    element (value, and position among equals) as a stable sort."""
+    counted = []
+    count_at_values = _primitives._count_at_values
+    monkeypatch.setattr(
+        _primitives, "_count_at_values", lambda *args: counted.append(found := count_at_values(*args)) or found
+    )
+    g = torch.Generator().manual_seed(distinct)
+    values = torch.randint(1, distinct + 1, (300_000,), generator=g).float().div_(64)
+    rank = min(int(fraction * values.numel()), values.numel() - 1)
+
+    def score(positions: slice | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return values[positions].clone() if out is None else out.copy_(values[positions])
+
+    ordered, order = values.sort(stable=True)
+    expected = _primitives.Bound(ordered[rank].item(), int(order[rank]))
+    assert _primitives.order_statistic(score, values, rank) == expected
+    if distinct <= _primitives.FEW_VALUES:
+        assert counted == [expected]  # counted, not gathered
+    elif 0 < fraction < 0.99:
+        assert not counted  # a bracket holding many values is gathered
+
+
 def test_selection_falls_back_to_every_score_when_the_sample_misleads(monkeypatch: pytest.MonkeyPatch) -> None:
     values = torch.randn(300_000, generator=torch.Generator().manual_seed(3))
     monkeypatch.setattr(_primitives, "_sample_bracket", lambda *args: _primitives.Bracket(5.0, 6.0, (5.0, 6.0)))
