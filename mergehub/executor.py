@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from mergehub import pages
 from mergehub.errors import Cancelled, MergehubError, MergeMethodError, PlanError, SourceError
 from mergehub.methods import MethodSpec, get_kernel
 from mergehub.methods._primitives import widen_dtype
@@ -235,7 +236,7 @@ def _merge_in_chunks(
     flat = [t.reshape(-1) for t in staged]
     numel, device = flat[0].numel(), flat[0].device
     widened = torch.empty((len(flat), min(chunk, numel)), dtype=widen_dtype(flat), device=device)
-    output = torch.empty(staged[0].shape, dtype=out_dtype)
+    output = pages.empty(staged[0].shape, dtype=out_dtype)
     out = output.view(-1)
     for start in range(0, numel, chunk):
         stop = min(start + chunk, numel)

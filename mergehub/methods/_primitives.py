@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mergehub import pages
 from mergehub.errors import MergeMethodError
 
 Positions = slice | torch.Tensor
@@ -33,7 +34,9 @@ scores (a mask that ranks no scores ignores it)."""
 CPU_CHUNK = 1 << 18
 CUDA_CHUNK = 1 << 24
 SAMPLE_SIZE = 1 << 16
-SAMPLE_STRIDE = 2654435761  # a large odd multiplier: spreads sample positions over the tensor
+SAMPLE_BLOCK = 4
+"""Sampled positions come in aligned runs of this many, one memory access each (4x fewer than single positions)."""
+SAMPLE_STRIDE = 2654435761  # a large odd multiplier: spreads the sample's runs over the tensor
 FEW_VALUES = 4
 """Up to this many distinct sampled scores in a bracket, selection counts the scores at each instead of gathering."""
 FLOAT32_EPS = 2.0**-23
@@ -223,7 +226,8 @@ def _sample_bracket(score: Score, numel: int, rank: int, device: torch.device) -
         return Bracket(-math.inf, math.inf)
     sample = score(_sample_positions(numel, device), None)
     fraction = rank / numel
-    margin = 6 * math.sqrt(SAMPLE_SIZE * fraction * (1 - fraction)) + 16
+    # 6 standard deviations of the sample's rank if runs were as good as SAMPLE_BLOCK / 2 independent positions
+    margin = 6 * math.sqrt(SAMPLE_SIZE * fraction * (1 - fraction) * SAMPLE_BLOCK / 2) + 16
     below, above = math.floor(fraction * SAMPLE_SIZE - margin), math.ceil(fraction * SAMPLE_SIZE + margin)
     low = torch.kthvalue(sample, below + 1).values.item() if below >= 0 else -math.inf
     high = torch.kthvalue(sample, above + 1).values.item() if above < SAMPLE_SIZE else math.inf
@@ -251,9 +255,11 @@ def _count_at_values(score: Score, like: torch.Tensor, rank: int, values: Sequen
 
 @functools.lru_cache(maxsize=32)
 def _sample_positions(numel: int, device: torch.device) -> torch.Tensor:
-    """`SAMPLE_SIZE` flat positions spread over `numel` by a multiplicative hash, ascending (they gather 10x faster)."""
-    positions = torch.arange(SAMPLE_SIZE, dtype=torch.int64, device=device).mul_(SAMPLE_STRIDE).remainder_(numel)
-    return positions.sort().values
+    """`SAMPLE_SIZE` flat positions in aligned runs spread over `numel` (> SAMPLE_SIZE) by a multiplicative hash,
+    ascending (they gather 10x faster than unordered ones)."""
+    runs = torch.arange(SAMPLE_SIZE // SAMPLE_BLOCK, dtype=torch.int64, device=device)
+    starts = runs.mul_(SAMPLE_STRIDE).remainder_(numel // SAMPLE_BLOCK).mul_(SAMPLE_BLOCK).sort().values
+    return starts.unsqueeze(1).add(torch.arange(SAMPLE_BLOCK, device=device)).view(-1)
 
 
 def _select_in_bracket(score: Score, like: torch.Tensor, rank: int, low: float, high: float) -> Bound | None:
@@ -353,7 +359,7 @@ def drop_all(positions: slice, rows: torch.Tensor, scored: bool = False) -> torc
 
 def materialize(mask: Mask, like: torch.Tensor) -> Mask:
     """`mask` evaluated once over the positions of the flat `like` and stored as booleans."""
-    keep = torch.empty(like.numel(), dtype=torch.bool, device=like.device)
+    keep = pages.empty(like.numel(), dtype=torch.bool, device=like.device)
     work = scratch(2, like)
     for positions in chunk_slices(like.numel(), like.device):
         keep[positions] = mask(positions, rows_for(work, positions))
@@ -397,7 +403,7 @@ def random_mask(like: torch.Tensor, density: float, generator: torch.Generator) 
     if density >= 1:
         return None
     threshold = int(_word_thresholds(torch.tensor(density, dtype=torch.float64)))
-    keep = torch.empty(like.numel(), dtype=torch.bool, device=like.device)
+    keep = pages.empty(like.numel(), dtype=torch.bool, device=like.device)
     (flags,) = scratch(1, like, torch.float32)
     words = torch.empty((flags.numel() + 1) // 2, dtype=torch.int64, device=like.device)
     for positions in chunk_slices(like.numel(), like.device):
@@ -447,7 +453,7 @@ def magprune_mask(
         )
     dtype = dtype or tensor.dtype
     rows, base_rows = _as_rows(tensor), _as_rows(base)
-    keep = torch.empty(rows.shape, dtype=torch.bool, device=tensor.device)
+    keep = pages.empty(rows.shape, dtype=torch.bool, device=tensor.device)
     thresholds = _word_thresholds(_rank_probabilities(rows.shape[1], density, epsilon, tensor.device))
     blocks = _row_blocks(rows.shape, tensor.device)
     words = torch.empty((blocks[0].stop * rows.shape[1] + 1) // 2, dtype=torch.int64, device=tensor.device)

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mergehub import pages
 from mergehub.methods._primitives import (
     Mask,
     Widened,
@@ -302,7 +303,7 @@ class _Merge:
         """The merged flat tensor, in `out_dtype`."""
         base, count = self.base, len(self.others)
         work = scratch(count + 4, base)
-        out = torch.empty(base.numel(), dtype=out_dtype, device=base.device)
+        out = pages.empty(base.numel(), dtype=out_dtype, device=base.device)
         for positions in chunk_slices(base.numel(), base.device):
             rows = rows_for(work, positions)
             b = base.into(positions, rows[count])

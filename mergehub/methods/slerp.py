@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mergehub import pages
 from mergehub.methods._primitives import check_same_shape, chunk_slices, rows_for, scratch, widen_dtype
 from mergehub.methods._spherical import base_and_other
 from mergehub.methods.spec import MethodSpec, ParamSpec
@@ -50,7 +51,7 @@ def slerp(
         theta = math.acos(max(-1.0, min(1.0, dot)))
         s0 = math.sin((1 - t) * theta) / math.sin(theta)
         s1 = math.sin(t * theta) / math.sin(theta)
-    result = torch.empty(tensors[0].shape, dtype=out_dtype or work.dtype, device=v0.device)
+    result = pages.empty(tensors[0].shape, dtype=out_dtype or work.dtype, device=v0.device)
     flat = result.view(-1)
     for positions in chunks:
         a, b = _widened(work, positions, v0, v1)

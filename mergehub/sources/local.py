@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from mergehub import pages
 from mergehub.errors import MissingTensorError, SourceError
 from mergehub.sources.base import (
     INDEX_NAME,
@@ -89,7 +90,7 @@ class LocalSource:
         info = self.tensors().get(name)
         if info is None:
             raise MissingTensorError(f"{self.label} has no tensor {name!r}.")
-        buffer = torch.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled, unlike bytearray
+        buffer = pages.empty(info.nbytes, dtype=torch.uint8)  # not zero-filled, unlike bytearray
         view = memoryview(buffer.numpy())
         fd, done = self._fd(info.file), 0
         while done < info.nbytes:
