@@ -108,6 +108,7 @@ EXTRACT_METHOD = "extract_lora"
 EXTRACTION_FILE = "mergehub_extract.yml"
 """An extraction's file form, written beside its adapter as a merge's recipe is (its `recipe_text`)."""
 PLAN_FORMAT = 1
+"""The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
 READ_AHEAD_LIMITS = (32 * 2**20, 256 * 2**20)
 RUNTIME_BYTES = 48 * 2**20
 """What a merge holds beyond its tensors once running: torch's kernels and thread pools on first use, in the
@@ -117,7 +118,6 @@ RETAINED_HEAP_BYTES = 64 * 2**20
 instead of returning it to the system (glibc's trim threshold, set by the executor)."""
 CHUNK_ELEMENTS = 1 << 18
 """Elements per chunk of an elementwise merge: a cache-sized piece, widened into buffers allocated once."""
-"""The version of `Plan.to_json`'s format; `Plan.from_json` refuses others."""
 _DTYPE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
 _CODE_NAMES = {v: k for k, v in _DTYPE_CODES.items()}
 _COPY = get_method("passthrough")
@@ -1197,7 +1197,8 @@ def _job_memory(job: TensorJob) -> int:
     copies = 0 if method.widens else 4 * numel * count
     masks = numel * (count - 1) if method.random else 0  # one boolean per entry and task vector
     factors = 4 * numel if job.outputs else 0  # an extraction's SVD factors, beside its delta
-    return copies + masks + factors + 4 * numel + output
+    result = 0 if method.widens else 4 * numel  # a kernel that widens chunk by chunk writes the output itself
+    return copies + masks + factors + result + output
 
 
 def embedding_rows(source: TensorSource) -> int | None:
