@@ -583,8 +583,11 @@ def energy_weights(others: Sequence[torch.Tensor], base: torch.Tensor, masks: Se
 
 def elect_signs_(votes: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """Fill `direction` with the sign (+1 or -1; + for 0) of the sum of the rows of `votes`, in row order."""
-    direction.copy_(votes[0])
-    for vote in votes[1:]:
+    if len(votes) == 1:
+        direction.copy_(votes[0])
+    else:
+        torch.add(votes[0], votes[1], out=direction)
+    for vote in votes[2:]:
         direction.add_(vote)
     return direction.ge_(0).mul_(2).sub_(1)
 
@@ -629,7 +632,14 @@ def nonzero_total(weights: Sequence[float]) -> float:
 
 
 def nonzero_divisor_(divisor: torch.Tensor, weights: Sequence[float], spare: torch.Tensor) -> torch.Tensor:
-    """`divisor` with 1 in place where it is 0 up to the rounding error of summing `weights` in float32."""
+    """`divisor` with 1 in place where it is 0 up to the rounding error of summing `weights` in float32.
+
+    With weights all above that error in `divisor`'s dtype, a sum of agreeing weights is either exactly 0
+    (nothing agrees, and the dividend is 0 too) or above it: raising it to the error (one pass, not four)
+    divides the same.
+    """
     tolerance = max(1e-8, len(weights) * FLOAT32_EPS * math.fsum(abs(w) for w in weights))
+    if torch.tensor(min(weights), dtype=divisor.dtype).item() > tolerance:
+        return divisor.clamp_(min=tolerance)
     zero = torch.abs(divisor, out=spare).le_(tolerance)
     return divisor.addcmul_(zero, divisor, value=-1).add_(zero)
