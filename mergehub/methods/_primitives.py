@@ -239,11 +239,11 @@ def _count_at_values(score: Score, like: torch.Tensor, rank: int, values: Sequen
     """The element at `rank` when its value is one of `values` (ascending), else None: one pass counts, chunk by
     chunk, the scores below and up to each value."""
     work = scratch(2, like)
+    comparisons = [(compare, value) for value in values for compare in (torch.lt, torch.le)]
     counts = []  # per chunk: scores < values[0], <= values[0], < values[1], ...
     for positions in chunk_slices(like.numel(), like.device):
         scores, flags = rows_for(work, positions)
         score(positions, scores)
-        comparisons = [(compare, value) for value in values for compare in (torch.lt, torch.le)]
         counts.append([int(compare(scores, value, out=flags).sum().item()) for compare, value in comparisons])
     for index, value in enumerate(values):
         less, at_most = (sum(chunk[2 * index + k] for chunk in counts) for k in (0, 1))
