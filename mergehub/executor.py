@@ -212,7 +212,7 @@ def merge_job(
     out_dtype = DTYPES[job.dtype]
     if not job.inputs:  # a constant the output format needs (zeros)
         return _run_kernel(method, job, [], device, plan.seed).to(out_dtype).cpu()
-    if not DTYPES[job.dtype].is_floating_point:
+    if not out_dtype.is_floating_point:
         return inputs[0]
     staged = [t.to(device, non_blocking=True) for t in inputs]
     if plan.input_dtype is not None:
